@@ -1,0 +1,41 @@
+"""int8 schemes for the bundle's graphs. Which one a model gets is decided by measurement
+(export/pipeline.py): accuracy against fp32 first, then speed.
+
+- ``weight-only``: MatMulNBits, 8-bit symmetric weights in blocks, accuracy level 4 (int8 compute
+  of activations on CPU with per-block scales). Keeps greedy decoding close to fp32.
+- ``dynamic``: QDQ-free dynamic quantization (DynamicQuantizeLinear + MatMulInteger), per-tensor
+  activation scales computed at run time. Often faster, less accurate.
+
+Only MatMul weights are quantized; convolutions, norms and attention stay fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+
+log = logging.getLogger(__name__)
+
+SCHEMES = {
+    "weight-only": "MatMulNBits bits=8 block=32 symmetric accuracy_level=4",
+    "dynamic": "DynamicQuantizeLinear + MatMulInteger, int8 weights per channel",
+}
+
+
+def quantize(src: Path, dst: Path, scheme: str) -> None:
+    if scheme == "weight-only":
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
+        q.process()
+        onnx.save_model(q.model.model, str(dst))
+    elif scheme == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=True, extra_options={"MatMulConstBOnly": True})
+    else:
+        raise ValueError(f"unknown int8 scheme {scheme!r} ({', '.join(SCHEMES)})")
+    log.info("quantized %s -> %s (%s)", src.name, dst.name, scheme)
