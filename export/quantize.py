@@ -25,6 +25,8 @@ SCHEMES = {
 
 
 def quantize(src: Path, dst: Path, scheme: str) -> None:
+    for name in ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # one line per node otherwise
     if scheme == "weight-only":
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -35,7 +37,9 @@ def quantize(src: Path, dst: Path, scheme: str) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         per_channel=True, extra_options={"MatMulConstBOnly": True})
+                         per_channel=True,
+                         # contrib ops (GroupQueryAttention) defeat shape inference; our graphs are fp32
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
     else:
         raise ValueError(f"unknown int8 scheme {scheme!r} ({', '.join(SCHEMES)})")
     log.info("quantized %s -> %s (%s)", src.name, dst.name, scheme)

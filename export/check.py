@@ -1,0 +1,101 @@
+"""``edge-export info`` and ``edge-export verify``: what a bundle holds, and whether it is intact.
+
+Works without torch (hashes, graph/manifest consistency, a smoke run); with torch installed,
+``verify`` also rebuilds the PyTorch reference recorded in the manifest and re-runs parity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+
+from edge_runtime.bundle import load_manifest
+from edge_runtime.model import Bundle
+from edge_runtime.sessions import SessionConfig
+
+log = logging.getLogger(__name__)
+
+
+def info(path: str) -> dict:
+    m = load_manifest(path, verify_hashes=False)
+    raw = m.raw
+    return {
+        "bundle": str(m.root), "name": m.name, "version": m.version, "kind": m.kind,
+        "license": raw.get("license"), "provenance": raw.get("provenance"),
+        "sample_rate": m.sample_rate, "chunk_ms": m.chunk_ms, "tokens_per_chunk": m.encoder.tokens_per_chunk,
+        "left_context_ms": 1000 * m.encoder.left_context_frames * m.features.hop_length / m.sample_rate,
+        "decoder": raw["decoder"], "decoders": raw["decoders"], "quantization": raw.get("quantization"),
+        "control_tokens": m.control_tokens, "default_instruction": m.default_instruction,
+        "files": {k: v["bytes"] for k, v in raw["files"].items()},
+        "total_mb": round(sum(v["bytes"] for v in raw["files"].values()) / 1e6, 2),
+    }
+
+
+def format_info(d: dict) -> str:
+    lines = [f"{d['name']} {d['version']} ({d['kind']}) at {d['bundle']}",
+             f"  license: {d['license']}",
+             f"  audio: {d['sample_rate']} Hz, {d['chunk_ms']:.0f} ms chunks -> {d['tokens_per_chunk']} tokens, "
+             f"{d['left_context_ms']:.0f} ms left context",
+             "  decoder: {n_layers} layers, hidden {hidden_size}, {n_heads} heads / {n_kv_heads} kv, head_dim {head_dim}, "
+             "vocab {vocab_size}, max context {max_context}".format(**d["decoder"])]
+    for dec in d["decoders"]:
+        lines.append(f"  {dec['file']}: kv {dec['kv_layout']}, {dec['precision']}")
+    lines.append(f"  control tokens: {d['control_tokens']}")
+    lines.append(f"  files ({d['total_mb']} MB): " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in d["files"].items()))
+    return "\n".join(lines)
+
+
+def verify(path: str, parity: bool | None = None) -> dict:
+    """Hashes, sessions for every graph, a smoke run; then parity against PyTorch when available."""
+    m = load_manifest(path, verify_hashes=True)
+    result = {"bundle": str(m.root), "hashes": "ok", "decoders": {}}
+    for d in m.decoders:
+        b = Bundle(path, SessionConfig(), layout=d.kv_layout, verify_hashes=False)
+        window = np.full((1, m.features.n_mels, m.encoder.window_frames), m.features.silence_value, np.float32)
+        audio = b.encode_windows(window)[0]
+        cache = b.decoder.new_cache()
+        logits = b.decoder.forward(cache, np.concatenate([b.embed(b.token_ids(m.default_instruction) or [0]), audio]))
+        if not np.isfinite(logits).all():
+            raise ValueError(f"{m.path(d.file)}: non-finite logits on a smoke run")
+        result["decoders"][d.file] = {"kv_layout": d.kv_layout, "loads": "ok", "smoke": "ok"}
+    if parity is None:
+        parity = _torch_importable()
+    if parity:
+        result["parity"] = _parity(m)
+    return result
+
+
+def _torch_importable() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _parity(m) -> dict:
+    import torch  # noqa: F401  (only here: verify runs without torch otherwise)
+
+    from edge_models.zoo import from_reference
+
+    from . import verify as V
+
+    model, tok, _ = from_reference(m.raw["reference"])
+    control = m.control_tokens
+    chunks, windows = V.audio_chunk_embeds(model, V.synthetic_audio())
+    blocks = V.decoder_script(model.lm, tok.encode(m.default_instruction).ids, control, chunks,
+                              tok.encode("The doorbell is ringing.").ids[:4] or [0])
+    ref = V.torch_steps(model.lm, blocks)
+    tol = json.loads(m.path("verify.json").read_text())["tolerance"]["fp32_logits_max_abs"] if m.path("verify.json").exists() else 1e-3
+    out = {"encoder": V.encoder_parity(m.path(m.encoder.file), windows, chunks)}
+    for d in m.decoders:
+        got, _ = V.onnx_steps(V.open_decoder(m.path(d.file), d.kv_layout, m.decoder), blocks)
+        cmp = V.compare(ref, got, control)
+        if d.precision == "fp32" and cmp["logits_max_abs"] > tol:
+            raise ValueError(f"{m.path(d.file)}: fp32 logits differ from PyTorch by {cmp['logits_max_abs']:.3g} > {tol}")
+        if d.precision != "fp32" and cmp["decision_agree"] < 0.9:
+            raise ValueError(f"{m.path(d.file)}: int8 decisions agree with PyTorch on only {cmp['decision_agree']:.0%} of calls")
+        out[d.file] = cmp
+    return out

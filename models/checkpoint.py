@@ -1,0 +1,23 @@
+"""A model checkpoint: config + weights + tokenizer in one torch file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from .audio_interaction import AudioInteractionModel
+from .config import ModelConfig
+
+
+def save_checkpoint(path: str | Path, model: AudioInteractionModel, tok: Tokenizer, extra: dict | None = None) -> None:
+    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "tokenizer": tok.to_str(),
+                "extra": extra or {}}, str(path))
+
+
+def load_checkpoint(path: str | Path) -> tuple[AudioInteractionModel, Tokenizer, dict]:
+    ck = torch.load(str(path), map_location="cpu", weights_only=True)
+    model = AudioInteractionModel(ModelConfig.from_dict(ck["config"]))
+    model.load_state_dict(ck["state_dict"], strict=True)
+    return model.eval(), Tokenizer.from_str(ck["tokenizer"]), {"source": "checkpoint", "path": str(Path(path).resolve())}

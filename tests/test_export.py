@@ -1,0 +1,121 @@
+"""export/: a test-tiny model becomes a bundle whose graphs match PyTorch (fp32) and fp32 (int8)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_export import verify as V  # noqa: E402
+from edge_runtime.bundle import load_manifest  # noqa: E402
+from edge_runtime.model import Bundle  # noqa: E402
+from edge_runtime.sessions import SessionConfig  # noqa: E402
+
+
+def test_bundle_layout_and_manifest(tiny_bundle):
+    path, _ = tiny_bundle
+    names = {p.name for p in path.iterdir()}
+    assert {"manifest.json", "encoder.onnx", "decoder.onnx", "decoder_shared.onnx", "tokenizer.json",
+            "verify.json", "embed_tokens.npy", "embed_scales.npy"} <= names
+    m = load_manifest(path)
+    assert m.kind == "audio-interaction" and m.sample_rate == 16000 and m.chunk_ms == 400
+    assert [d.kv_layout for d in m.decoders] == ["shared", "concat"]
+    assert all(d.precision.startswith("int8") for d in m.decoders)
+    assert m.raw["provenance"]["exported_with"]["onnxruntime"]
+    assert set(m.raw["files"]) == names - {"manifest.json"}
+
+
+def test_fp32_parity_over_incremental_steps(tiny_bundle_fp32, tiny_model):
+    """<= 1e-4 max abs logits, recomputed here (not read from verify.json), >= 8 calls, both layouts."""
+    path, report = tiny_bundle_fp32
+    model, tok, _ = tiny_model
+    m = load_manifest(path)
+    chunks, _ = V.audio_chunk_embeds(model, V.synthetic_audio())
+    blocks = V.decoder_script(model.lm, tok.encode("Transcribe.").ids, m.control_tokens, chunks, [5, 6, 7])
+    assert len(blocks) >= 8
+    ref = V.torch_steps(model.lm, blocks)
+    for d in m.decoders:
+        got, _ = V.onnx_steps(V.open_decoder(path / d.file, d.kv_layout, m.decoder), blocks)
+        cmp = V.compare(ref, got, m.control_tokens)
+        assert cmp["logits_max_abs"] <= 1e-4, (d.file, cmp)
+        assert cmp["kv_max_abs"] <= 1e-4, (d.file, cmp)
+        assert cmp["top1_agree"] == 1.0 and cmp["decision_agree"] == 1.0
+        assert report["decoders"][d.file]["fp32_vs_torch"]["steps"] >= 8
+
+
+def test_int8_agreement(tiny_bundle):
+    _, report = tiny_bundle
+    for name, entry in report["decoders"].items():
+        q = entry["int8_vs_fp32"]
+        assert q["steps"] >= 8
+        assert q["top1_agree"] >= 0.95, (name, q)
+        assert q["teacher_forced_top1"] >= 0.95, (name, q)
+        assert q["decision_agree"] >= 0.95, (name, q)
+    cands = report["int8"]["candidates"]
+    assert set(cands) == {"weight-only", "dynamic"} and report["int8"]["chosen"] in cands
+
+
+def test_graphs_do_the_work_the_loop_needs_only(tiny_bundle):
+    """Logits for the last position only; no embedding table in the decoder; lm_head quantized."""
+    path, _ = tiny_bundle
+    m = load_manifest(path)
+    vocab, hidden = m.decoder.vocab_size, m.decoder.hidden_size
+    for d in m.decoders:
+        g = onnx.load(str(path / d.file)).graph
+        sess = Bundle(path, SessionConfig(), layout=d.kv_layout).decoder.runner.session
+        L = m.decoder.max_context if d.kv_layout == "shared" else 0
+        feeds = {"inputs_embeds": np.zeros((1, 7, hidden), np.float32), "attention_mask": np.ones((1, 7), np.int64),
+                 "position_ids": np.arange(7)[None]}
+        feeds.update({i.name: np.zeros((1, m.decoder.n_kv_heads, L, m.decoder.head_dim), np.float32)
+                      for i in sess.get_inputs() if i.name.startswith("past_")})
+        feeds = {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}}
+        assert sess.run(["logits"], feeds)[0].shape == (1, 1, vocab)  # 7 tokens in, one row of logits out
+        assert not [n for n in g.node if n.op_type == "Gather" and any("embed" in i for i in n.input)]
+        fp32_big = [i.name for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+                    and sorted(i.dims) == sorted([vocab, hidden])]
+        assert not fp32_big, f"{d.file}: an fp32 vocab x hidden matrix survived quantization: {fp32_big}"
+        ops = {n.op_type for n in g.node}
+        if d.kv_layout == "shared":
+            assert "GroupQueryAttention" in ops
+        assert ops & {"MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul"}
+
+
+def test_shared_layout_writes_in_place(tiny_bundle):
+    path, _ = tiny_bundle
+    b = Bundle(path, SessionConfig(), layout="shared")
+    cache = b.decoder.new_cache()
+    before = [v.data_ptr() for v in cache.values]
+    for _ in range(3):
+        b.decoder.forward(cache, b.embed([5, 6]))
+    assert [v.data_ptr() for v in cache.values] == before
+    assert cache.length == 6
+    assert np.abs(cache._arrays[0][:, :, :6]).sum() > 0 and np.abs(cache._arrays[0][:, :, 6:]).sum() == 0
+
+
+def test_verify_json_records_parity(tiny_bundle):
+    path, _ = tiny_bundle
+    v = json.loads((path / "verify.json").read_text())
+    assert v["tolerance"]["fp32_logits_max_abs"] == 1e-4
+    for entry in v["decoders"].values():
+        assert {"logits_max_abs", "kv_max_abs", "top1_agree", "decision_agree"} <= set(entry["fp32_vs_torch"])
+
+
+def test_export_fails_when_parity_breaks(tiny_model, tmp_path, monkeypatch):
+    from edge_export import pipeline
+
+    model, tok, ref = tiny_model
+    real = pipeline.build_shared_decoder
+
+    def broken(lm, max_len):  # a graph with one wrong weight
+        g = real(lm, max_len)
+        w = next(i for i in g.graph.initializer if i.name.endswith("down_proj.weight_t"))
+        arr = onnx.numpy_helper.to_array(w).copy()
+        arr[0, 0] += 1.0
+        w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+        return g
+
+    monkeypatch.setattr(pipeline, "build_shared_decoder", broken)
+    with pytest.raises(pipeline.ExportError, match="decoder_shared.onnx: fp32 logits differ"):
+        pipeline.export_bundle(model, tok, tmp_path / "b", ref, pipeline.ExportOptions(precision="fp32"))
