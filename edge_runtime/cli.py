@@ -1,0 +1,149 @@
+"""edge-listen: listen to a microphone, a file or stdin and respond when the model decides to.
+
+Exit codes: 0 the stream ended (end of input, or stopped by SIGINT/SIGTERM after a final `end`
+event); 1 runtime failure; 2 bad usage, bad input or a bad bundle; 3 no microphone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+
+EXIT_OK, EXIT_RUNTIME, EXIT_INPUT, EXIT_NO_MIC = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge-listen", description="Run an audio interaction model on a live stream.",
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--bundle", help="bundle directory (default: the bundle installed with the package)")
+    ap.add_argument("--input", help="audio file (WAV/FLAC/OGG), or - for raw PCM on stdin; default: the microphone")
+    ap.add_argument("--fast", action="store_true", help="replay the file as fast as possible (same threads and queues)")
+    ap.add_argument("--speed", type=float, default=1.0, help="real-time replay speed factor for files (default 1)")
+    ap.add_argument("--device", help="microphone by index or name substring")
+    ap.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    ap.add_argument("--rate", type=int, default=16000, help="stdin sample rate in Hz (with --input -)")
+    ap.add_argument("--channels", type=int, default=1, help="stdin channels (with --input -)")
+    ap.add_argument("--format", default="s16le", choices=["s16le", "f32le"], help="stdin sample format")
+    ap.add_argument("--provider", default="cpu", help="cpu, cuda, tensorrt, openvino, qnn, coreml, dml or auto")
+    ap.add_argument("--strict-provider", action="store_true", help="fail instead of falling back to CPU")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
+    ap.add_argument("--decoder-threads", type=int, default=None, help="intra-op threads of the decoder (default --threads)")
+    ap.add_argument("--instruction", help="what the model should do (default: the bundle's)")
+    ap.add_argument("--sensitivity", type=float, default=0.5, help="0..1: respond when p(respond) >= 1 - sensitivity")
+    ap.add_argument("--max-response-tokens", type=int, default=48)
+    ap.add_argument("--context", type=int, default=None, help="KV cache tokens (default: the bundle's max)")
+    ap.add_argument("--no-fifo", action="store_true", help="decode chunk by chunk instead of prefilling the backlog at once")
+    ap.add_argument("--vad-gate", choices=["auto", "on", "off"], default="auto", help="skip the encoder on quiet chunks")
+    ap.add_argument("--stats-interval", type=float, default=60.0, help="stream seconds between stats events")
+    ap.add_argument("--jsonl", action="store_true", help="events as JSON lines on stdout")
+    ap.add_argument("--verbose", action="store_true", help="also a decision event per decoder call")
+    ap.add_argument("--log-level", default="WARNING")
+    return ap
+
+
+def _fail(code: int, msg: str) -> int:
+    print(f"edge-listen: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _make_source(args):
+    from .audio import FileSource, RawSource
+
+    if args.input == "-":
+        return RawSource(None, args.rate, args.channels, args.format)
+    if args.input:
+        return FileSource(args.input, fast=args.fast, speed=args.speed)
+    from .mic import MicSource
+
+    return MicSource(args.device)
+
+
+class ConsoleView:
+    """Readable output: responses as they stream, warnings, a short summary at the end."""
+
+    def __init__(self, out=sys.stdout, err=sys.stderr):
+        self.out, self.err = out, err
+
+    def __call__(self, ev: dict) -> None:
+        k = ev["type"]
+        if k == "ready":
+            print(f"listening with {ev['bundle']} ({', '.join(ev['providers'])}, {ev['kv_layout']} KV) to "
+                  f"{ev['source']['name']}; instruction: {ev['instruction']!r}", file=self.err)
+        elif k == "response.start":
+            print(f"[{ev['t']:8.1f}s] ", end="", file=self.out, flush=True)
+        elif k == "response.delta":
+            print(ev["text"], end="", file=self.out, flush=True)
+        elif k == "response.end":
+            print(f"   ({ev['first_token_ms']} ms to first token)", file=self.out, flush=True)
+        elif k == "transcript":
+            print(f"[{ev['t_start']:8.1f}s] {ev['text']}", file=self.out, flush=True)
+        elif k == "decision":
+            print(f"[{ev['t']:8.1f}s] p(respond) {ev['p_respond']:.3f}", file=self.err)
+        elif k == "warning":
+            print(f"warning: {ev['message']}", file=self.err)
+        elif k == "stats":
+            print(f"stats at {ev['t']:.1f}s: {ev['chunks']} chunks, chunk p50 {ev['chunk_ms_p50']} ms, p99 "
+                  f"{ev['chunk_ms_p99']} ms, backlog max {ev['backlog_max']}, dropped {ev['dropped_ms']} ms, "
+                  f"RSS {ev['rss_mb']} MB", file=self.err)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from .audio import AudioInputError
+    from .bundle import BundleError
+    from .sessions import ProviderError
+
+    if args.list_devices:
+        from .mic import list_devices
+
+        try:
+            for d in list_devices():
+                print(f"{d['index']:3d}  {d['name']}  ({d['channels']} ch, {d['rate']:.0f} Hz)")
+        except AudioInputError as e:
+            return _fail(EXIT_NO_MIC, str(e))
+        return EXIT_OK
+    try:
+        from .listener import Listener, ListenerOptions
+        from .loop import LoopOptions
+        from .mic import NoMicrophoneError
+        from .sessions import SessionConfig
+
+        opts = ListenerOptions(
+            loop=LoopOptions(instruction=args.instruction, sensitivity=args.sensitivity,
+                             max_response_tokens=args.max_response_tokens, fifo=not args.no_fifo, context=args.context),
+            session=SessionConfig(provider=args.provider, threads=args.threads, strict=args.strict_provider),
+            decoder_threads=args.decoder_threads, stats_interval=args.stats_interval,
+            vad_gate={"auto": None, "on": True, "off": False}[args.vad_gate], verbose=args.verbose)
+        try:
+            source = _make_source(args)
+        except NoMicrophoneError as e:
+            return _fail(EXIT_NO_MIC, f"{e}" if "--input" in str(e) else f"{e}; pass --input FILE")
+        listener = Listener(args.bundle, source, opts)
+    except (BundleError, AudioInputError, ProviderError, ValueError) as e:
+        return _fail(EXIT_INPUT, str(e))
+
+    def on_signal(signum, frame):
+        listener.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    show = (lambda ev: print(json.dumps(ev), flush=True)) if args.jsonl else ConsoleView()
+    failed = False
+    try:
+        for ev in listener.events():
+            show(ev)
+            if ev["type"] == "warning" and ev["message"].startswith(("encoder failed", "decoder failed")):
+                failed = True
+    finally:
+        listener.stop()
+        listener.join(2.0)
+    return EXIT_RUNTIME if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The decide-respond loop (DESIGN section 3), free of threads so that it can be tested directly.
+
+    [instruction]                       the sink: kept forever
+    [chunk 1] <silent>                  <silent> rides along with the next chunk's prefill
+    [chunk 2] <silent> [chunk 3]        FIFO: a backlog is prefilled in one call, one decision at the end
+    <respond> text ... <end>            greedy response, streamed token by token; <end> rides along too
+
+The context is bounded: when the next call would not fit, the oldest blocks after the sink are
+dropped and the kept ones are prefilled again at re-based positions (one O(window) call per
+eviction block). So positions never grow, and the cache after an eviction is exactly that of a
+stream that began with the kept tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .model import Bundle
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """instruction: what the model is told to do (None: the bundle's default).
+    sensitivity: 0..1; respond when p(<respond>) >= 1 - sensitivity (0.5: the more likely of the two).
+    max_response_tokens: a response is cut (and closed with <end>) after this many tokens.
+    fifo: prefill every queued chunk in one call (True) or one call per chunk (False).
+    context: tokens the KV cache may hold (None: the bundle's max_context).
+    evict_fraction: share of the window (after the sink) dropped per eviction."""
+
+    instruction: str | None = None
+    sensitivity: float = 0.5
+    max_response_tokens: int = 48
+    fifo: bool = True
+    context: int | None = None
+    evict_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sensitivity <= 1.0:
+            raise ValueError(f"sensitivity must be in [0, 1], got {self.sensitivity}")
+        if self.max_response_tokens < 1:
+            raise ValueError(f"max_response_tokens must be >= 1, got {self.max_response_tokens}")
+        if not 0.05 <= self.evict_fraction <= 0.95:
+            raise ValueError(f"evict_fraction must be in [0.05, 0.95], got {self.evict_fraction}")
+        if self.context is not None and self.context < 64:
+            raise ValueError(f"context must be >= 64 tokens, got {self.context}")
+
+
+@dataclasses.dataclass
+class Chunk:
+    """One encoded chunk. index: 0-based. t_end: stream seconds at its last sample.
+    available: wall clock (time.monotonic) when its last sample was read. encode_ms: encoder time."""
+
+    index: int
+    t_end: float
+    embeds: np.ndarray
+    available: float
+    encode_ms: float
+    gated: bool = False
+
+
+class Decider(Protocol):
+    def respond(self, p_respond: float, chunk: Chunk) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdDecider:
+    threshold: float
+
+    def respond(self, p_respond: float, chunk: Chunk) -> bool:
+        return p_respond >= self.threshold
+
+
+@dataclasses.dataclass(frozen=True)
+class ScriptedDecider:
+    """Responds exactly after the given chunk indices (tests and benchmarks of the loop itself)."""
+
+    chunks: frozenset
+
+    def respond(self, p_respond: float, chunk: Chunk) -> bool:
+        return chunk.index in self.chunks
+
+
+class Context:
+    """Per-stream decoder state: KV cache, the sink, and the blocks fed since (for eviction)."""
+
+    def __init__(self, bundle: Bundle, capacity: int, evict_fraction: float):
+        self.decoder = bundle.decoder
+        self.cache = bundle.decoder.new_cache()
+        self.capacity = min(capacity, bundle.decoder.max_len)
+        self.evict_fraction = evict_fraction
+        self.sink_len = 0
+        self.blocks: list[np.ndarray] = []  # embeddings fed after the sink, in order
+        self.evictions = 0
+        self.log: list[np.ndarray] | None = None  # tests may record every block fed
+
+    def set_sink(self, embeds: np.ndarray) -> np.ndarray:
+        self.cache.reset()
+        self.blocks.clear()
+        logits = self.decoder.forward(self.cache, embeds).copy()
+        self.sink_len = self.cache.length
+        if self.sink_len > self.capacity // 2:
+            raise ValueError(f"instruction of {self.sink_len} tokens leaves too little of a {self.capacity}-token context")
+        return logits
+
+    def feed(self, embeds: np.ndarray, reserve: int = 0) -> np.ndarray:
+        """Append a block (T, hidden); evict first if it and ``reserve`` more tokens would not fit."""
+        if self.cache.length + len(embeds) + reserve > self.capacity:
+            self._evict(len(embeds) + reserve)
+        if self.log is not None:
+            self.log.append(embeds)
+        self.blocks.append(embeds)
+        return self.decoder.forward(self.cache, embeds)
+
+    def _evict(self, need: int) -> None:
+        window = self.capacity - self.sink_len
+        keep_budget = min(int(window * (1 - self.evict_fraction)), window - need)
+        kept, total = [], 0
+        for b in reversed(self.blocks):
+            if total + len(b) > keep_budget:
+                break
+            kept.append(b)
+            total += len(b)
+        kept.reverse()
+        self.cache.truncate(self.sink_len)
+        self.blocks = kept
+        if kept:
+            self.decoder.forward(self.cache, np.concatenate(kept))  # re-based prefill, O(window)
+        self.evictions += 1
+        log.debug("evicted: kept %d tokens after a %d-token sink", total, self.sink_len)
+
+
+def _p_respond(logits: np.ndarray, silent: int, respond: int) -> float:
+    d = float(logits[respond]) - float(logits[silent])
+    return float(1.0 / (1.0 + np.exp(-np.clip(d, -60, 60))))
+
+
+class DecisionLoop:
+    """Feeds chunks, decides, generates. ``emit`` receives event dicts (DESIGN section 5)."""
+
+    def __init__(self, bundle: Bundle, opts: LoopOptions, emit: Callable[[dict], None],
+                 decider: Decider | None = None, should_stop: Callable[[], bool] = lambda: False,
+                 verbose: bool = False):
+        self.b, self.opts, self.emit = bundle, opts, emit
+        self.decider = decider or ThresholdDecider(1.0 - opts.sensitivity)
+        self.should_stop, self.verbose = should_stop, verbose
+        m = bundle.manifest
+        self.silent_id, self.respond_id, self.end_id = (m.control_tokens[k] for k in ("silent", "respond", "end"))
+        self._silent, self._respond, self._end = (bundle.embed([i]) for i in (self.silent_id, self.respond_id, self.end_id))
+        self.instruction = opts.instruction if opts.instruction is not None else m.default_instruction
+        self.ctx = Context(bundle, opts.context or m.decoder.max_context, opts.evict_fraction)
+        self.reset()
+
+    def reset(self) -> None:
+        ids = self.b.token_ids(self.instruction)
+        if not ids:
+            raise ValueError("the instruction encodes to no tokens")
+        self.ctx.set_sink(self.b.embed(ids))
+        self._pending: np.ndarray | None = None  # <silent> or <end> waiting to ride with the next chunk
+        self.decisions = 0
+        self.compute_ms: list[float] = []  # per chunk: encode + its share of the prefill/decision call
+        self.decision_lag_ms: list[float] = []
+        self.first_token_ms: list[float] = []
+        self.responses = 0
+
+    def process(self, chunks: list[Chunk]) -> None:
+        """Prefill ``chunks`` (a FIFO backlog) in one call and decide once, after the last."""
+        parts = [] if self._pending is None else [self._pending]
+        for i, c in enumerate(chunks):
+            if i:
+                parts.append(self._silent)  # the model "stayed silent" on queued chunks
+            parts.append(c.embeds)
+        t0 = time.monotonic()
+        logits = self.ctx.feed(np.concatenate(parts), reserve=self.opts.max_response_tokens + 2)
+        p = _p_respond(logits, self.silent_id, self.respond_id)
+        t1 = time.monotonic()
+        last = chunks[-1]
+        share = 1000 * (t1 - t0) / len(chunks)
+        self.compute_ms.extend(c.encode_ms + share for c in chunks)
+        self.decision_lag_ms.append(1000 * (t1 - last.available))
+        self.decisions += 1
+        if self.verbose:
+            self.emit({"type": "decision", "t": round(last.t_end, 3), "p_respond": round(p, 4), "chunks": len(chunks)})
+        if self.decider.respond(p, last):
+            self._respond_to(last, t1)
+        else:
+            self._pending = self._silent
+
+    def _respond_to(self, chunk: Chunk, t_decided: float) -> None:
+        self.responses += 1
+        t = round(chunk.t_end, 3)
+        self.emit({"type": "response.start", "t": t})
+        logits = self.ctx.feed(self._respond)
+        ids: list[int] = []
+        text_sent, first_ms = "", None
+        while True:
+            nxt = int(np.argmax(logits))
+            if nxt == self.end_id:
+                break
+            ids.append(nxt)
+            if first_ms is None:
+                first_ms = 1000 * (time.monotonic() - t_decided)
+                self.first_token_ms.append(first_ms)
+            text = self.b.tokenizer.decode(ids)
+            if len(text) > len(text_sent) and not text.endswith("\ufffd"):  # whole characters only
+                self.emit({"type": "response.delta", "t": t, "text": text[len(text_sent) :]})
+                text_sent = text
+            if len(ids) >= self.opts.max_response_tokens or self.should_stop():
+                break
+            logits = self.ctx.feed(self.b.embed([nxt]))
+        if nxt == self.end_id:
+            self._pending = self._end  # every token was fed; <end> rides with the next chunk
+        else:  # cut short: the last token was not fed yet; it and <end> ride with the next chunk
+            self._pending = np.concatenate([self.b.embed([nxt]), self._end])
+        text = self.b.tokenizer.decode(ids)
+        if len(text) > len(text_sent):
+            self.emit({"type": "response.delta", "t": t, "text": text[len(text_sent) :]})
+        self.emit({"type": "response.end", "t": t, "text": text,
+                   "first_token_ms": round(first_ms, 2) if first_ms is not None else None,
+                   "total_ms": round(1000 * (time.monotonic() - t_decided), 2), "tokens": len(ids)})
