@@ -77,14 +77,19 @@ class ThresholdDecider:
         return p_respond >= self.threshold
 
 
-@dataclasses.dataclass(frozen=True)
 class ScriptedDecider:
-    """Responds exactly after the given chunk indices (tests and benchmarks of the loop itself)."""
+    """Responds once for each given chunk index, at the first decision that covers it (with FIFO
+    a backlog is decided once, at its last chunk). For tests and benchmarks of the loop itself."""
 
-    chunks: frozenset
+    def __init__(self, chunks):
+        self.chunks = sorted(set(chunks))
+        self._next = 0
 
     def respond(self, p_respond: float, chunk: Chunk) -> bool:
-        return chunk.index in self.chunks
+        hit = False
+        while self._next < len(self.chunks) and self.chunks[self._next] <= chunk.index:
+            self._next, hit = self._next + 1, True
+        return hit
 
 
 class Context:

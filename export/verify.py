@@ -120,3 +120,16 @@ def encoder_parity(path: Path, windows: np.ndarray, ref: list[np.ndarray]) -> di
     a, b = np.stack(ref).reshape(len(ref), -1), np.stack(got).reshape(len(got), -1)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     return {"chunks": len(ref), "max_abs": float(np.abs(a - b).max()), "min_cosine": float(cos.min()), "ms_per_chunk": ms}
+
+
+def partition_drift(dec: Decoder, blocks: list[np.ndarray]) -> float:
+    """Max abs logits difference between feeding ``blocks`` call by call and all in one call.
+
+    The loop re-partitions the same tokens (FIFO backlogs, eviction re-prefill), so a graph must
+    compute the same thing either way; per-tensor dynamic activation quantization does not."""
+    c1 = dec.new_cache()
+    for b in blocks[:-1]:
+        dec.forward(c1, b)
+    last = dec.forward(c1, blocks[-1]).copy()
+    one = dec.forward(dec.new_cache(), np.concatenate(blocks))
+    return float(np.abs(last - one).max())

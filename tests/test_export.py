@@ -55,6 +55,9 @@ def test_int8_agreement(tiny_bundle):
         assert q["decision_agree"] >= 0.95, (name, q)
     cands = report["int8"]["candidates"]
     assert set(cands) == {"weight-only", "dynamic"} and report["int8"]["chosen"] in cands
+    # the loop re-partitions tokens (FIFO, eviction): the chosen graph must not care how
+    assert cands[report["int8"]["chosen"]]["partition_invariant"]
+    assert cands["weight-only"]["partition_drift"] <= 1e-5 < cands["dynamic"]["partition_drift"]
 
 
 def test_graphs_do_the_work_the_loop_needs_only(tiny_bundle):

@@ -1,0 +1,150 @@
+"""The decide-respond loop: chunk-size invariance, FIFO catch-up, bounded context with exact eviction."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import speechlike
+from edge_runtime.listener import Listener, ListenerOptions
+from edge_runtime.loop import Context, LoopOptions, ScriptedDecider
+from edge_runtime.model import Bundle
+from edge_runtime.sessions import SessionConfig
+
+
+def _run_feed(bundle, audio, piece_ms, loop_opts, decider=None, rate=16000):
+    l = Listener(bundle, options=ListenerOptions(loop=loop_opts, verbose=True), decider=decider,
+                 feed_rate=rate, feed_live=False)
+    events = []
+    collector = threading.Thread(target=lambda: events.extend(l.events(timeout=60)))
+    l.start()
+    collector.start()
+    step = int(rate * piece_ms / 1000)
+    for i in range(0, len(audio), step):
+        l.feed(audio[i:i + step])
+    l.close_input()
+    collector.join(120)
+    l.join(5)
+    assert events and events[-1]["type"] == "end"
+    return events
+
+
+def _decisions(events):
+    return [(e["t"], e["p_respond"]) for e in events if e["type"] == "decision"]
+
+
+def test_chunk_size_invariance(tiny_bundle):
+    audio = speechlike(8.0)
+    b = Bundle(tiny_bundle[0])
+    ref = _decisions(_run_feed(b, audio, 400, LoopOptions(fifo=False)))
+    median = float(np.median([p for _, p in ref]))
+    opts = LoopOptions(fifo=False, sensitivity=1 - median, max_response_tokens=6)  # about half respond
+    runs = {ms: _run_feed(b, audio, ms, opts) for ms in (10, 37, 400)}
+    base = runs[400]
+    responded = [e["t"] for e in base if e["type"] == "response.start"]
+    assert 0 < len(responded) < len(_decisions(base)), "the threshold should split the decisions"
+    for ms, ev in runs.items():
+        assert [t for t, _ in _decisions(ev)] == [t for t, _ in _decisions(base)], ms
+        np.testing.assert_allclose([p for _, p in _decisions(ev)], [p for _, p in _decisions(base)], atol=1e-4)
+        assert [e["t"] for e in ev if e["type"] == "response.start"] == responded, ms
+        ends = lambda evs: [(e["text"], e["tokens"]) for e in evs if e["type"] == "response.end"]  # noqa: E731
+        assert ends(ev) == ends(base), ms
+
+
+@pytest.mark.parametrize("layout", ["shared", "concat"])
+def test_eviction_equals_fresh_prefill(tiny_bundle, layout):
+    b = Bundle(tiny_bundle[0], layout=layout)
+    ctx = Context(b, capacity=128, evict_fraction=0.5)
+    sink = b.embed(b.token_ids("Answer when someone talks to you."))
+    ctx.set_sink(sink)
+    ctx.log = []
+    rng = np.random.default_rng(0)
+    checked = 0
+    for i in range(120):
+        before = ctx.evictions
+        n = int(rng.integers(1, 8))
+        ctx.feed(0.1 * rng.standard_normal((n, b.manifest.decoder.hidden_size)).astype(np.float32))
+        assert ctx.cache.length <= 128
+        if ctx.evictions > before:
+            kept = ctx.cache.length - ctx.sink_len
+            fed = np.concatenate(ctx.log)
+            fresh = Context(b, capacity=128, evict_fraction=0.5)
+            fresh.set_sink(sink)
+            fresh.feed(fed[len(fed) - kept:])  # the most recent tokens, at re-based positions
+            assert fresh.cache.length == ctx.cache.length
+            for x, y in zip(ctx.cache.numpy(), fresh.cache.numpy()):
+                np.testing.assert_allclose(x, y, atol=1e-5)
+            checked += 1
+    assert checked >= 3
+    # each eviction drops at least half the window: O(window) work at most once per eviction block
+    total = sum(len(x) for x in ctx.log)
+    assert ctx.evictions <= total // ((128 - ctx.sink_len) // 2) + 1
+
+
+@pytest.fixture(scope="session")
+def slow_bundle(tmp_path_factory):
+    """A tiny encoder with a decoder ~100x larger than test-tiny's: slow enough to build a backlog."""
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from edge_export.pipeline import ExportOptions, export_bundle
+    from edge_models.audio_interaction import build_model
+    from edge_models.zoo import tiny
+
+    model, tok, ref = tiny()
+    cfg = dataclasses.replace(model.cfg, name="test-slow-decoder",
+                              lm=dataclasses.replace(model.cfg.lm, hidden_size=384, n_layers=8, n_heads=6,
+                                                     n_kv_heads=2, head_dim=64, intermediate_size=1536))
+    big = build_model(cfg, seed=1)
+    out = tmp_path_factory.mktemp("slow") / "bundle"
+    export_bundle(big, tok, out, {"source": "test"}, ExportOptions(precision="fp32", layouts=("shared",), max_context=1024))
+    return out
+
+
+def test_fifo_catches_up_and_matches_a_run_without_backlog(slow_bundle, tmp_path):
+    import soundfile as sf
+
+    from edge_runtime.audio import FileSource
+
+    audio = speechlike(16.0)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, audio, 16000)
+    opts = LoopOptions(max_response_tokens=40)
+    b = Bundle(slow_bundle, SessionConfig(threads=1))
+    # live-paced at 16x real time: a 40-token response takes longer than several 25 ms chunks
+    fifo = Listener(b, FileSource(wav, speed=16.0), ListenerOptions(loop=opts, verbose=True),
+                    decider=ScriptedDecider({3})).run()
+    plain = _run_feed(b, audio, 400, LoopOptions(max_response_tokens=40, fifo=False), decider=ScriptedDecider({3}))
+    dec_f = [e for e in fifo if e["type"] == "decision"]
+    catchup = [e for e in dec_f if e["chunks"] > 1]
+    assert catchup, "no backlog formed: the decoder was not slow enough"
+    stats = next(e for e in fifo if e["type"] == "stats")
+    assert stats["backlog_max"] >= 2
+    ref = dict(_decisions(plain))
+    after = [e for e in dec_f if e["t"] >= catchup[0]["t"]]
+    assert len(after) >= 5
+    for e in after:  # every decision from the catch-up on equals the backlog-free run's
+        assert abs(e["p_respond"] - ref[e["t"]]) < 1e-4, (e, ref[e["t"]])
+    # caught up: the last decisions are one chunk each again
+    assert all(e["chunks"] == 1 for e in dec_f[-5:])
+
+
+def test_backlog_stays_bounded_under_repeated_responses(slow_bundle, tmp_path):
+    """Compute below real time (8x pacing) with a response every 4.8 s of audio and evictions:
+    the backlog stays small, nothing is dropped, and the loop is caught up most of the time."""
+    import soundfile as sf
+
+    from edge_runtime.audio import FileSource
+
+    wav = tmp_path / "long.wav"
+    sf.write(wav, speechlike(60.0), 16000)
+    decider = ScriptedDecider(range(5, 150, 12))
+    ev = Listener(Bundle(slow_bundle), FileSource(wav, speed=8.0),
+                  ListenerOptions(loop=LoopOptions(max_response_tokens=24, context=512), verbose=True),
+                  decider=decider).run()
+    stats = [e for e in ev if e["type"] == "stats"][-1]
+    assert stats["responses"] == len(decider.chunks)
+    assert stats["chunks"] == 150 and stats["dropped_ms"] == 0 and stats["evictions"] >= 1
+    assert stats["backlog_max"] <= 20, stats
+    sizes = [e["chunks"] for e in ev if e["type"] == "decision"]
+    assert sizes.count(1) >= 0.7 * len(sizes), sizes
