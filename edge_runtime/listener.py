@@ -113,8 +113,9 @@ def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
-def _pct(xs: list[float], q: float) -> float | None:
-    return round(float(np.percentile(xs, q)), 3) if xs else None
+def _pct(samples, q: float) -> float | None:
+    v = samples.values()
+    return round(float(np.percentile(v, q)), 3) if len(v) else None
 
 
 class Listener:

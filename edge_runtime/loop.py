@@ -141,6 +141,29 @@ class Context:
         log.debug("evicted: kept %d tokens after a %d-token sink", total, self.sink_len)
 
 
+class Samples:
+    """The most recent ``capacity`` measurements (a preallocated ring), for percentiles: memory
+    stays flat over an endless stream. ``count`` is the number ever added."""
+
+    def __init__(self, capacity: int = 16384):
+        self._a = np.zeros(capacity, np.float32)
+        self.count = 0
+
+    def add(self, x: float) -> None:
+        self._a[self.count % len(self._a)] = x
+        self.count += 1
+
+    def extend(self, xs) -> None:
+        for x in xs:
+            self.add(x)
+
+    def values(self) -> np.ndarray:
+        return self._a[: min(self.count, len(self._a))]
+
+    def __len__(self) -> int:
+        return self.count
+
+
 def _p_respond(logits: np.ndarray, silent: int, respond: int) -> float:
     d = float(logits[respond]) - float(logits[silent])
     return float(1.0 / (1.0 + np.exp(-np.clip(d, -60, 60))))
@@ -169,9 +192,9 @@ class DecisionLoop:
         self.ctx.set_sink(self.b.embed(ids))
         self._pending: np.ndarray | None = None  # <silent> or <end> waiting to ride with the next chunk
         self.decisions = 0
-        self.compute_ms: list[float] = []  # per chunk: encode + its share of the prefill/decision call
-        self.decision_lag_ms: list[float] = []
-        self.first_token_ms: list[float] = []
+        self.compute_ms = Samples()  # per chunk: encode + its share of the prefill/decision call
+        self.decision_lag_ms = Samples()
+        self.first_token_ms = Samples()
         self.responses = 0
 
     def process(self, chunks: list[Chunk]) -> None:
@@ -188,7 +211,7 @@ class DecisionLoop:
         last = chunks[-1]
         share = 1000 * (t1 - t0) / len(chunks)
         self.compute_ms.extend(c.encode_ms + share for c in chunks)
-        self.decision_lag_ms.append(1000 * (t1 - last.available))
+        self.decision_lag_ms.add(1000 * (t1 - last.available))
         self.decisions += 1
         if self.verbose:
             self.emit({"type": "decision", "t": round(last.t_end, 3), "p_respond": round(p, 4), "chunks": len(chunks)})
@@ -211,7 +234,7 @@ class DecisionLoop:
             ids.append(nxt)
             if first_ms is None:
                 first_ms = 1000 * (time.monotonic() - t_decided)
-                self.first_token_ms.append(first_ms)
+                self.first_token_ms.add(first_ms)
             text = self.b.tokenizer.decode(ids)
             if len(text) > len(text_sent) and not text.endswith("\ufffd"):  # whole characters only
                 self.emit({"type": "response.delta", "t": t, "text": text[len(text_sent) :]})
