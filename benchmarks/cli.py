@@ -21,10 +21,35 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--layouts", default="shared,concat")
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--json", action="store_true")
+    st = sub.add_parser("stream", help="chunk compute, decision lag and RTF of the whole loop in --fast mode")
+    st.add_argument("bundle")
+    st.add_argument("--seconds", type=float, default=120.0)
+    st.add_argument("--threads", type=int, default=1)
+    st.add_argument("--decoder-threads", type=int, default=None)
+    st.add_argument("--layout", default=None)
+    st.add_argument("--no-fifo", action="store_true")
+    i = sub.add_parser("idle", help="idle CPU of edge-listen on silence in real time")
+    i.add_argument("bundle")
+    i.add_argument("--seconds", type=float, default=60.0)
+    i.add_argument("--threads", type=int, default=1)
+    i.add_argument("--sensitivity", type=float, default=0.0, help="0: responses off (listening cost only)")
     args = ap.parse_args(argv)
 
     from edge_runtime.bundle import BundleError
 
+    if args.cmd in ("stream", "idle"):
+        from . import stream as S
+
+        try:
+            if args.cmd == "stream":
+                r = S.fast_run(args.bundle, args.seconds, args.threads, args.decoder_threads, args.layout, not args.no_fifo)
+            else:
+                r = S.idle_cpu(args.bundle, args.seconds, args.threads, args.sensitivity)
+        except BundleError as e:
+            print(f"edge-bench: error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(r, indent=2))
+        return 0
     try:
         from .decoder_steps import step_times
 

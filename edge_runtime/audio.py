@@ -64,11 +64,12 @@ class RingBuffer:
             self._w += n
             self._cv.notify_all()
 
-    def read(self, max_frames: int, timeout: float) -> np.ndarray | None:
-        """Up to max_frames (a copy); an empty array on timeout; None once closed and drained."""
+    def read(self, max_frames: int, timeout: float, min_frames: int = 1) -> np.ndarray | None:
+        """Up to max_frames (a copy) once at least min_frames are there (or the ring is closed);
+        an empty array on timeout; None once closed and drained."""
         with self._cv:
-            if self._w == self._r and not self.closed:
-                self._cv.wait(timeout)
+            if self._w - self._r < min_frames and not self.closed:
+                self._cv.wait_for(lambda: self._w - self._r >= min_frames or self.closed, timeout)
             n = min(max_frames, self._w - self._r)
             if n == 0:
                 return None if self.closed else np.zeros((0, self.channels), np.float32)
@@ -114,6 +115,11 @@ class Resampler:
         h = fc * np.sinc(fc * d) * window
         self._h = (h / h.sum(axis=1, keepdims=True)).astype(np.float32)  # unity DC gain per phase
         self.reset()
+
+    @property
+    def latency_in(self) -> int:
+        """Input samples the resampler holds back before an output can be computed."""
+        return self._hw + 1
 
     def reset(self) -> None:
         self._buf = np.zeros(self._hw, np.float32)  # inputs before the stream are zeros

@@ -251,9 +251,12 @@ class Listener:
         silence_embeds = None
         n_done = 0
         read_n = max(1, info.rate // 10)
+        lag = 0 if info.rate == m.sample_rate else resampler.latency_in
         try:
             while not self._stop.is_set():
-                frames = self.ring.read(read_n, timeout=0.1)
+                # Wake once per chunk, not per capture block: ask for the frames that complete it.
+                need = int(np.ceil((chunk_n - len(tail)) * info.rate / m.sample_rate)) + lag
+                frames = self.ring.read(max(read_n, need), timeout=0.1, min_frames=max(1, need))
                 eof = frames is None
                 if eof:
                     x = resampler.flush()

@@ -1,0 +1,78 @@
+"""Whole-loop measurements through the real threads: chunk compute and RTF in --fast mode,
+idle CPU of the real-time daemon on silence."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def test_signal(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
+    """Speech-like bursts (a gliding harmonic tone, on 50% of the time) over faint noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    env = (np.sin(2 * np.pi * 0.4 * t) > 0).astype(np.float32)
+    f0 = 140 + 40 * np.sin(2 * np.pi * 1.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(0.15 / k * np.sin(k * phase) for k in range(1, 6)) * env
+    return (x + 0.005 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def fast_run(bundle: str, seconds: float, threads: int = 1, decoder_threads: int | None = None,
+             layout: str | None = None, fifo: bool = True, sensitivity: float = 0.0) -> dict:
+    """--fast replay of ``seconds`` of test signal; the final stats event, plus wall time."""
+    from edge_runtime.listener import Listener, ListenerOptions
+    from edge_runtime.loop import LoopOptions
+    from edge_runtime.model import Bundle
+    from edge_runtime.sessions import SessionConfig
+
+    session = SessionConfig(threads=threads)
+    b = Bundle(bundle, session, layout=layout, decoder_threads=decoder_threads, verify_hashes=False)
+    opts = ListenerOptions(loop=LoopOptions(fifo=fifo, sensitivity=sensitivity), session=session,
+                           stats_interval=1e9)
+    l = Listener(b, options=opts, feed_live=False)
+    audio = test_signal(seconds)
+    t0 = time.monotonic()
+    l.start()
+    for i in range(0, len(audio), 16000):
+        l.feed(audio[i : i + 16000])
+    l.close_input()
+    events = list(l.events(timeout=600))
+    wall = time.monotonic() - t0
+    stats = [e for e in events if e["type"] == "stats"][-1]
+    return {**stats, "wall_s": round(wall, 3), "rtf": round(wall / seconds, 4), "audio_s": seconds,
+            "kv_layout": b.decoder_file.kv_layout, "threads": threads}
+
+
+def idle_cpu(bundle: str, seconds: float = 60.0, threads: int = 1, sensitivity: float = 0.0) -> dict:
+    """CPU seconds per wall second of ``edge-listen`` replaying digital silence in real time.
+
+    ``sensitivity`` 0 turns responses off: untrained bundles (test-tiny, the SmolLM2 one) say
+    <respond> to silence at random, which would measure generation, not listening."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "silence.wav"
+        sf.write(wav, np.zeros(int((seconds + 30) * 16000), np.float32), 16000, subtype="PCM_16")
+        p = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "--bundle", str(bundle), "--input", str(wav),
+                              "--jsonl", "--threads", str(threads), "--sensitivity", str(sensitivity)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        p.stdout.readline()  # ready: the bundle is loaded
+        time.sleep(2.0)  # warm-up
+        c0, t0 = _cpu_seconds(p.pid), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = _cpu_seconds(p.pid), time.monotonic()
+        p.terminate()
+        p.communicate(timeout=10)
+    return {"sensitivity": sensitivity, "seconds": round(t1 - t0, 1), "cpu_s": round(c1 - c0, 3), "idle_cpu_pct_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 2)}
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
