@@ -121,8 +121,8 @@ def _get(d: dict, dotted: str, where: str, typ: type | tuple = object) -> Any:
     return cur
 
 
-def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifest:
-    """Read and validate ``bundle_dir/manifest.json`` (and the files it lists)."""
+def load_common(bundle_dir: str | Path, verify_hashes: bool = True) -> tuple[Path, dict]:
+    """What every bundle kind shares: the manifest's schema and kind, its files and their sha256."""
     root = Path(bundle_dir)
     mpath = root / "manifest.json"
     where = str(mpath)
@@ -134,13 +134,14 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
         raw = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{where}: not a JSON object")
     schema = _get(raw, "schema", where, str)
     if schema != SCHEMA:
         raise BundleError(f"{where}: schema: unsupported version {schema!r} (this runtime reads {SCHEMA!r})")
     kind = _get(raw, "kind", where, str)
     if kind not in KINDS:
         raise BundleError(f"{where}: kind: unknown kind {kind!r} (one of {', '.join(KINDS)})")
-
     files = _get(raw, "files", where, dict)
     for name, info in files.items():
         p = root / name
@@ -150,6 +151,17 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
             digest = sha256_file(p)
             if digest != info.get("sha256"):
                 raise BundleError(f"{p}: sha256 mismatch (manifest files.{name}.sha256 {str(info.get('sha256'))[:12]}..., file {digest[:12]}...)")
+    return root, raw
+
+
+def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifest:
+    """Read and validate an ``audio-interaction`` bundle's manifest (and the files it lists)."""
+    root, raw = load_common(bundle_dir, verify_hashes)
+    where = str(root / "manifest.json")
+    kind = raw["kind"]
+    if kind != "audio-interaction":
+        raise BundleError(f"{where}: kind: {kind!r} bundles are not run by the decide-respond loop")
+    files = raw["files"]
 
     try:
         features = FeatureRecipe.from_dict(_get(raw, "features", where, dict))

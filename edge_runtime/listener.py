@@ -130,8 +130,11 @@ class Listener:
                  decider: Decider | None = None, feed_rate: int | None = None, feed_live: bool = True):
         self.options = options
         self._early_warnings: list[str] = []
+        self.asr = None
         if isinstance(bundle, Bundle):
             self.bundle = bundle
+        elif _kind(bundle or default_bundle_path()) == "whisper-asr":
+            return self._init_asr(bundle, source, callback, feed_rate, feed_live)
         else:
             self.bundle = Bundle(bundle or default_bundle_path(), options.session, warn=self._early_warnings.append,
                                  decoder_threads=options.decoder_threads)
@@ -159,6 +162,8 @@ class Listener:
         self.started = True
         info = self.source.info
         self.ring = RingBuffer(max(1, int(self.options.ring_seconds * info.rate)), info.channels)
+        if self.asr is not None:
+            return self._start_asr()
         self.loop = DecisionLoop(self.bundle, self.options.loop, self._emit, self._decider,
                                  should_stop=self._stop.is_set, verbose=self.options.verbose)
         m = self.bundle.manifest
@@ -364,6 +369,98 @@ class Listener:
             "evictions": lp.ctx.evictions, "context_tokens": lp.ctx.cache.length,
             "rss_mb": round(rss_mb(), 1), "rtf": round(wall / self._t_stream, 4) if self._t_stream else None,
         }
+
+
+def _kind(path) -> str:
+    from .bundle import load_common
+
+    return load_common(path, verify_hashes=False)[1]["kind"]
+
+
+class _AsrMode:
+    """Listener methods for ``whisper-asr`` bundles: one transcription worker instead of the
+    encoder and decoder workers; same capture, ring, resampling, events and stop handling."""
+
+    def _init_asr(self, bundle, source, callback, feed_rate, feed_live):
+        from .whisper_asr import Transcriber, WhisperBundle
+
+        self.asr = WhisperBundle(bundle or default_bundle_path(), self.options.session)
+        self.transcriber = Transcriber(self.asr)
+        self.source = source or FeedSource(feed_rate or 16000, live=feed_live)
+        self._callback = callback
+        self._events = queue.Queue()
+        self._stop = threading.Event()
+        self._threads = []
+        self.started = self.finished = False
+        self.nonfinite_samples = 0
+        self._t_stream = 0.0
+        self._chunks = ChunkQueue(1)
+
+    def _start_asr(self):
+        info = self.source.info
+        self._emit({"type": "ready", "bundle": self.asr.name, "path": str(self.asr.root), "providers": self.asr.providers,
+                    "chunk_ms": 20.0, "sample_rate": 16000, "mode": "transcribe",
+                    "source": {"name": info.name, "rate": info.rate, "channels": info.channels, "live": info.live}})
+        for w in self._early_warnings:
+            self._emit({"type": "warning", "message": w, "t": 0.0})
+        self._t_wall0 = time.monotonic()
+        self._threads = [threading.Thread(target=self._asr_worker, name="edge-asr", daemon=True)]
+        self._threads[0].start()
+        self.source.start(self.ring, self._stop)
+        return self
+
+    def _asr_worker(self) -> None:
+        info = self.source.info
+        resampler = Resampler(info.rate, 16000)
+        n_in = 0
+        try:
+            while not self._stop.is_set():
+                frames = self.ring.read(max(1, info.rate // 5), timeout=0.1, min_frames=max(1, info.rate // 10))
+                if frames is None:
+                    x = resampler.flush()
+                    for ev in self.transcriber.push(x, flush=True):
+                        self._emit(ev)
+                    break
+                if len(frames) == 0:
+                    continue
+                mono = to_mono(frames)
+                bad = ~np.isfinite(mono)
+                if bad.any():
+                    self._nonfinite(int(bad.sum()), n_in / 16000)
+                    mono = np.where(bad, 0.0, mono).astype(np.float32)
+                x = resampler.process(mono)
+                n_in += len(x)
+                self._t_stream = n_in / 16000
+                for ev in self.transcriber.push(x):
+                    self._emit(ev)
+        except Exception as e:
+            log.exception("transcription worker failed")
+            self._emit({"type": "warning", "message": f"decoder failed: {e}", "t": round(self._t_stream, 3)})
+        finally:
+            err = getattr(self.source, "error", None)
+            if err:
+                self._emit({"type": "warning", "message": err, "t": round(self._t_stream, 3)})
+            self._stop.set()
+            self.ring.close()
+            self.finished = True
+            self._emit(self._asr_stats())
+            self._emit({"type": "end", "t": round(self._t_stream, 3)})
+
+    def _asr_stats(self) -> dict:
+        tr = self.transcriber
+        fin, part = np.array(tr.latency_ms or [np.nan]), np.array(tr.decode_ms or [np.nan])
+        wall = time.monotonic() - self._t_wall0
+        pct = lambda a, q: None if np.isnan(a).all() else round(float(np.nanpercentile(a, q)), 2)  # noqa: E731
+        return {"type": "stats", "t": round(self._t_stream, 3), "chunks": len(tr.latency_ms),
+                "chunk_ms_p50": pct(fin, 50), "chunk_ms_p95": pct(fin, 95), "chunk_ms_p99": pct(fin, 99),
+                "segments": len(tr.latency_ms), "segments_dropped": tr.dropped,
+                "partial_decode_ms_p50": pct(part, 50), "backlog_max": 0,
+                "dropped_ms": round(1000 * self.ring.dropped / self.source.info.rate, 1),
+                "rss_mb": round(rss_mb(), 1), "rtf": round(wall / self._t_stream, 4) if self._t_stream else None}
+
+
+for _name in ("_init_asr", "_start_asr", "_asr_worker", "_asr_stats"):
+    setattr(Listener, _name, getattr(_AsrMode, _name))
 
 
 class AsyncListener:

@@ -1,0 +1,357 @@
+"""Streaming transcription with a ``whisper-asr`` bundle.
+
+    16 kHz samples -> SpeechSegmenter (webrtcvad + energy floor, hangover) -> segment audio
+      while speaking: a partial decode every ``partial_every`` seconds; the partial shown is the
+                      words two consecutive decodes agree on (local agreement), so it rarely moves
+      at the end:     a final decode -> ``transcript`` event (final=true)
+
+Whisper's failure modes are guarded, not hoped away: nothing is decoded outside VAD speech;
+a segment whose no-speech probability is high and whose mean log-probability is low is dropped;
+decoding stops at a repeated n-gram loop; text with a gzip compression ratio above 2.4 (a loop)
+is dropped; the token budget scales with the segment's duration.
+The encoder window is the segment plus ``pad_seconds`` of silence (not Whisper's fixed 30 s), so
+its cost follows the utterance's length; the choice was measured (README, benchmarks/asr.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .bundle import BundleError, load_common
+from .features import FeatureRecipe, mel_filterbank
+from .sessions import Runner, SessionConfig, make_session, ortvalue
+
+log = logging.getLogger(__name__)
+SR = 16000
+SUPPRESS_BEGIN_DEFAULT = [220]
+
+
+def whisper_log_mel(audio: np.ndarray, n_frames: int) -> np.ndarray:
+    """Whisper's features: audio zero-padded (or cut) to n_frames * 160 samples, centred reflect-
+    padded STFT, Slaney mel, log10, dynamic range 8 from the window's max, (x + 4) / 4."""
+    n = n_frames * 160
+    x = np.zeros(n, np.float32)
+    a = np.asarray(audio, np.float32)[:n]
+    x[: len(a)] = a
+    x = np.pad(x, (200, 200), mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(x, 400)[::160][:n_frames]  # (F, 400)
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)).astype(np.float32)
+    spec = np.fft.rfft(frames * window, axis=-1)
+    power = (spec.real**2 + spec.imag**2).astype(np.float32)
+    mel = _FILTERS @ power.T
+    logmel = np.log10(np.maximum(mel, 1e-10))
+    logmel = np.maximum(logmel, logmel.max() - 8.0)
+    return ((logmel + 4.0) / 4.0).astype(np.float32)
+
+
+_FILTERS = mel_filterbank(FeatureRecipe())
+
+
+@dataclasses.dataclass(frozen=True)
+class AsrOptions:
+    """pad_seconds: silence appended to a segment before encoding (the window is segment + pad,
+    rounded up to 1 s, at most 30 s). partial_every: seconds of new speech between partial decodes
+    (0 turns partials off). max_tokens_per_second: token budget per second of audio (+8).
+    no_speech_threshold / logprob_threshold: drop a segment when p(no speech) is above the first
+    AND the mean token log-probability is below the second. compression_ratio_threshold: drop
+    text that compresses better than this (a loop)."""
+
+    pad_seconds: float = 1.0
+    partial_every: float = 0.75
+    max_tokens_per_second: float = 6.0
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+
+
+class WhisperBundle:
+    """Shared: sessions, tokenizer and token ids of a ``whisper-asr`` bundle."""
+
+    def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
+        root, raw = load_common(path, verify_hashes)
+        if raw["kind"] != "whisper-asr":
+            raise BundleError(f"{root / 'manifest.json'}: kind: {raw['kind']!r} is not a whisper-asr bundle")
+        self.root, self.raw = root, raw
+        self.name = raw.get("name", root.name)
+        t = raw["tokens"]
+        self.sot, self.eot, self.no_ts, self.no_speech = t["sot"], t["eot"], t["no_timestamps"], t["no_speech"]
+        self.prompt_ids = [self.sot] + ([t["en"], t["transcribe"]] if raw.get("multilingual") else []) + [self.no_ts]
+        self.suppress = np.array(raw.get("suppress_tokens", []), np.int64)
+        self.begin_suppress = list(raw.get("begin_suppress_tokens", SUPPRESS_BEGIN_DEFAULT))
+        self.tokenizer = Tokenizer.from_file(str(root / raw["tokenizer"]))
+        self.encoder = Runner(make_session(root / raw["encoder"]["file"], session))
+        self.decoder = Runner(make_session(root / raw["decoder"]["file"], session))
+        d = raw["decoder"]
+        self.n_layers, self.n_heads, self.head_dim = d["n_layers"], d["n_heads"], d["head_dim"]
+        self.max_frames = raw["encoder"]["max_frames"]
+        self.providers = self.decoder.providers
+        n_cross = sum(1 for n in self.encoder.output_names if n.startswith("cross."))
+        if n_cross != 2 * self.n_layers:
+            raise BundleError(f"{root / 'manifest.json'}: decoder.n_layers: {self.n_layers} contradicts encoder.onnx ({n_cross // 2} cross K/V pairs)")
+
+    def window_frames(self, n_samples: int, pad_seconds: float = 1.0) -> int:
+        seconds = min(30.0, float(np.ceil(n_samples / SR + pad_seconds)))
+        return min(self.max_frames, int(seconds * 100))
+
+    def greedy(self, feats: np.ndarray, max_tokens: int = 96, prefix: list[int] | None = None) -> tuple[list[int], dict]:
+        """Greedy decode of one window -> (token ids, {no_speech_prob, avg_logprob, stopped})."""
+        cross = self.encoder.run({"input_features": feats[None]})
+        io_cross = {k: ortvalue(v) for k, v in cross.items()}
+        past = [ortvalue(np.zeros((1, self.n_heads, 0, self.head_dim), np.float32)) for _ in range(2 * self.n_layers)]
+        past_names = [f"past_key_values.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
+        present_names = [f"present.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
+
+        def step(ids: list[int]) -> np.ndarray:
+            nonlocal past
+            io = self.decoder.binding()
+            io.bind_cpu_input("input_ids", np.array([ids], np.int64))
+            for n, v in zip(past_names, past):
+                io.bind_ortvalue_input(n, v)
+            for n, v in io_cross.items():
+                io.bind_ortvalue_input(n, v)
+            io.bind_output("logits", "cpu")
+            for n in present_names:
+                io.bind_output(n, "cpu")
+            self.decoder.run_binding(io)
+            outs = io.get_outputs()
+            past = list(outs[1:])
+            return outs[0].numpy()[0, -1].astype(np.float64)
+
+        logits = step([self.sot])  # no-speech probability is read right after <|startoftranscript|>
+        p = np.exp(logits - logits.max())
+        no_speech = float(p[self.no_speech] / p.sum())
+        logits = step(self.prompt_ids[1:] + list(prefix or []))
+        out, logprobs, stopped = list(prefix or []), [], "eot"
+        while True:
+            logits[self.suppress] = -np.inf
+            if not out:
+                logits[self.begin_suppress] = -np.inf
+            lp = logits - logits.max()
+            lp -= np.log(np.exp(lp).sum())
+            nxt = int(lp.argmax())
+            if nxt == self.eot:
+                break
+            out.append(nxt)
+            logprobs.append(float(lp[nxt]))
+            if len(out) >= max_tokens:
+                stopped = "budget"
+                break
+            if _looping(out):
+                stopped = "loop"
+                break
+            logits = step([nxt])
+        return out, {"no_speech_prob": no_speech, "avg_logprob": float(np.mean(logprobs)) if logprobs else 0.0,
+                     "stopped": stopped}
+
+    def transcribe(self, audio: np.ndarray, opts: AsrOptions = AsrOptions()) -> tuple[str, dict]:
+        """One segment -> (text or "" when dropped, info).
+
+        A short window sometimes makes Whisper loop ("Thank you. Thank you. ..."): then it is
+        decoded once more in a window padded by RETRY_PAD_SECONDS, and if that loops too, the
+        repeats are cut."""
+        budget = int(8 + opts.max_tokens_per_second * len(audio) / SR)
+        ids, info = self.greedy(whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds)), budget)
+        info["retried"] = False
+        if _suspicious(self.tokenizer.decode(ids), info, opts) and opts.pad_seconds < RETRY_PAD_SECONDS:
+            ids2, info2 = self.greedy(whisper_log_mel(audio, self.window_frames(len(audio), RETRY_PAD_SECONDS)), budget)
+            if not _suspicious(self.tokenizer.decode(ids2), info2, opts) or len(ids2) < len(ids):
+                ids, info = ids2, info2
+            info["retried"] = True
+        if info["stopped"] == "loop":
+            ids = cut_loop(ids)
+        text = self.tokenizer.decode(ids).strip()
+        info["dropped"] = None
+        if info["no_speech_prob"] > opts.no_speech_threshold and info["avg_logprob"] < opts.logprob_threshold:
+            info["dropped"] = "no speech"
+        elif text and compression_ratio(text) > opts.compression_ratio_threshold:
+            info["dropped"] = "repetitive"
+        return ("" if info["dropped"] else text), info
+
+
+RETRY_PAD_SECONDS = 10.0
+
+
+def _suspicious(text: str, info: dict, opts: AsrOptions) -> bool:
+    return info["stopped"] == "loop" or (bool(text) and compression_ratio(text) > opts.compression_ratio_threshold)
+
+
+def cut_loop(ids: list[int], n_max: int = 8) -> list[int]:
+    """Drop the trailing repeats of an n-gram, keeping its first occurrence."""
+    for n in range(1, n_max + 1):
+        k = len(ids)
+        while k >= 2 * n and ids[k - n : k] == ids[k - 2 * n : k - n]:
+            k -= n
+        if k < len(ids):
+            return ids[:k]
+    return ids
+
+
+def _looping(ids: list[int], n_max: int = 4, repeats: int = 3) -> bool:
+    """True when the tail is an n-gram (n <= n_max) repeated ``repeats`` times in a row."""
+    for n in range(1, n_max + 1):
+        if len(ids) >= n * repeats and all(ids[-n:] == ids[-n * (k + 1) : len(ids) - n * k] for k in range(1, repeats)):
+            return n > 1 or len(ids) >= 6  # a single token repeated thrice is a loop only in longer text
+    return False
+
+
+def compression_ratio(text: str) -> float:
+    b = text.encode("utf-8")
+    return len(b) / max(1, len(zlib.compress(b)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmenterOptions:
+    """aggressiveness: webrtcvad 0-3. start_frames: voiced 20 ms frames (of the last 5) that open
+    speech. hangover: seconds of non-speech that close it. floor_dbfs: quieter frames are
+    non-speech whatever the VAD says. max_segment: seconds after which a segment is cut.
+    preroll: seconds kept before the first voiced frame."""
+
+    aggressiveness: int = 3
+    start_frames: int = 3
+    hangover: float = 0.5
+    floor_dbfs: float = -50.0
+    max_segment: float = 25.0
+    preroll: float = 0.2
+
+
+class SpeechSegmenter:
+    """Per-stream: 16 kHz samples in, (start_s, end_s, audio) segments out, plus the open one."""
+
+    FRAME = 320  # 20 ms
+
+    def __init__(self, opts: SegmenterOptions = SegmenterOptions()):
+        import webrtcvad
+
+        self.vad = webrtcvad.Vad(opts.aggressiveness)
+        self.opts = opts
+        self.reset()
+
+    def reset(self) -> None:
+        self._pending = np.zeros(0, np.float32)
+        self._history: list[np.ndarray] = []  # recent frames (pre-roll)
+        self._voiced_recent: list[bool] = []
+        self.frames = 0
+        self.active: list[np.ndarray] | None = None
+        self.start_frame = 0
+        self._silent_run = 0
+
+    @property
+    def active_audio(self) -> np.ndarray | None:
+        return np.concatenate(self.active) if self.active else None
+
+    def _voiced(self, f: np.ndarray) -> bool:
+        rms = float(np.sqrt(np.mean(np.square(f, dtype=np.float64))))
+        if 20 * np.log10(rms + 1e-12) < self.opts.floor_dbfs:
+            return False
+        return self.vad.is_speech((np.clip(f, -1, 1) * 32767).astype("<i2").tobytes(), SR)
+
+    def push(self, samples: np.ndarray, flush: bool = False) -> list[tuple[float, float, np.ndarray]]:
+        done = []
+        buf = np.concatenate([self._pending, np.asarray(samples, np.float32)])
+        n = len(buf) // self.FRAME
+        self._pending = buf[n * self.FRAME :]
+        pre = int(self.opts.preroll * 50)
+        for i in range(n):
+            f = buf[i * self.FRAME : (i + 1) * self.FRAME]
+            v = self._voiced(f)
+            self.frames += 1
+            self._voiced_recent = (self._voiced_recent + [v])[-5:]
+            if self.active is None:
+                self._history = (self._history + [f])[-(pre + 5) :]
+                if sum(self._voiced_recent) >= self.opts.start_frames:
+                    self.active = list(self._history)
+                    self.start_frame = self.frames - len(self._history)
+                    self._silent_run = 0
+            else:
+                self.active.append(f)
+                self._silent_run = 0 if v else self._silent_run + 1
+                long = len(self.active) * 0.02 >= self.opts.max_segment
+                if self._silent_run * 0.02 >= self.opts.hangover or long:
+                    keep = len(self.active) - max(0, self._silent_run - 5)  # keep 100 ms after the last voice
+                    done.append(self._close(keep))
+        if flush and self.active is not None:
+            done.append(self._close(len(self.active)))
+        return done
+
+    def _close(self, keep: int) -> tuple[float, float, np.ndarray]:
+        audio = np.concatenate(self.active[:keep])
+        seg = (self.start_frame * 0.02, (self.start_frame + keep) * 0.02, audio)
+        self.active, self._history, self._voiced_recent = None, [], []
+        return seg
+
+
+class Transcriber:
+    """Per-stream transcription: push 16 kHz audio, get ``transcript`` events (DESIGN section 5)."""
+
+    def __init__(self, bundle: WhisperBundle, opts: AsrOptions = AsrOptions(), seg: SegmenterOptions = SegmenterOptions()):
+        self.b, self.opts = bundle, opts
+        self.segmenter = SpeechSegmenter(seg)
+        self.latency_ms: list[float] = []
+        self.decode_ms: list[float] = []
+        self.dropped = 0
+        self._partial_at = 0.0
+        self._recent: list[str] = []
+
+    def push(self, samples: np.ndarray, flush: bool = False) -> list[dict]:
+        events = []
+        for start, end, audio in self.segmenter.push(samples, flush):
+            t0 = time.perf_counter()
+            text, info = self.b.transcribe(audio, self.opts)
+            ms = 1000 * (time.perf_counter() - t0)
+            self.latency_ms.append(ms)
+            self._partial_at, self._recent = 0.0, []
+            if info["dropped"]:
+                self.dropped += 1
+                log.info("segment %.2f-%.2f dropped (%s)", start, end, info["dropped"])
+                continue
+            if text:
+                events.append({"type": "transcript", "t_start": round(start, 2), "t_end": round(end, 2), "text": text,
+                               "final": True, "decode_ms": round(ms, 1)})
+        live = self.segmenter.active
+        if live is not None and self.opts.partial_every > 0:
+            dur = len(live) * 0.02
+            if dur - self._partial_at >= self.opts.partial_every:
+                self._partial_at = dur
+                events += self._partial()
+        return events
+
+    def _partial(self) -> list[dict]:
+        audio = self.segmenter.active_audio
+        t0 = time.perf_counter()
+        text, info = self.b.transcribe(audio, self.opts)
+        self.decode_ms.append(1000 * (time.perf_counter() - t0))
+        if info["dropped"] or not text:
+            return []
+        self._recent = (self._recent + [text])[-2:]
+        if len(self._recent) < 2:
+            return []
+        stable = _agreed_prefix(*self._recent)
+        if not stable:
+            return []
+        start = self.segmenter.start_frame * 0.02
+        return [{"type": "transcript", "t_start": round(start, 2), "t_end": round(start + len(audio) / SR, 2),
+                 "text": stable, "final": False}]
+
+
+def _agreed_prefix(a: str, b: str) -> str:
+    wa, wb = a.split(), b.split()
+    n = 0
+    while n < min(len(wa), len(wb)) and _norm(wa[n]) == _norm(wb[n]):
+        n += 1
+    return " ".join(wb[:n])
+
+
+def _norm(w: str) -> str:
+    return "".join(c for c in w.lower() if c.isalnum())
+
+
+def load_asr_manifest_kind(path: str | Path) -> str:
+    return json.loads((Path(path) / "manifest.json").read_text()).get("kind", "")
