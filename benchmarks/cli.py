@@ -1,6 +1,10 @@
-"""edge-bench: latency of bundles. (Sub-commands grow with benchmarks/.)
+"""edge-bench: latency, throughput, CPU and memory of bundles (DESIGN section 6 terms).
 
+    edge-bench --bundle B [--quick] [--out DIR]    the whole report: JSON, Markdown, PNG
     edge-bench decoder BUNDLE [--contexts 32,512,2048] [--threads 1,2] [--layouts shared,concat]
+    edge-bench stream BUNDLE [--seconds 120]       chunk compute and RTF through the real threads
+    edge-bench idle BUNDLE [--seconds 60]          idle CPU of edge-listen on silence
+    edge-bench asr --bundle W [--faster-whisper CT2_DIR]   Whisper side by side
 """
 
 from __future__ import annotations
@@ -9,11 +13,15 @@ import argparse
 import json
 import platform
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edge-bench")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = argparse.ArgumentParser(prog="edge-bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle", help="bundle for the whole report (default: the installed default bundle)")
+    ap.add_argument("--quick", action="store_true", help="a report in under two minutes")
+    ap.add_argument("--out", default="bench-report", help="report folder (report.json, report.md, report.png)")
+    sub = ap.add_subparsers(dest="cmd", required=False)
     d = sub.add_parser("decoder", help="ms per decoder step at given contexts, per KV layout and thread count")
     d.add_argument("bundle")
     d.add_argument("--contexts", default="32,512,2048")
@@ -33,10 +41,46 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--seconds", type=float, default=60.0)
     i.add_argument("--threads", type=int, default=1)
     i.add_argument("--sensitivity", type=float, default=0.0, help="0: responses off (listening cost only)")
+    a = sub.add_parser("asr", help="whisper-asr bundles vs faster-whisper on the Asterisk recordings: WER, latency, RTF, RSS")
+    a.add_argument("--bundle", action="append", default=[], help="a whisper-asr bundle (repeatable)")
+    a.add_argument("--pad", type=float, action="append", default=[], help="pad seconds per --bundle (default: the runtime default)")
+    a.add_argument("--faster-whisper", action="append", default=[], help="a CTranslate2 model folder (repeatable)")
+    a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--limit", type=int, default=0, help="first N utterances only (0: all)")
+    a.add_argument("--out", default=None, help="write JSON and Markdown here (e.g. benchmarks/results/asr)")
     args = ap.parse_args(argv)
 
     from edge_runtime.bundle import BundleError
 
+    if args.cmd is None:
+        from edge_runtime.listener import default_bundle_path
+
+        from .report import run
+
+        try:
+            rep = run(args.bundle or str(default_bundle_path()), args.out, quick=args.quick)
+        except BundleError as e:
+            print(f"edge-bench: error: {e}", file=sys.stderr)
+            return 2
+        print((Path(args.out) / "report.md").read_text())
+        print(f"written: {args.out}/report.json, report.md, report.png ({rep['wall_s']} s)")
+        return 0
+
+    if args.cmd == "asr":
+        from edge_runtime.whisper_asr import AsrOptions
+
+        from .asr import compare, markdown
+
+        pads = args.pad + [AsrOptions().pad_seconds] * (len(args.bundle) - len(args.pad))
+        configs = [("ours", b, p) for b, p in zip(args.bundle, pads)] + [("faster-whisper", m, 30.0) for m in args.faster_whisper]
+        rows = compare(configs, args.threads, args.limit or None)
+        md = markdown(rows)
+        print(md)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out + ".json").write_text(json.dumps({"machine": platform.machine(), "rows": rows}, indent=2))
+            Path(args.out + ".md").write_text(md + "\n")
+        return 0
     if args.cmd in ("stream", "idle"):
         from . import stream as S
 

@@ -40,6 +40,7 @@ class RingBuffer:
         self._r = self._w = 0  # absolute frame counters
         self.dropped = 0
         self.closed = False
+        self._want = 1  # frames the waiting reader needs before a write wakes it
         self._cv = threading.Condition()
 
     def write(self, frames: np.ndarray, block: bool = False, stop: threading.Event | None = None) -> None:
@@ -62,14 +63,17 @@ class RingBuffer:
             self._buf[i : i + first] = frames[:first]
             self._buf[: n - first] = frames[first:]
             self._w += n
-            self._cv.notify_all()
+            if self._w - self._r >= self._want:  # wake the reader only when it has what it asked for
+                self._cv.notify_all()
 
     def read(self, max_frames: int, timeout: float, min_frames: int = 1) -> np.ndarray | None:
         """Up to max_frames (a copy) once at least min_frames are there (or the ring is closed);
         an empty array on timeout; None once closed and drained."""
         with self._cv:
             if self._w - self._r < min_frames and not self.closed:
+                self._want = min_frames
                 self._cv.wait_for(lambda: self._w - self._r >= min_frames or self.closed, timeout)
+                self._want = 1
             n = min(max_frames, self._w - self._r)
             if n == 0:
                 return None if self.closed else np.zeros((0, self.channels), np.float32)
@@ -100,6 +104,8 @@ class Resampler:
     ``2 * hw`` inputs around that position with one of ``up`` precomputed filter phases.
     ``half_width`` counts zero crossings at the lower of the two rates.
     """
+
+    BLOCK = 8192  # outputs computed per vectorised step
 
     def __init__(self, src_rate: int, dst_rate: int, half_width: int = 12, beta: float = 8.6):
         if src_rate <= 0 or dst_rate <= 0:
@@ -136,10 +142,13 @@ class Resampler:
         n_end = ((last + 1) * self.up - 1) // self.down + 1 if last >= 0 else 0
         y = np.zeros(0, np.float32)
         if n_end > self._n_out:
-            num = np.arange(self._n_out, n_end) * self.down
-            ipos, phase = num // self.up, num % self.up
-            idx = (ipos - self._hw + 1 - self._base)[:, None] + np.arange(2 * self._hw)[None, :]
-            y = np.einsum("ij,ij->i", self._buf[idx], self._h[phase]).astype(np.float32)
+            parts = []
+            for a in range(self._n_out, n_end, self.BLOCK):  # bounded temporaries for long inputs
+                num = np.arange(a, min(n_end, a + self.BLOCK)) * self.down
+                ipos, phase = num // self.up, num % self.up
+                idx = (ipos - self._hw + 1 - self._base)[:, None] + np.arange(2 * self._hw)[None, :]
+                parts.append(np.einsum("ij,ij->i", self._buf[idx], self._h[phase]).astype(np.float32))
+            y = np.concatenate(parts)
             self._n_out = n_end
         start = (self._n_out * self.down) // self.up - self._hw + 1  # first input still needed
         if start > self._base:
@@ -190,7 +199,7 @@ class Source:
 class FileSource(Source):
     """A sound file (WAV/FLAC/OGG via soundfile), paced in real time unless ``fast``."""
 
-    BLOCK = 0.02  # seconds written per step when pacing
+    BLOCK = 0.05  # seconds per write when pacing (and the microphone block): fewer wakeups, <= 50 ms later
 
     def __init__(self, path: str | Path, fast: bool = False, speed: float = 1.0):
         import soundfile as sf

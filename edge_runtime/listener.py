@@ -79,7 +79,7 @@ class ChunkQueue:
         with self._cv:
             while block and len(self._q) >= self.maxlen and not stop.is_set():
                 self._cv.wait(0.05)
-            if len(self._q) >= self.maxlen:
+            if len(self._q) >= self.maxlen and item is not self.END:  # END never displaces audio
                 self._q.popleft()
                 self.dropped += 1
             self._q.append(item)

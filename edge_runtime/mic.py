@@ -53,7 +53,7 @@ def find_device(spec: str | int | None) -> dict:
 
 
 class MicSource(Source):
-    def __init__(self, device: str | int | None = None, block_ms: float = 20.0):
+    def __init__(self, device: str | int | None = None, block_ms: float = 50.0):
         self.device = find_device(device)
         rate = int(self.device["rate"])
         channels = min(2, int(self.device["channels"]))

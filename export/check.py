@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from edge_runtime.bundle import load_manifest
+from edge_runtime.bundle import load_common, load_manifest
 from edge_runtime.model import Bundle
 from edge_runtime.sessions import SessionConfig
 
@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 
 
 def info(path: str) -> dict:
+    root, raw = load_common(path, verify_hashes=False)
+    if raw["kind"] == "whisper-asr":
+        return {"bundle": str(root), "name": raw.get("name"), "version": raw.get("version"), "kind": raw["kind"],
+                "license": raw.get("license"), "provenance": raw.get("provenance"), "decoder": raw["decoder"],
+                "quantization": raw.get("quantization"), "multilingual": raw.get("multilingual"),
+                "files": {k: v["bytes"] for k, v in raw["files"].items()},
+                "total_mb": round(sum(v["bytes"] for v in raw["files"].values()) / 1e6, 2)}
     m = load_manifest(path, verify_hashes=False)
     raw = m.raw
     return {
@@ -34,6 +41,11 @@ def info(path: str) -> dict:
 
 
 def format_info(d: dict) -> str:
+    if d["kind"] == "whisper-asr":
+        return "\n".join([f"{d['name']} {d['version']} (whisper-asr) at {d['bundle']}", f"  license: {d['license']}",
+                          "  decoder: {n_layers} layers, hidden {hidden_size}, {n_heads} heads, vocab {vocab_size}".format(**d["decoder"]),
+                          f"  quantization: {d['quantization']}",
+                          f"  files ({d['total_mb']} MB): " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in d["files"].items())])
     lines = [f"{d['name']} {d['version']} ({d['kind']}) at {d['bundle']}",
              f"  license: {d['license']}",
              f"  audio: {d['sample_rate']} Hz, {d['chunk_ms']:.0f} ms chunks -> {d['tokens_per_chunk']} tokens, "
@@ -49,6 +61,13 @@ def format_info(d: dict) -> str:
 
 def verify(path: str, parity: bool | None = None) -> dict:
     """Hashes, sessions for every graph, a smoke run; then parity against PyTorch when available."""
+    root, raw = load_common(path, verify_hashes=True)
+    if raw["kind"] == "whisper-asr":
+        from edge_runtime.whisper_asr import WhisperBundle, whisper_log_mel
+
+        b = WhisperBundle(path, verify_hashes=False)
+        ids, _ = b.greedy(whisper_log_mel(np.zeros(16000, np.float32), 200), max_tokens=4)
+        return {"bundle": str(root), "hashes": "ok", "sessions": "ok", "smoke": "ok"}
     m = load_manifest(path, verify_hashes=True)
     result = {"bundle": str(m.root), "hashes": "ok", "decoders": {}}
     for d in m.decoders:

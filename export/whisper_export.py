@@ -184,9 +184,9 @@ def export_whisper(name: str, out: str | Path, precision: str = "int8", verify_a
     audios = verify_audio if verify_audio else [_verification_speech()]
     checks = []
     for audio in audios:
-        feats = whisper_log_mel(audio, bundle.window_frames(len(audio)))
+        feats = whisper_log_mel(audio, bundle.max_frames)  # Whisper's own 30 s window: plain greedy on both sides
         ref = _torch_greedy(m, feats, bundle.prompt_ids, bundle.eot)
-        got = bundle.greedy(feats)[0]
+        got = bundle.greedy(feats, MAX_NEW_TOKENS, stop_on_loop=False)[0]
         checks.append({"seconds": round(len(audio) / 16000, 2), "torch": tok.decode(ref), "onnx": tok.decode(got),
                        "identical": ref == got, "tokens": len(ref)})
     report["greedy"] = checks

@@ -1,0 +1,32 @@
+"""edge-bench --quick on a test-tiny bundle: the report has every section, sane numbers, a plot."""
+
+import json
+import subprocess
+import sys
+
+from conftest import subprocess_env
+
+
+def test_quick_report(tiny_bundle, tmp_path):
+    out = tmp_path / "report"
+    r = subprocess.run([sys.executable, "-m", "edge_bench.cli", "--bundle", str(tiny_bundle[0]), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["quick"] and rep["wall_s"] < 120
+    assert {"platform", "cpus", "onnxruntime", "provider"} <= set(rep["machine"])
+    layouts = {s["kv_layout"] for s in rep["stages"]}
+    assert layouts == {"shared", "concat"} and {s["threads"] for s in rep["stages"]} == {1, 2}
+    for s in rep["stages"]:
+        for k in ("features_ms", "encoder_ms", "prefill_decision_ms", "chunk_compute_ms", "first_token_ms"):
+            assert 0 < s[k]["p50"] <= s[k]["p95"] <= s[k]["p99"], (k, s[k])
+        assert s["tokens_per_s"] > 0
+    assert [f["backlog"] for f in rep["fifo"]] == [2, 5, 10, 20] and all(f["speedup"] > 0 for f in rep["fifo"])
+    assert {r["layout"] for r in rep["kv_steps"]} == {"shared", "concat"}
+    lr = rep["long_run"]
+    assert lr["final"]["dropped_ms"] == 0 and len(lr["samples"]) >= 10
+    assert 0 <= rep["idle"]["idle_cpu_pct_of_one_core"] < 100
+    assert {t["metric"] for t in rep["targets"]} >= {"chunk_ms_p99", "rtf", "idle_cpu_pct", "fifo_speedup_k10"}
+    md = (out / "report.md").read_text()
+    assert "## FIFO resume" in md and "## Targets" in md
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"

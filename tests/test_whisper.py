@@ -1,0 +1,143 @@
+"""Whisper from shipped CTranslate2 weights: reader, loader, export, streaming transcription.
+
+Real recordings: the Asterisk English prompts (Debian asterisk-core-sounds-en-wav, installed by
+.ci/run); we do not train Whisper, so they may be used here."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import subprocess_env
+
+torch = pytest.importorskip("torch")
+
+from edge_bench.asr import SOUNDS, TRANSCRIPTS, asterisk_items, normalize, wer  # noqa: E402
+from edge_models.ctranslate2 import CT2FormatError, read_ct2  # noqa: E402
+from edge_models.whisper import WhisperASR, load_hf, model_dir  # noqa: E402
+
+UTTERANCES = ["agent-alreadyon", "auth-thankyou", "all-circuits-busy-now", "conf-onlyperson"]
+
+
+@pytest.fixture(scope="module")
+def recordings():
+    if not SOUNDS.is_dir() or not TRANSCRIPTS.is_file():
+        pytest.fail(f"{SOUNDS} missing: apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en (.ci/run does)")
+    return {k: (a, r) for k, a, r in asterisk_items() if k in UTTERANCES}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_hf("tiny.en")
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, recordings):
+    from edge_export.whisper_export import export_whisper
+
+    root = tmp_path_factory.mktemp("whisper")
+    audio = [recordings[k][0] for k in UTTERANCES[:3]]
+    reps = {p: export_whisper("tiny.en", root / p, p, verify_audio=audio) for p in ("fp32", "int8")}
+    return root, reps
+
+
+def test_ct2_reader_on_the_real_file(tmp_path):
+    spec, v = read_ct2(model_dir("tiny.en") / "model.bin")
+    assert spec == "WhisperSpec"
+    assert v["decoder/embeddings/weight"].shape == (51864, 384)
+    assert v["encoder/conv1/weight"].shape == (384, 80, 3)
+    assert v["encoder/layer_3/self_attention/linear_0/weight"].shape == (1152, 384)  # fused QKV
+    assert int(v["decoder/num_heads"]) == 6
+    bad = tmp_path / "model.bin"
+    bad.write_bytes((model_dir("tiny.en") / "model.bin").read_bytes()[:100000])
+    with pytest.raises(CT2FormatError, match="truncated"):
+        read_ct2(bad)
+
+
+def test_loader_every_tensor_and_parity_with_hf(tiny):
+    hf, tok, info = tiny
+    assert info["tensors"] == 140 and info["hf_parameters"] == len(hf.state_dict())  # 0 missing, 0 unexpected, all used
+    ours = WhisperASR(hf)
+    feats = torch.randn(1, 80, 3000) * 0.3
+    ids = torch.tensor([[50257, 50362, 383, 3290]])
+    with torch.no_grad():
+        ref = hf(input_features=feats, decoder_input_ids=ids).logits[0, -1]
+        cross = ours.encode(feats)
+        past = [torch.zeros(1, 6, 0, 64)] * 8
+        got, _ = ours.decode(ids, past, cross)
+    assert (got[0, -1] - ref).abs().max() < 1e-3
+
+
+def test_features_match_whisper_feature_extractor():
+    from transformers import WhisperFeatureExtractor
+
+    from edge_runtime.whisper_asr import whisper_log_mel
+
+    x = (np.random.default_rng(0).standard_normal(16000 * 7) * 0.1).astype(np.float32)
+    ref = WhisperFeatureExtractor(feature_size=80)(x, sampling_rate=16000, return_tensors="np").input_features[0]
+    np.testing.assert_allclose(whisper_log_mel(x, 3000), ref, atol=2e-3)
+
+
+def test_export_transcripts_identical_to_pytorch(bundles, recordings):
+    root, reps = bundles
+    fp32 = reps["fp32"]["greedy"]
+    assert len(fp32) == 3 and all(c["identical"] for c in fp32), fp32
+    refs = [recordings[k][1] for k in UTTERANCES[:3]]
+    assert wer(refs, [c["onnx"] for c in fp32]) <= 0.1
+    int8 = reps["int8"]["greedy"]
+    assert wer([c["torch"] for c in int8], [c["onnx"] for c in int8]) <= 0.1  # int8 vs fp32 PyTorch
+    sizes = {p: sum(f.stat().st_size for f in (root / p).iterdir()) for p in ("fp32", "int8")}
+    assert sizes["fp32"] < 160e6 and sizes["int8"] < 55e6  # the 51864 x 384 embedding is stored once
+
+
+def _listen(bundle, wav):
+    r = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "--bundle", str(bundle), "--input", str(wav),
+                        "--fast", "--jsonl"], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+
+
+def test_edge_listen_transcribes_real_speech_with_consistent_partials(bundles, recordings, tmp_path):
+    root, _ = bundles
+    gap = np.zeros(16000, np.float32)
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, np.concatenate([gap] + [x for k in UTTERANCES for x in (recordings[k][0], gap)]), 16000)
+    evs = _listen(root / "int8", wav)
+    finals = [e for e in evs if e["type"] == "transcript" and e["final"]]
+    assert len(finals) == len(UTTERANCES), finals
+    assert wer([recordings[k][1] for k in UTTERANCES], [e["text"] for e in finals]) <= 0.15
+    # policy: a partial's words are the final's first words, except possibly its last word
+    partials = [e for e in evs if e["type"] == "transcript" and not e["final"]]
+    assert partials
+    for p in partials:
+        final = next(f for f in finals if f["t_start"] == p["t_start"])
+        pw, fw = normalize(p["text"]), normalize(final["text"])
+        assert pw[:-1] == fw[: len(pw) - 1], (p["text"], final["text"])
+    assert evs[-2]["type"] == "stats" and evs[-1]["type"] == "end"
+
+
+def _noises():
+    sr, n = 16000, 16000 * 60
+    rng = np.random.default_rng(0)
+    white = 0.1 * rng.standard_normal(n)
+    pink = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.arange(1, n // 2 + 2)), n)
+    pink *= 0.1 / pink.std()
+    t = np.arange(n) / sr
+    notes = 220 * 2 ** (np.array([0, 4, 7, 12, 7, 4]) / 12)
+    f = notes[(t * 2).astype(int) % len(notes)]
+    music = 0.2 * sum(np.sin(2 * np.pi * k * np.cumsum(f) / sr) / k for k in (1, 2, 3)) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.5 * t))
+    return {"silence": np.zeros(n), "white": white, "pink": pink, "music": music}
+
+
+@pytest.mark.parametrize("kind", ["silence", "white", "pink", "music"])
+def test_no_text_from_silence_noise_or_tones(bundles, tmp_path, kind):
+    root, _ = bundles
+    wav = tmp_path / f"{kind}.wav"
+    sf.write(wav, _noises()[kind].astype(np.float32), 16000)
+    evs = _listen(root / "int8", wav)
+    texts = [e["text"] for e in evs if e["type"] == "transcript"]
+    assert texts == [], texts
+    assert evs[-1]["type"] == "end" and evs[-1]["t"] == pytest.approx(60.0, abs=0.05)
