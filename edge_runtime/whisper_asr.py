@@ -6,7 +6,8 @@
       at the end:     a final decode -> ``transcript`` event (final=true)
 
 Whisper's failure modes are guarded, not hoped away: nothing is decoded outside VAD speech;
-a segment whose no-speech probability is high and whose mean log-probability is low is dropped;
+a segment whose loudness barely moves (steady noise, a held chord: < 4 dB frame-level spread)
+is not decoded; a segment with p(no speech) > 0.4 and mean log-probability < -1 is dropped;
 decoding stops at a repeated n-gram loop; text with a gzip compression ratio above 2.4 (a loop)
 is dropped; the token budget scales with the segment's duration.
 The encoder window is the segment plus ``pad_seconds`` of silence (not Whisper's fixed 30 s), so
@@ -69,9 +70,10 @@ class AsrOptions:
     pad_seconds: float = 15.0
     partial_every: float = 0.75
     max_tokens_per_second: float = 6.0
-    no_speech_threshold: float = 0.6
+    no_speech_threshold: float = 0.4
     logprob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
+    min_dynamics_db: float = 4.0
 
 
 class WhisperBundle:
@@ -157,9 +159,14 @@ class WhisperBundle:
     def transcribe(self, audio: np.ndarray, opts: AsrOptions = AsrOptions()) -> tuple[str, dict]:
         """One segment -> (text or "" when dropped, info).
 
-        A short window sometimes makes Whisper loop ("Thank you. Thank you. ..."): then it is
-        decoded once more in a window padded by RETRY_PAD_SECONDS, and if that loops too, the
-        repeats are cut."""
+        Steady sound (fans, hiss, a held chord) that the VAD let through is not decoded at all:
+        speech swings 13-27 dB between syllables and pauses (Asterisk set), white and pink noise
+        and synthetic music 0.3-4.8 dB. A short window sometimes makes Whisper loop ("Thank you.
+        Thank you. ..."): then it is decoded once more in a window padded by RETRY_PAD_SECONDS,
+        and if that loops too, the repeats are cut."""
+        dyn = dynamics_db(audio)
+        if dyn < opts.min_dynamics_db:
+            return "", {"dropped": "steady sound", "dynamics_db": dyn, "no_speech_prob": None, "avg_logprob": None}
         budget = int(8 + opts.max_tokens_per_second * len(audio) / SR)
         ids, info = self.greedy(whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds)), budget)
         info["retried"] = False
@@ -182,6 +189,15 @@ class WhisperBundle:
 
 
 RETRY_PAD_SECONDS = 30.0
+
+
+def dynamics_db(audio: np.ndarray, frame: int = 320) -> float:
+    """Standard deviation of the 20 ms frame levels in dB: how much the loudness moves."""
+    n = len(audio) // frame
+    if n < 2:
+        return 0.0
+    f = np.asarray(audio[: n * frame], np.float64).reshape(n, frame)
+    return float(np.std(20 * np.log10(np.sqrt((f**2).mean(axis=1)) + 1e-9)))
 
 
 def _suspicious(text: str, info: dict, opts: AsrOptions) -> bool:
