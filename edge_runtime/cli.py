@@ -18,7 +18,8 @@ EXIT_OK, EXIT_RUNTIME, EXIT_INPUT, EXIT_NO_MIC = 0, 1, 2, 3
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge-listen", description="Run an audio interaction model on a live stream.",
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--bundle", help="bundle directory (default: the bundle installed with the package)")
+    ap.add_argument("--bundle", help="bundle folder or name (looked up in $EDGE_RUNTIME_BUNDLES, ~/.cache/edge-runtime/bundles "
+                    "and the package; default: the bundle installed with the package)")
     ap.add_argument("--input", help="audio file (WAV/FLAC/OGG), or - for raw PCM on stdin; default: the microphone")
     ap.add_argument("--fast", action="store_true", help="replay the file as fast as possible (same threads and queues)")
     ap.add_argument("--speed", type=float, default=1.0, help="real-time replay speed factor for files (default 1)")

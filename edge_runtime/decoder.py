@@ -35,7 +35,11 @@ class KVCache:
         self.length = 0
         if d.layout == "shared":
             shape = (1, d.dims.n_kv_heads, d.max_len, d.dims.head_dim)
-            self._arrays = [np.zeros(shape, np.float32) for _ in range(2 * d.dims.n_layers)]
+            # np.empty + fill touches every page now: the cache's memory is taken up front (RSS flat
+            # from the first chunk), not page by page as the context fills (np.zeros is lazy).
+            self._arrays = [np.empty(shape, np.float32) for _ in range(2 * d.dims.n_layers)]
+            for a in self._arrays:
+                a.fill(0.0)
             self.values = [ortvalue(a) for a in self._arrays]
             # One binding for the life of the stream: the KV buffers and the logits row stay bound;
             # each step rebinds only the new embeddings and the mask.

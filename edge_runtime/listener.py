@@ -33,6 +33,28 @@ log = logging.getLogger(__name__)
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundles" / "default"
 
 
+def bundle_dirs() -> list[Path]:
+    """Where bundles are looked up by name: $EDGE_RUNTIME_BUNDLES (os.pathsep-separated), the
+    user cache, and the bundles installed with the package."""
+    env = [Path(p) for p in os.environ.get("EDGE_RUNTIME_BUNDLES", "").split(os.pathsep) if p]
+    return env + [Path.home() / ".cache" / "edge-runtime" / "bundles", DEFAULT_BUNDLE.parent]
+
+
+def resolve_bundle(spec: str | Path | None) -> Path:
+    """A bundle folder from a path, a name (see bundle_dirs), or None for the default bundle."""
+    if spec is None:
+        return default_bundle_path()
+    p = Path(spec)
+    if p.exists() or os.sep in str(spec) or str(spec).startswith("."):
+        return p
+    for d in bundle_dirs():
+        if (d / str(spec) / "manifest.json").is_file():
+            return d / str(spec)
+    from .bundle import BundleError
+
+    raise BundleError(f"{spec}: no such bundle folder, and no bundle of that name in {', '.join(map(str, bundle_dirs()))}")
+
+
 def default_bundle_path() -> Path:
     if not (DEFAULT_BUNDLE / "manifest.json").is_file():
         from .bundle import BundleError
@@ -133,10 +155,10 @@ class Listener:
         self.asr = None
         if isinstance(bundle, Bundle):
             self.bundle = bundle
-        elif _kind(bundle or default_bundle_path()) == "whisper-asr":
-            return self._init_asr(bundle, source, callback, feed_rate, feed_live)
+        elif _kind(resolve_bundle(bundle)) == "whisper-asr":
+            return self._init_asr(resolve_bundle(bundle), source, callback, feed_rate, feed_live)
         else:
-            self.bundle = Bundle(bundle or default_bundle_path(), options.session, warn=self._early_warnings.append,
+            self.bundle = Bundle(resolve_bundle(bundle), options.session, warn=self._early_warnings.append,
                                  decoder_threads=options.decoder_threads)
         m = self.bundle.manifest
         self.source = source or FeedSource(feed_rate or m.sample_rate, live=feed_live)
@@ -384,7 +406,7 @@ class _AsrMode:
     def _init_asr(self, bundle, source, callback, feed_rate, feed_live):
         from .whisper_asr import Transcriber, WhisperBundle
 
-        self.asr = WhisperBundle(bundle or default_bundle_path(), self.options.session)
+        self.asr = WhisperBundle(bundle, self.options.session)
         self.transcriber = Transcriber(self.asr)
         self.source = source or FeedSource(feed_rate or 16000, live=feed_live)
         self._callback = callback

@@ -213,3 +213,17 @@ def test_console_view(tiny_bundle, wav):
     assert code == 0, err
     assert "listening with test-tiny" in err and "stats at" in err
     assert out.count("ms to first token") == 15  # sensitivity 1: a response after every chunk
+
+
+def test_bundle_by_name(tiny_bundle, wav, tmp_path):
+    env = subprocess_env()
+    (tmp_path / "bundles").mkdir()
+    (tmp_path / "bundles" / "tiny").symlink_to(tiny_bundle[0])
+    env["EDGE_RUNTIME_BUNDLES"] = str(tmp_path / "bundles")
+    r = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "--bundle", "tiny", "--input", str(wav), "--fast", "--jsonl"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[0])["bundle"] == "test-tiny"
+    r = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "--bundle", "nosuch", "--input", str(wav)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "no bundle of that name in" in one_line_error(r.stderr)
