@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--layouts", default="shared,concat")
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--json", action="store_true")
+    d.add_argument("--genai", default=None, help="also time an onnxruntime-genai model folder (its builder's output)")
     st = sub.add_parser("stream", help="chunk compute, decision lag and RTF of the whole loop in --fast mode")
     st.add_argument("bundle")
     st.add_argument("--seconds", type=float, default=120.0)
@@ -101,18 +102,23 @@ def main(argv: list[str] | None = None) -> int:
         for layout in args.layouts.split(","):
             for th in (int(x) for x in args.threads.split(",")):
                 rows += step_times(args.bundle, layout, [int(c) for c in args.contexts.split(",")], th, args.steps)
+        if args.genai:
+            from .peers import genai_step_times
+
+            for th in (int(x) for x in args.threads.split(",")):
+                rows += genai_step_times(args.genai, [int(c) for c in args.contexts.split(",")], th, args.steps)
     except BundleError as e:
         print(f"edge-bench: error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=2))
     else:
-        print(f"{'layout':8} {'threads':>7} {'context':>7} {'ms p50':>8} {'ms p90':>8}")
+        print(f"{'layout':24} {'threads':>7} {'context':>7} {'ms p50':>8} {'ms p90':>8}")
         for r in rows:
             if "skipped" in r:
-                print(f"{r['layout']:8} {r['threads']:>7} {r['context']:>7}  skipped ({r['skipped']})")
+                print(f"{r['layout']:24} {r['threads']:>7} {r['context']:>7}  skipped ({r['skipped']})")
             else:
-                print(f"{r['layout']:8} {r['threads']:>7} {r['context']:>7} {r['ms_p50']:8.2f} {r['ms_p90']:8.2f}")
+                print(f"{r['layout']:24} {r['threads']:>7} {r['context']:>7} {r['ms_p50']:8.2f} {r['ms_p90']:8.2f}")
     return 0
 
 
