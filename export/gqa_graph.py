@@ -48,6 +48,17 @@ class _Graph:
             y = self.op("Add", [y, self.const(f"{name}.bias", lin.bias.detach().float().numpy())])[0]
         return y
 
+    def fused_linear(self, x: str, lins: list, name: str) -> str:
+        """One MatMul for several linears of the same input (outputs concatenated): fewer
+        single-row MatMulNBits calls per token, which is where a decode step spends its overhead."""
+        w = np.concatenate([lin.weight.detach().float().numpy().T for lin in lins], axis=1)
+        y = self.op("MatMul", [x, self.const(f"{name}.weight_t", w)])[0]
+        if any(lin.bias is not None for lin in lins):
+            b = np.concatenate([lin.bias.detach().float().numpy() if lin.bias is not None
+                                else np.zeros(lin.weight.shape[0], np.float32) for lin in lins])
+            y = self.op("Add", [y, self.const(f"{name}.bias", b)])[0]
+        return y
+
     def rmsnorm(self, x: str, norm, name: str) -> str:
         w = self.const(f"{name}.weight", norm.weight.detach().float().numpy())
         return self.op("SimplifiedLayerNormalization", [x, w], axis=-1, epsilon=float(norm.eps), stash_type=1)[0]
@@ -87,14 +98,12 @@ def build_shared_decoder(lm: LlamaLM, max_len: int) -> onnx.ModelProto:
         p = f"model.layers.{i}"
         h = g.rmsnorm(x, layer.input_layernorm, f"{p}.input_layernorm")
         a = layer.self_attn
-        q = g.linear(h, a.q_proj, f"{p}.self_attn.q_proj")
-        k = g.linear(h, a.k_proj, f"{p}.self_attn.k_proj")
-        v = g.linear(h, a.v_proj, f"{p}.self_attn.v_proj")
+        qkv = g.fused_linear(h, [a.q_proj, a.k_proj, a.v_proj], f"{p}.self_attn.qkv_proj")  # packed Q|K|V
         base = g.name("GroupQueryAttention")
         attn = f"{base}_out"
         g.nodes.append(helper.make_node(
             "GroupQueryAttention",
-            [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k, total_len, cos, sin],
+            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k, total_len, cos, sin],
             [attn, f"present.{i}.key", f"present.{i}.value"],
             name=base, domain="com.microsoft",
             num_heads=c.n_heads, kv_num_heads=c.n_kv_heads, do_rotary=1, rotary_interleaved=0,
@@ -103,9 +112,11 @@ def build_shared_decoder(lm: LlamaLM, max_len: int) -> onnx.ModelProto:
         x = g.op("Add", [x, g.linear(attn, a.o_proj, f"{p}.self_attn.o_proj")])[0]
         h = g.rmsnorm(x, layer.post_attention_layernorm, f"{p}.post_attention_layernorm")
         m = layer.mlp
-        gate = g.linear(h, m.gate_proj, f"{p}.mlp.gate_proj")
+        gate_up = g.fused_linear(h, [m.gate_proj, m.up_proj], f"{p}.mlp.gate_up_proj")
+        n = c.intermediate_size
+        gate, up = g.op("Split", [gate_up, g.const(f"{p}.mlp.split", np.array([n, n], np.int64))], n_out=2, axis=-1)
         silu = g.op("Mul", [gate, g.op("Sigmoid", [gate])[0]])[0]
-        act = g.op("Mul", [silu, g.linear(h, m.up_proj, f"{p}.mlp.up_proj")])[0]
+        act = g.op("Mul", [silu, up])[0]
         x = g.op("Add", [x, g.linear(act, m.down_proj, f"{p}.mlp.down_proj")])[0]
 
     # Only the last position's logits: no vocab x hidden work for the audio tokens.
