@@ -196,8 +196,30 @@ class Source:
         pass
 
 
-class FileSource(Source):
+class ThreadSource(Source):
+    """A source that reads on its own thread: subclasses implement ``_run(ring, stop)``, close the
+    ring when done and may set ``error`` (a one-line message) for the stream's final warning."""
+
+    thread_name = "edge-source"
+    error: str | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self, ring: RingBuffer, stop: threading.Event) -> None:
+        self._thread = threading.Thread(target=self._run, args=(ring, stop), name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def _run(self, ring: RingBuffer, stop: threading.Event) -> None:
+        raise NotImplementedError
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+
+class FileSource(ThreadSource):
     """A sound file (WAV/FLAC/OGG via soundfile), paced in real time unless ``fast``."""
+
+    thread_name = "edge-file"
 
     BLOCK = 0.05  # seconds per write when pacing (and the microphone block): fewer wakeups, <= 50 ms later
 
@@ -219,12 +241,6 @@ class FileSource(Source):
             raise ValueError(f"speed must be > 0, got {speed}")
         self.path, self.fast, self.speed = p, fast, speed
         self.info = SourceInfo(self._f.samplerate, self._f.channels, live=False, name=str(p))
-        self.error: str | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, ring: RingBuffer, stop: threading.Event) -> None:
-        self._thread = threading.Thread(target=self._run, args=(ring, stop), name="edge-file", daemon=True)
-        self._thread.start()
 
     def _run(self, ring: RingBuffer, stop: threading.Event) -> None:
         block = max(1, int(self.info.rate * self.BLOCK))
@@ -249,13 +265,10 @@ class FileSource(Source):
             self._f.close()
             ring.close()
 
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread:
-            self._thread.join(timeout)
-
-
-class RawSource(Source):
+class RawSource(ThreadSource):
     """Raw interleaved PCM from a binary stream (``--input -``): s16le or f32le."""
+
+    thread_name = "edge-stdin"
 
     FORMATS = {"s16le": (np.dtype("<i2"), 32768.0), "f32le": (np.dtype("<f4"), 1.0)}
 
@@ -267,12 +280,6 @@ class RawSource(Source):
         self.stream = stream if stream is not None else sys.stdin.buffer
         self.dtype, self.scale = self.FORMATS[fmt]
         self.info = SourceInfo(rate, channels, live=False, name="stdin")
-        self.error: str | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, ring: RingBuffer, stop: threading.Event) -> None:
-        self._thread = threading.Thread(target=self._run, args=(ring, stop), name="edge-stdin", daemon=True)
-        self._thread.start()
 
     def _run(self, ring: RingBuffer, stop: threading.Event) -> None:
         frame_bytes = self.dtype.itemsize * self.info.channels
@@ -292,10 +299,6 @@ class RawSource(Source):
             self.error = f"stdin: {_first_line(e)}"
         finally:
             ring.close()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread:
-            self._thread.join(timeout)
 
 
 class FeedSource(Source):
