@@ -60,8 +60,11 @@ class ExportOptions:
     version: str = "0.1.0"
     license: str = "Apache-2.0"
     provenance: dict = dataclasses.field(default_factory=dict)
+    encoder_precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.encoder_precision not in ("auto", "int8", "fp32"):
+            raise ValueError(f"encoder_precision must be auto, int8 or fp32, got {self.encoder_precision!r}")
         if self.precision not in ("int8", "fp32"):
             raise ValueError(f"precision must be int8 or fp32, got {self.precision!r}")
         bad = [x for x in self.layouts if x not in DECODER_FILES]
@@ -148,9 +151,12 @@ def export_bundle(model: AudioInteractionModel, tok: Tokenizer, out: str | Path,
             quantize(tmp / "encoder.fp32.onnx", enc_q, "weight-only")
             e8 = V.encoder_parity(enc_q, windows, chunks)
             e32 = report["encoder"]["fp32_vs_torch"]
-            use_int8 = e8["min_cosine"] >= 0.995 and e8["ms_per_chunk"] <= 1.1 * e32["ms_per_chunk"]
+            close = e8["min_cosine"] >= 0.995
+            faster = e8["ms_per_chunk"] <= 1.1 * e32["ms_per_chunk"]
+            use_int8 = close and (faster or opts.encoder_precision == "int8") and opts.encoder_precision != "fp32"
             report["encoder"]["int8_vs_torch"] = e8
-            report["encoder"]["chosen"] = "int8 (weight-only)" if use_int8 else "fp32 (int8 not faster or not close enough)"
+            report["encoder"]["chosen"] = ("int8 (weight-only)" + ("" if faster else ", asked for: 4x smaller, not faster")
+                                           if use_int8 else "fp32 (int8 not asked for, not faster or not close enough)")
             if use_int8:
                 final["encoder.onnx"], precision["encoder.onnx"] = enc_q, "int8 (weight-only)"
             report["times_s"]["int8"] = round(time.perf_counter() - t0, 2)

@@ -1,0 +1,202 @@
+"""Acceptance evaluation of a trained bundle, through the runtime itself (``Listener``, the same
+threads, queues and decide-respond loop as ``edge-listen --fast``), on held-out streams.
+
+    edge-train-eval BUNDLE [--streams N] [--out report.json]
+
+Sets (all with held-out voices: flite and festival kal, never heard in training; sounds from
+seeds no training stream used):
+
+- ``voices``: training wording, one set per ability (assistant, alerts, transcribe);
+- ``wording``: held-out templates, slot values, wake phrasings, near misses and unknown requests.
+
+Scoring, per stream, from the events the runtime emits:
+
+- a response is *matched* to the first unanswered event that asked for one if it starts inside
+  that event's window (speech: from its start to 2 s after it ends; a sound: from its onset to
+  2.5 s after); anything else is a *false response*;
+- recall = matched / events that asked for a response; correctness = matched with the exact
+  expected text (commands: intent and slots; alerts: the class; unknown: the honest answer);
+- false responses per hour are counted over the audio that asked for no response;
+- response latency = (decision chunk end - utterance end or sound onset) + the chunk's measured
+  compute + first token time: the wait for the chunk to fill is included;
+- transcription WER over matched utterances (normalised: lower case, no punctuation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import scenarios as sc
+from . import streams as st
+
+SETS = {  # name: (wording split, mode, kinds override)
+    "assistant": ("train", "assistant", None),
+    "alerts": ("train", "alerts", None),
+    "transcribe": ("train", "transcribe", None),
+    "assistant-wording": ("heldout", "assistant", None),
+}
+SEED_BASE = 500000
+
+
+def norm(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def wer_counts(ref: list[str], hyp: list[str]) -> int:
+    d = np.arange(len(hyp) + 1)
+    for i, r in enumerate(ref, 1):
+        prev, d = d, np.empty_like(d)
+        d[0] = i
+        for j, h in enumerate(hyp, 1):
+            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (r != h))
+    return int(d[-1])
+
+
+def run_listener(bundle, audio: np.ndarray, instruction: str, threads: int = 1) -> list[dict]:
+    from edge_runtime.listener import Listener, ListenerOptions
+    from edge_runtime.loop import LoopOptions
+
+    events: list[dict] = []
+    opts = ListenerOptions(loop=LoopOptions(instruction=instruction))
+    with Listener(bundle, callback=events.append, feed_live=False, options=opts) as li:
+        li.feed(audio)
+        li.close_input()
+        li.join(600)
+    return events
+
+
+def score_stream(stream_meta: dict, events: list[dict]) -> dict:
+    """Match responses to the events that asked for one (see the module docstring)."""
+    stats = [e for e in events if e["type"] == "stats"]
+    compute_s = (stats[-1].get("chunk_ms_p50") or 0.0) / 1000 if stats else 0.0
+    resp = [e for e in events if e["type"] == "response.end"]
+    wanted = [ev for ev in stream_meta["events"] if ev["response"] is not None]
+    used = [False] * len(wanted)
+    rows, false = [], []
+    for r in resp:
+        t = r["t"]
+        hit = None
+        for i, ev in enumerate(wanted):
+            if used[i]:
+                continue
+            hi = ev["end"] + 2.0 if ev["kind"] == "speech" else ev["start"] + 2.5
+            if ev["start"] <= t <= hi:
+                hit = i
+                break
+        if hit is None:
+            false.append({"t": t, "text": r["text"]})
+            continue
+        used[hit] = True
+        ev = wanted[hit]
+        ref_t = ev["end"] if ev["kind"] == "speech" else ev["start"]
+        lat = (t - ref_t) + compute_s + (r.get("first_token_ms") or 0.0) / 1000
+        rows.append({"event": ev, "text": r["text"], "correct": r["text"].strip() == ev["response"],
+                     "latency_s": round(lat, 3)})
+    missed = [ev for i, ev in enumerate(wanted) if not used[i]]
+    quiet_s = stream_meta["duration"] - sum(ev["end"] - ev["start"] for ev in wanted)
+    return {"matched": rows, "missed": missed, "false": false, "wanted": len(wanted), "quiet_s": quiet_s}
+
+
+def summarize(scored: list[dict], transcribe: bool = False) -> dict:
+    rows = [r for s in scored for r in s["matched"]]
+    wanted = sum(s["wanted"] for s in scored)
+    false = sum(len(s["false"]) for s in scored)
+    quiet_h = sum(s["quiet_s"] for s in scored) / 3600
+    out = {"events": wanted, "recall": round(len(rows) / max(wanted, 1), 4),
+           "false_responses": false, "quiet_hours": round(quiet_h, 3),
+           "false_per_hour": round(false / max(quiet_h, 1e-9), 2),
+           "latency_s_p50": round(float(np.median([r["latency_s"] for r in rows])), 3) if rows else None,
+           "latency_s_p90": round(float(np.percentile([r["latency_s"] for r in rows], 90)), 3) if rows else None}
+    if transcribe:
+        errs = sum(wer_counts(norm(r["event"]["response"]), norm(r["text"])) for r in rows)
+        words = sum(len(norm(r["event"]["response"])) for r in rows)
+        out["wer"] = round(errs / max(words, 1), 4)
+        out["exact"] = round(sum(r["correct"] for r in rows) / max(len(rows), 1), 4)
+        return out
+    cats: dict[str, dict] = {}
+    for s in scored:
+        for ev, row in [*((r["event"], r) for r in s["matched"]), *((ev, None) for ev in s["missed"])]:
+            c = cats.setdefault(category(ev), {"events": 0, "matched": 0, "correct": 0})
+            c["events"] += 1
+            c["matched"] += row is not None
+            c["correct"] += bool(row and row["correct"])
+    for k, c in cats.items():
+        c["recall"] = round(c["matched"] / c["events"], 4)
+        c["correct_of_events"] = round(c["correct"] / c["events"], 4)
+    out["by_category"] = cats
+    return out
+
+
+def category(ev: dict) -> str:
+    if ev["kind"] == "sound":
+        return "sound"
+    return "unknown" if ev["meta"].get("intent") == "unknown" else "command"
+
+
+def build_set(name: str, n: int, seconds: float) -> list[st.Stream]:
+    split, mode, kinds = SETS[name]
+    sp = st.Speaker()
+    base = SEED_BASE + 1000 * list(SETS).index(name)
+    return [st.make_stream(base + i, split, seconds, mode=mode, speaker=sp, voice_split="heldout", kinds=kinds)
+            for i in range(n)]
+
+
+def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: list[str] | None = None,
+                    keep_examples: int = 6) -> dict:
+    from edge_runtime.model import Bundle
+
+    bundle = Bundle(bundle_path)
+    report = {"bundle": str(bundle_path), "streams_per_set": n, "stream_seconds": seconds, "sets": {}}
+    for name in sets or list(SETS):
+        t0 = time.monotonic()
+        streams = build_set(name, n, seconds)
+        scored, examples = [], []
+        for s in streams:
+            evs = run_listener(bundle, s.audio, s.instruction)
+            sc_ = score_stream(s.to_dict(), evs)
+            scored.append(sc_)
+            for r in sc_["matched"]:
+                if not r["correct"] and len(examples) < keep_examples:
+                    examples.append({"said": r["event"]["what"], "expected": r["event"]["response"], "got": r["text"]})
+            for f in sc_["false"]:
+                if len(examples) < keep_examples:
+                    examples.append({"false_response": f["text"], "t": f["t"]})
+        summary = summarize(scored, transcribe=SETS[name][1] == "transcribe")
+        summary["audio_hours"] = round(sum(s.duration for s in streams) / 3600, 3)
+        summary["eval_s"] = round(time.monotonic() - t0, 1)
+        summary["error_examples"] = examples
+        report["sets"][name] = summary
+        print(f"{name}: {json.dumps({k: v for k, v in summary.items() if k != 'error_examples'})}", file=sys.stderr)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edge-train-eval", description="Evaluate a trained bundle on held-out streams.")
+    ap.add_argument("bundle", nargs="?", default=None, help="bundle folder (default: the shipped default bundle)")
+    ap.add_argument("--streams", type=int, default=12, help="streams per set")
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of each stream")
+    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated: {', '.join(SETS)}")
+    ap.add_argument("--out", help="write the report (JSON) here")
+    args = ap.parse_args(argv)
+    if args.bundle is None:
+        from edge_runtime.listener import DEFAULT_BUNDLE
+
+        args.bundle = str(DEFAULT_BUNDLE)
+    report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","))
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

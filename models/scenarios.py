@@ -1,0 +1,285 @@
+"""What is said and heard in the training and evaluation streams, and what the model answers.
+
+Everything here is text and sound *kinds*; ``synth.py`` turns it into audio. Each list is split
+into a ``train`` part and a ``heldout`` part: held-out templates, slot values, wake-word phrasings
+and near misses never appear in a training stream, so an evaluation on them measures wording the
+model has not seen (``split="heldout"``).
+
+The three abilities (the instruction at the start of a stream selects them):
+
+- ``assistant``: speech addressed to "Edge" gets a short response (intent + slots), or an honest
+  "Sorry, I can't do that yet." for requests it cannot serve; everything else gets silence;
+- ``alerts``: the sound classes named in the instruction get one response per event;
+- ``transcribe``: every utterance gets its words back after it ends.
+
+``combined`` (the default instruction) is ``assistant`` plus ``alerts`` for every class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+NAME = "Edge"
+SORRY = "Sorry, I can't do that yet."
+
+# --------------------------------------------------------------------------- slot values
+# train / heldout; held-out values are new combinations or new words, never seen in training text.
+ROOMS = {
+    "train": ["kitchen", "living room", "bedroom", "bathroom", "hallway", "office", "dining room",
+              "basement", "porch", "nursery", "laundry room", "den", "attic", "study"],
+    "heldout": ["garage", "guest room", "front room", "back yard"],
+}
+NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twelve",
+           "fifteen", "twenty", "thirty", "forty", "forty five", "sixty", "ninety"]
+DURATIONS = {
+    "train": [f"{n} {u}" for n in NUMBERS for u in ("minutes", "seconds") if n != "one"]
+    + ["one minute", "one hour", "two hours", "half an hour", "an hour"],
+    "heldout": ["eleven minutes", "twenty five minutes", "thirty five seconds", "three hours",
+                "a minute and a half"],
+}
+DURATIONS["train"] = [d for d in DURATIONS["train"] if d not in DURATIONS["heldout"]]
+TEMPERATURES = {
+    "train": [str(n) for n in (60, 62, 64, 65, 66, 67, 68, 70, 71, 72, 74, 75, 76, 78, 80)],
+    "heldout": ["63", "69", "73", "77"],
+}
+NUMBER_WORDS = {"60": "sixty", "62": "sixty two", "63": "sixty three", "64": "sixty four", "65": "sixty five",
+                "66": "sixty six", "67": "sixty seven", "68": "sixty eight", "69": "sixty nine", "70": "seventy",
+                "71": "seventy one", "72": "seventy two", "73": "seventy three", "74": "seventy four",
+                "75": "seventy five", "76": "seventy six", "77": "seventy seven", "78": "seventy eight",
+                "80": "eighty"}
+GENRES = {
+    "train": ["jazz", "rock", "classical", "country", "pop", "blues", "folk", "reggae", "piano", "dance"],
+    "heldout": ["soul", "hip hop", "opera"],
+}
+
+# --------------------------------------------------------------------------- intents
+# (spoken templates train, spoken templates heldout, response template)
+INTENTS: dict[str, tuple[list[str], list[str], str]] = {
+    "lights_on": (
+        ["turn on the {room} lights", "switch on the lights in the {room}", "lights on in the {room}",
+         "please turn the {room} lights on", "can you turn on the {room} light", "{room} lights on please",
+         "could you switch the {room} lights on"],
+        ["I need the {room} lights on", "make the {room} bright"],
+        "Turning on the {room} lights.",
+    ),
+    "lights_off": (
+        ["turn off the {room} lights", "switch off the lights in the {room}", "lights off in the {room}",
+         "please turn the {room} lights off", "can you turn off the {room} light", "kill the {room} lights",
+         "could you switch the {room} lights off"],
+        ["I don't need the {room} lights anymore", "make the {room} dark"],
+        "Turning off the {room} lights.",
+    ),
+    "timer": (
+        ["set a timer for {duration}", "start a {duration} timer", "timer for {duration} please",
+         "can you set a timer for {duration}", "put a timer on for {duration}", "count down {duration}"],
+        ["remind me in {duration}", "wake me up in {duration}"],
+        "Setting a timer for {duration}.",
+    ),
+    "time": (
+        ["what time is it", "what's the time", "tell me the time", "do you know what time it is",
+         "what time is it right now", "can you tell me the time"],
+        ["how late is it", "have you got the time"],
+        "Checking the time.",
+    ),
+    "weather": (
+        ["what's the weather like", "what's the weather today", "will it rain today", "how's the weather",
+         "what's the forecast", "is it cold outside"],
+        ["do I need an umbrella", "is it sunny out there"],
+        "Checking the weather.",
+    ),
+    "music": (
+        ["play some {genre} music", "play {genre}", "put on some {genre}", "can you play {genre} music",
+         "I want to hear some {genre}", "start playing {genre} music"],
+        ["give me some {genre} tunes", "let's have a little {genre}"],
+        "Playing {genre} music.",
+    ),
+    "stop_music": (
+        ["stop the music", "pause the music", "stop playing", "turn the music off", "that's enough music",
+         "pause it please"],
+        ["silence the speaker", "cut the music"],
+        "Stopping the music.",
+    ),
+    "volume_up": (
+        ["turn it up", "volume up", "make it louder", "turn the volume up", "louder please",
+         "can you turn it up a bit"],
+        ["I can't hear it, raise the volume", "crank it up"],
+        "Turning the volume up.",
+    ),
+    "volume_down": (
+        ["turn it down", "volume down", "make it quieter", "turn the volume down", "quieter please",
+         "can you turn it down a bit"],
+        ["that's too loud, lower the volume", "bring the volume down"],
+        "Turning the volume down.",
+    ),
+    "thermostat": (
+        ["set the temperature to {temp} degrees", "set the thermostat to {temp}", "make it {temp} degrees",
+         "change the heating to {temp} degrees", "can you set the heat to {temp}"],
+        ["I'd like it {temp} degrees in here", "warm the house to {temp} degrees"],
+        "Setting the temperature to {temp} degrees.",
+    ),
+}
+
+# Requests the assistant cannot serve: it must say so, not guess an intent.
+UNKNOWN = {
+    "train": ["book me a flight to Paris", "order a pizza", "call my mother", "send an email to John",
+              "what's the capital of Peru", "buy more milk online", "read me the news", "translate hello into French",
+              "tell me a joke", "how tall is Mount Everest", "lock the front door", "start the car",
+              "water the plants", "find my phone", "open the front gate", "who won the game last night",
+              "add eggs to my shopping list", "what's on my calendar tomorrow", "vacuum the floor",
+              "how do you spell necessary", "feed the cat", "make me a coffee", "order a taxi",
+              "what's the square root of two", "sing me a song", "close the blinds"],
+    "heldout": ["reserve a table for two", "pay the electricity bill", "text my sister", "what's the stock price of apple",
+                "clean the windows", "recommend a good book"],
+}
+
+# Speech not addressed to the assistant: conversation, TV/radio lines, other people's names,
+# and near misses that contain "edge" without calling it.
+CONVERSATION = {
+    "train": [
+        "did you remember to buy bread", "I think it's going to rain later", "the meeting ran long again today",
+        "can you pass me the salt", "we should visit your parents this weekend", "the train was twenty minutes late",
+        "I'll be home around six", "have you seen my keys anywhere", "that movie was better than I expected",
+        "let's have pasta for dinner", "the kids have a game on Saturday", "my back is killing me",
+        "the traffic on the bridge was terrible", "I finished the report this morning", "where did you put the scissors",
+        "it's your turn to do the dishes", "the new neighbours seem nice", "I can't find the remote",
+        "we're out of coffee", "the garden needs watering", "don't forget the dentist on Tuesday",
+        "the printer is jammed again", "I'm going for a run", "that's the third time this week",
+        "our flight leaves at nine", "the soup needs more salt", "tomorrow will be sunny and warm",
+        "and in other news the city council approved the budget", "stay tuned for the weather after the break",
+        "the home team scored in the final minute", "shares fell sharply in early trading",
+        "this song goes out to everyone driving home tonight", "now back to our regular programme",
+        "police are asking drivers to avoid the highway", "the concert starts at eight o'clock",
+    ],
+    "heldout": [
+        "I left my umbrella on the bus", "the cat knocked over the vase", "the bakery closes early on Sundays",
+        "scientists have discovered a new species of frog", "traffic is moving slowly on the ring road",
+        "let's paint the fence next week",
+    ],
+}
+OTHER_NAMES = {"train": ["Sam", "Anna", "Mike", "Lisa", "Tom", "Emma", "David", "Maria", "Ben", "Kate"],
+               "heldout": ["George", "Olivia"]}
+NEAR_MISSES = {
+    "train": ["put the glass away from the edge of the table", "he was standing right on the edge of the cliff",
+              "we have an edge over the other team", "sharpen the edge of that knife", "they live on the edge of town",
+              "I'm a bit on edge today", "the edge of the road is muddy", "trim the edge of the lawn",
+              "that gives us the edge", "she sat on the edge of the bed", "the cutting edge of technology",
+              "don't go near the edge", "hedge the bet a little", "the ledge outside the window is icy"],
+    "heldout": ["the coin rolled off the edge of the desk", "his voice had an edge to it",
+                "we walked along the water's edge"],
+}
+
+WAKE = {  # how the name is said; {c} is the command
+    "train": ["Edge, {c}", "Hey Edge, {c}", "Okay Edge, {c}", "{c}, Edge", "Edge, {c} please", "Hey Edge {c}"],
+    "heldout": ["Excuse me Edge, {c}", "{c}, would you Edge"],
+}
+
+# --------------------------------------------------------------------------- sounds
+SOUND_CLASSES = ["smoke_alarm", "doorbell", "knocking", "phone", "timer", "glass"]
+SOUND_NAMES = {  # how an instruction names each class
+    "smoke_alarm": ["the smoke alarm", "the fire alarm", "the smoke detector", "the alarm"],
+    "doorbell": ["the doorbell", "the bell", "the door bell"],
+    "knocking": ["someone knocks", "knocking at the door", "a knock", "someone knocking"],
+    "phone": ["the phone", "the telephone", "the phone ringing"],
+    "timer": ["the kitchen timer", "the oven timer", "the timer"],
+    "glass": ["glass breaking", "breaking glass", "a window breaking"],
+}
+SOUND_RESPONSES = {
+    "smoke_alarm": "The smoke alarm is going off.",
+    "doorbell": "The doorbell is ringing.",
+    "knocking": "Someone is knocking.",
+    "phone": "The phone is ringing.",
+    "timer": "The kitchen timer is beeping.",
+    "glass": "I heard glass breaking.",
+}
+DISTRACTOR_SOUNDS = ["music", "noise_burst", "water", "footsteps", "clapping", "hum"]
+
+# --------------------------------------------------------------------------- instructions
+INSTRUCTIONS = {
+    "assistant": ["Answer when someone talks to you.", "Respond when you are addressed by name.",
+                  "You are Edge. Answer requests made to you.", "Help when someone asks you."],
+    "transcribe": ["Transcribe what you hear.", "Write down everything that is said.",
+                   "Transcribe the speech.", "Repeat every sentence you hear."],
+    "alerts": ["Tell me if {x} goes off.", "Let me know if you hear {x}.", "Watch for {x}.",
+               "Alert me when you hear {x}."],
+    "combined": ["Answer when someone talks to you, and tell me if {x} goes off.",
+                 "Respond when addressed and let me know if you hear {x}."],
+}
+DEFAULT_INSTRUCTION = "Answer when someone talks to you, and tell me if any alarm, bell, knock, phone, timer or breaking glass goes off."
+TRANSCRIBE_INSTRUCTION = INSTRUCTIONS["transcribe"][0]
+
+
+def join_names(names: list[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+@dataclasses.dataclass
+class Utterance:
+    """A line of speech. ``response`` is what the assistant says to it under ``assistant``
+    (None: stay silent); ``intent`` names the command or 'unknown' / 'other'."""
+
+    text: str
+    addressed: bool
+    intent: str
+    response: str | None
+
+
+def _fill(template: str, slots: dict[str, str]) -> str:
+    return template.format(**slots)
+
+
+def request(rng: random.Random, split: str, intent: str | None = None) -> tuple[str, str, str]:
+    """A request without the wake word -> (spoken words, intent, the assistant's reply)."""
+    intent = intent or rng.choice([*INTENTS, "unknown"])
+    if intent == "unknown":
+        return rng.choice(UNKNOWN[split]), "unknown", SORRY
+    templates, held, reply = INTENTS[intent]
+    room, dur = rng.choice(ROOMS[split]), rng.choice(DURATIONS[split])
+    temp, genre = rng.choice(TEMPERATURES[split]), rng.choice(GENRES[split])
+    spoken = {"room": room, "duration": dur, "temp": NUMBER_WORDS[temp], "genre": genre}
+    said = {"room": room, "duration": dur, "temp": temp, "genre": genre}
+    return _fill(rng.choice(templates if split == "train" else held), spoken), intent, _fill(reply, said)
+
+
+def command(rng: random.Random, split: str, intent: str | None = None) -> Utterance:
+    """An addressed request: a known intent (with slots) or, for intent 'unknown', one it cannot serve.
+    Held-out commands use held-out templates and slot values; the wake phrase may be either."""
+    body, intent, reply = request(rng, split, intent)
+    wake = rng.choice(WAKE["train"] if split == "train" else WAKE["heldout"] + WAKE["train"])
+    return Utterance(_fill(wake, {"c": body}), True, intent, reply)
+
+
+def not_addressed(rng: random.Random, split: str) -> Utterance:
+    """Speech the assistant must ignore: conversation, radio, a request to someone else, a near miss."""
+    r = rng.random()
+    if r < 0.45:
+        return Utterance(rng.choice(CONVERSATION[split]), False, "other", None)
+    if r < 0.75:  # the same requests, said to a person: "Sam, turn on the kitchen lights"
+        body, _, _ = request(rng, split, rng.choice(list(INTENTS)))
+        name = rng.choice(OTHER_NAMES[split])
+        return Utterance(f"{name}, {body}" if rng.random() < 0.7 else f"{body}, {name}", False, "other", None)
+    return Utterance(rng.choice(NEAR_MISSES[split]), False, "near_miss", None)
+
+
+def instruction(rng: random.Random, mode: str, watch: list[str] | None = None) -> str:
+    if mode in ("assistant", "transcribe"):
+        return rng.choice(INSTRUCTIONS[mode])
+    names = [rng.choice(SOUND_NAMES[c]) for c in watch or []]
+    return rng.choice(INSTRUCTIONS[mode]).format(x=join_names(names))
+
+
+def all_texts() -> list[str]:
+    """Every string the training streams can contain (for the BPE): spoken lines, responses, instructions."""
+    rng = random.Random(0)
+    out = [DEFAULT_INSTRUCTION, SORRY, *SOUND_RESPONSES.values()]
+    for m, ts in INSTRUCTIONS.items():
+        out += ts
+    for c, names in SOUND_NAMES.items():
+        out += names
+    for _ in range(4000):
+        out.append(command(rng, "train").text)
+        out.append(command(rng, "train").response or "")
+        out.append(not_addressed(rng, "train").text)
+    return out

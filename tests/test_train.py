@@ -1,0 +1,100 @@
+"""SoundFlow-lite training: the scripted streams and their labels, the held-out split, the scoring
+of the acceptance evaluation, and the whole recipe at toy size (data, a few steps, resume, export,
+the bundle running in the runtime)."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from edge_models import scenarios as sc
+from edge_models import streams as st
+from edge_models.evaluate import score_stream, summarize, wer_counts
+
+
+def test_stream_labels_follow_the_events():
+    s = st.make_stream(3, "train", 30.0, mode="combined")
+    assert len(s.labels) == int(s.duration / 0.4)
+    wanted = [e for e in s.events if e.response is not None]
+    assert wanted, "the stream asks for at least one response"
+    for e in wanted:
+        assert e.due == pytest.approx(e.end + 0.25 if e.kind == "speech" else e.start + 0.3, abs=1e-3)
+        c = int(np.ceil(e.due / 0.4 - 1e-9)) - 1
+        assert s.labels[c] == e.response or s.labels[c + 1] == e.response  # the next one if two collide
+    assert sum(lab is not None for lab in s.labels) == len(wanted)
+    assert all(e.response is None for e in s.events if e.kind == "sound" and e.what not in s.watch)
+    assert np.abs(s.audio).max() <= 0.99
+
+
+def test_instruction_modes_label_differently():
+    """The same seed under another mode: other things get answered."""
+    a = st.make_stream(11, "train", 30.0, mode="transcribe")
+    assert all(e.response == st.sentence(e.what) for e in a.events if e.kind == "speech")
+    assert all(e.response is None for e in a.events if e.kind == "sound")
+    b = st.make_stream(11, "train", 30.0, mode="alerts")
+    assert all(e.response is None for e in b.events if e.kind == "speech")
+
+
+def test_heldout_wording_never_in_training_text():
+    rng = random.Random(0)
+    train_text = " | ".join(
+        [sc.command(rng, "train").text for _ in range(3000)] + [sc.not_addressed(rng, "train").text for _ in range(3000)]
+        + [sc.command(rng, "train").response for _ in range(3000)]
+    ).lower()
+    held = (sc.ROOMS["heldout"] + sc.DURATIONS["heldout"] + sc.GENRES["heldout"] + sc.UNKNOWN["heldout"]
+            + sc.CONVERSATION["heldout"] + sc.NEAR_MISSES["heldout"] + sc.OTHER_NAMES["heldout"])
+    held += [t.split("{")[0].strip() for _, h, _ in sc.INTENTS.values() for t in h if len(t.split("{")[0].strip()) > 8]
+    leaks = [h for h in held if h.lower() in train_text]
+    assert not leaks, leaks
+
+
+def test_scoring_matches_false_and_latency():
+    meta = {"duration": 20.0, "events": [
+        {"kind": "speech", "start": 1.0, "end": 2.5, "what": "Edge, what time is it", "response": "Checking the time.",
+         "due": 2.75, "meta": {"intent": "time", "addressed": True}},
+        {"kind": "sound", "start": 6.0, "end": 8.0, "what": "doorbell", "response": "The doorbell is ringing.",
+         "due": 6.3, "meta": {"watched": True}},
+        {"kind": "speech", "start": 10.0, "end": 11.0, "what": "Edge, order a pizza", "response": sc.SORRY,
+         "due": 11.25, "meta": {"intent": "unknown", "addressed": True}},
+    ]}
+    events = [
+        {"type": "response.end", "t": 2.8, "text": "Checking the time.", "first_token_ms": 20.0},
+        {"type": "response.end", "t": 6.4, "text": "The phone is ringing.", "first_token_ms": 20.0},  # matched, wrong
+        {"type": "response.end", "t": 15.0, "text": "Turning it up.", "first_token_ms": 20.0},  # false
+        {"type": "stats", "chunk_ms_p50": 30.0},
+    ]
+    s = score_stream(meta, events)
+    assert len(s["matched"]) == 2 and len(s["false"]) == 1 and len(s["missed"]) == 1
+    assert s["matched"][0]["latency_s"] == pytest.approx(0.3 + 0.03 + 0.02)
+    out = summarize([s])
+    assert out["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert out["by_category"]["sound"] == {"events": 1, "matched": 1, "correct": 0, "recall": 1.0, "correct_of_events": 0.0}
+    assert out["by_category"]["unknown"]["recall"] == 0.0
+    assert wer_counts("a b c".split(), "a x c d".split()) == 2
+
+
+def test_recipe_smoke_resume_and_export(tmp_path):
+    """The whole recipe at toy size (what CI runs): then the same command again resumes and redoes nothing."""
+    from edge_models.train import main
+
+    work = tmp_path / "work"
+    assert main(["--work", str(work), "--smoke"]) == 0
+    log = [json.loads(x) for x in (work / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7)) and "val" in log[-1]
+    cfg = json.loads((work / "config.json").read_text())
+    assert cfg["train"]["steps"] == 6 and cfg["data"]["train_streams"] == 8
+    m = json.loads((work / "bundle" / "manifest.json").read_text())
+    assert m["kind"] == "audio-interaction" and m["default_instruction"] == sc.DEFAULT_INSTRUCTION
+    assert m["provenance"]["encoder"]["whisper"] == "tiny.en"
+    bundle_mtime = (work / "bundle" / "manifest.json").stat().st_mtime
+
+    assert main(["--work", str(work), "--smoke"]) == 0  # resume: nothing left to do
+    assert len((work / "train_log.jsonl").read_text().splitlines()) == 6
+    assert (work / "bundle" / "manifest.json").stat().st_mtime == bundle_mtime
+
+    from edge_models.evaluate import run_listener
+
+    evs = run_listener(str(work / "bundle"), st.make_stream(1, "heldout", 6.0).audio, sc.DEFAULT_INSTRUCTION)
+    assert evs[0]["type"] == "ready" and evs[-1]["type"] == "end"
+    assert [e for e in evs if e["type"] == "stats"][-1]["chunks"] == 15
