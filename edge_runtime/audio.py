@@ -47,6 +47,10 @@ class RingBuffer:
         n = len(frames)
         if n == 0:
             return
+        if block and n > self.capacity:  # a waiting writer never drops: hand it over in ring-sized parts
+            for i in range(0, n, self.capacity):
+                self.write(frames[i : i + self.capacity], block=True, stop=stop)
+            return
         with self._cv:
             if block:
                 while self._w + n - self._r > self.capacity and not (stop and stop.is_set()) and not self.closed:

@@ -29,6 +29,18 @@ def test_callback_and_context_manager(tiny_bundle):
     assert [e for e in got if e["type"] == "stats"][-1]["chunks"] == 5
 
 
+def test_feeding_more_than_the_ring_holds_loses_nothing(tiny_bundle):
+    """A non-live feed() of 5 s into a 1 s ring waits for room in parts instead of hanging or dropping."""
+    got = []
+    opts = ListenerOptions(ring_seconds=1.0)
+    with Listener(tiny_bundle[0], callback=got.append, feed_live=False, options=opts) as li:
+        li.feed(speechlike(5.0))
+        li.close_input()
+        li.join(30)
+    stats = [e for e in got if e["type"] == "stats"][-1]
+    assert got[-1]["type"] == "end" and stats["chunks"] == 13 and stats["dropped_ms"] == 0  # the last partial chunk is flushed
+
+
 def test_asyncio_facade_does_not_block_the_loop(tiny_bundle):
     """A feeder task pushes 100 ms of audio every 100 ms (a live source) while another task
     iterates events and a ticker records when it runs. If waiting for an event blocked the loop,
