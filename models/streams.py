@@ -100,10 +100,11 @@ class Speaker:
 
 def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None = None,
                 speaker: Speaker | None = None, voices_per_stream: int = 3, voice_split: str | None = None,
-                kinds: dict[str, float] | None = None) -> Stream:
+                kinds: dict[str, float] | None = None, warp: float = 0.0) -> Stream:
     """One scripted stream. ``seed`` fixes everything (voices, words, sounds, levels, timing).
     ``split`` picks the wording, ``voice_split`` (default: the same) the voices; ``kinds``
-    overrides how often each kind of event occurs."""
+    overrides how often each kind of event occurs. ``warp`` > 0: each utterance is resampled by a
+    random factor in [1 - warp, 1 + warp] (pitch, formants and tempo together: another vocal tract)."""
     rng = random.Random(f"{split}:{voice_split}:{seed}" if voice_split else f"{split}:{seed}")
     speaker = speaker or Speaker()
     mode = mode or _pick(rng, MODES)
@@ -124,7 +125,7 @@ def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None 
     kinds = kinds or _event_kinds(mode)
     while True:
         kind = _pick(rng, kinds)
-        ev, x = _event(rng, kind, split, mode, watch, voices, speaker)
+        ev, x = _event(rng, kind, split, mode, watch, voices, speaker, warp)
         if t + len(x) / synth.SR + 0.8 > duration:
             break
         i = int(t * synth.SR)
@@ -145,11 +146,13 @@ def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None 
     return Stream(audio.astype(np.float32), instr, mode, watch, events, labels)
 
 
-def _event(rng, kind, split, mode, watch, voices, speaker) -> tuple[Event, np.ndarray]:
+def _event(rng, kind, split, mode, watch, voices, speaker, warp=0.0) -> tuple[Event, np.ndarray]:
     if kind in ("command", "other_speech"):
         u = sc.command(rng, split) if kind == "command" else sc.not_addressed(rng, split)
         voice = rng.choice(voices)
         x = speaker(u.text, voice)
+        if warp > 0 and rng.random() < 0.7:
+            x = synth.warp(x, rng.uniform(1 - warp, 1 + warp))
         if rng.random() < 0.4:
             x = synth.room(rng, x)
         x = synth.at_level(x, rng.uniform(-32, -18))

@@ -99,12 +99,12 @@ def build_tokenizer(cfg: dict, work: Path):
 
 
 def _make_shard(args) -> dict:
-    split, seeds, seconds = args
+    split, voice_split, seeds, seconds, warp = args
     torch.set_num_threads(1)
     speaker = st.Speaker()
     out = []
     for s in seeds:
-        stream = st.make_stream(s, split, seconds, speaker=speaker)
+        stream = st.make_stream(s, split, seconds, speaker=speaker, voice_split=voice_split, warp=warp)
         out.append({"audio": stream.audio, "meta": stream.to_dict()})
     return {"streams": out}
 
@@ -149,16 +149,20 @@ def encode_streams(enc, audios: list[np.ndarray], cfg: ModelConfig, batch: int =
 def build_data(cfg: dict, work: Path, mcfg: ModelConfig, enc) -> dict[str, Path]:
     """Stages 2 and 3 for the train and val splits -> {split: path of its .npz}."""
     d = cfg["data"]
-    plan = {"train": ("train", range(d["train_streams"])),
-            "val": ("heldout", range(100000, 100000 + d["val_streams"]))}
+    # validation (checkpoint choice): training wording in held-out voices and sound seeds; the
+    # acceptance evaluation (evaluate.py) uses other seeds, and held-out wording as well
+    first = d.get("train_seed_start", 0)
+    plan = {"train": ("train", None, range(first, first + d["train_streams"])),
+            "val": ("train", "heldout", range(100000, 100000 + d["val_streams"]))}
     paths = {}
-    for name, (split, seeds) in plan.items():
+    for name, (split, voice_split, seeds) in plan.items():
         path = work / f"{name}.npz"
         paths[name] = path
         if path.exists():
             continue
         seeds = list(seeds)
-        shards = [(split, seeds[i : i + 8], d["stream_seconds"]) for i in range(0, len(seeds), 8)]
+        warp = d.get("warp", 0.0) if name == "train" else 0.0
+        shards = [(split, voice_split, seeds[i : i + 8], d["stream_seconds"], warp) for i in range(0, len(seeds), 8)]
         prog = Progress(f"data[{name}] streams", len(seeds))
         metas, feats = [], []
         workers = max(1, min(d.get("workers", 2), os.cpu_count() or 1))
@@ -279,12 +283,20 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     control = control_token_ids(tok)
     tpc = model.cfg.stream.tokens_per_chunk
     train_ex = load_examples(paths["train"], tok, control, tpc)
+    for extra in cfg["data"].get("extra_train", []):  # streams built by an earlier run (same tokenizer)
+        train_ex += load_examples(Path(extra), tok, control, tpc)
     val_ex = load_examples(paths["val"], tok, control, tpc)
     params = [p for n, p in model.named_parameters() if not n.startswith("chunk_encoder.encoder.")]
     for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith("chunk_encoder.encoder."))
     opt = torch.optim.AdamW(params, lr=t["lr"], betas=(0.9, 0.95), weight_decay=t["weight_decay"])
     step, best_val, order_seed = 0, math.inf, t["seed"]
+    if not last.exists() and t.get("init"):  # fine-tune: start from a checkpoint's weights
+        from .checkpoint import load_checkpoint
+
+        init, _, _ = load_checkpoint(t["init"])
+        model.load_state_dict(init.state_dict())
+        print(f"train: initialised from {t['init']}", file=sys.stderr)
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])

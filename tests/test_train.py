@@ -93,8 +93,41 @@ def test_recipe_smoke_resume_and_export(tmp_path):
     assert len((work / "train_log.jsonl").read_text().splitlines()) == 6
     assert (work / "bundle" / "manifest.json").stat().st_mtime == bundle_mtime
 
-    from edge_models.evaluate import run_listener
+    _training_forward_equals_the_runtime(work)
 
-    evs = run_listener(str(work / "bundle"), st.make_stream(1, "heldout", 6.0).audio, sc.DEFAULT_INSTRUCTION)
-    assert evs[0]["type"] == "ready" and evs[-1]["type"] == "end"
-    assert [e for e in evs if e["type"] == "stats"][-1]["chunks"] == 15
+
+def _training_forward_equals_the_runtime(work):
+    """What training optimises is what the runtime computes: p(respond) after every chunk of a
+    stream, from the training forward (features precomputed by the frozen encoder in bf16, the
+    interleaved layout) and from the Listener on the exported int8 bundle, agree."""
+    import torch
+
+    from edge_models.checkpoint import load_checkpoint
+    from edge_models.tokenizer import control_token_ids
+    from edge_models.train import encode_streams, layout
+    from edge_runtime.listener import Listener, ListenerOptions
+    from edge_runtime.loop import LoopOptions, ScriptedDecider
+
+    model, tok, _ = load_checkpoint(work / "best.pt")
+    s = st.make_stream(1, "heldout", 8.0, mode="combined")
+    meta = s.to_dict() | {"labels": [None] * len(s.labels)}  # the runtime below never responds either
+    feats = encode_streams(model.chunk_encoder.encoder, [s.audio], model.cfg)[0]
+    ctl = control_token_ids(tok)
+    ex = layout(meta, feats, tok, ctl, model.cfg.stream.tokens_per_chunk)
+    with torch.no_grad():
+        ids, audio = torch.from_numpy(ex.ids)[None], torch.from_numpy(ex.audio)[None]
+        proj = model.chunk_encoder.projector(torch.from_numpy(ex.chunks.astype(np.float32)))
+        emb = model.lm.embed(ids).masked_scatter(audio[..., None], proj.reshape(-1, proj.shape[-1]))
+        h, _ = model.lm(emb, torch.ones_like(ids), torch.arange(ids.shape[1])[None])
+        lg = model.lm.logits(h)[0][torch.from_numpy(np.nonzero(ex.decision)[0])]
+    p_train = torch.sigmoid(lg[:, ctl["respond"]] - lg[:, ctl["silent"]]).numpy()
+    evs = []
+    opts = ListenerOptions(verbose=True, loop=LoopOptions(instruction=s.instruction, fifo=False))
+    with Listener(str(work / "bundle"), callback=evs.append, feed_live=False, options=opts,
+                  decider=ScriptedDecider([])) as li:
+        li.feed(s.audio)
+        li.close_input()
+        li.join(60)
+    p_rt = np.array([e["p_respond"] for e in evs if e["type"] == "decision"])
+    assert evs[-1]["type"] == "end" and len(p_rt) == len(p_train) == 20
+    assert np.abs(p_rt - p_train).max() < 0.05, (p_rt, p_train)  # bf16 features and int8 weights vs fp32
