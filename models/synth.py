@@ -326,6 +326,17 @@ def _noise(rng, n: int, color: float) -> np.ndarray:
     return lfilter([1], [1, -color], w) if color else w
 
 
+def _hits(rng, count: tuple[int, int], hit_s: float, color: float, decay: float, gap: tuple[float, float],
+          tail: float) -> np.ndarray:
+    """A run of short noise hits (steps, claps): ``decay`` in samples, ``gap`` in seconds."""
+    parts, t = [], 0.0
+    for _ in range(rng.randint(*count)):
+        n = int(hit_s * SR)
+        parts.append((t, _noise(rng, n, color) * np.exp(-np.arange(n) / decay)))
+        t += rng.uniform(*gap)
+    return _place(t + tail, parts)
+
+
 def distractor(rng, kind: str) -> np.ndarray:
     if kind == "music":
         return music(rng)
@@ -338,19 +349,9 @@ def distractor(rng, kind: str) -> np.ndarray:
         am = 1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * _t(d))
         return _noise(rng, n, rng.uniform(0.0, 0.5)) * am * _env(n, 0.2, 0.3)
     if kind == "footsteps":
-        parts, t = [], 0.0
-        for _ in range(rng.randint(3, 10)):
-            n = int(0.1 * SR)
-            parts.append((t, _noise(rng, n, 0.97) * np.exp(-np.arange(n) / 400)))
-            t += rng.uniform(0.4, 0.7)
-        return _place(t + 0.2, parts)
+        return _hits(rng, (3, 10), 0.1, 0.97, 400, (0.4, 0.7), 0.2)
     if kind == "clapping":
-        parts, t = [], 0.0
-        for _ in range(rng.randint(3, 12)):
-            n = int(0.03 * SR)
-            parts.append((t, _noise(rng, n, 0.3) * np.exp(-np.arange(n) / 100)))
-            t += rng.uniform(0.15, 0.5)
-        return _place(t + 0.1, parts)
+        return _hits(rng, (3, 12), 0.03, 0.3, 100, (0.15, 0.5), 0.1)
     if kind == "hum":  # fridge, fan
         d = rng.uniform(2, 6)
         f = rng.choice([50, 60, 100, 120])
