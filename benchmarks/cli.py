@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--json", action="store_true")
     d.add_argument("--genai", default=None, help="also time an onnxruntime-genai model folder (its builder's output)")
+    d.add_argument("--torch", action="store_true", help="also time PyTorch eager on the bundle's reference model (fp32)")
     st = sub.add_parser("stream", help="chunk compute, decision lag and RTF of the whole loop in --fast mode")
     st.add_argument("bundle")
     st.add_argument("--seconds", type=float, default=120.0)
@@ -107,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
             for th in (int(x) for x in args.threads.split(",")):
                 rows += genai_step_times(args.genai, [int(c) for c in args.contexts.split(",")], th, args.steps)
+        if args.torch:
+            from .peers import torch_step_times
+
+            for th in (int(x) for x in args.threads.split(",")):
+                rows += torch_step_times(args.bundle, [int(c) for c in args.contexts.split(",")], th, args.steps)
     except BundleError as e:
         print(f"edge-bench: error: {e}", file=sys.stderr)
         return 2

