@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edge-bench", description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", help="bundle for the whole report (default: the installed default bundle)")
     ap.add_argument("--quick", action="store_true", help="a report in under two minutes")
+    ap.add_argument("--compare", action="append", default=[], metavar="BUNDLE",
+                    help="another export of the same model (e.g. fp32) measured per stage in the same run")
     ap.add_argument("--out", default="bench-report", help="report folder (report.json, report.md, report.png)")
     sub = ap.add_subparsers(dest="cmd", required=False)
     d = sub.add_parser("decoder", help="ms per decoder step at given contexts, per KV layout and thread count")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         from .report import run
 
         try:
-            rep = run(args.bundle or str(default_bundle_path()), args.out, quick=args.quick)
+            rep = run(args.bundle or str(default_bundle_path()), args.out, quick=args.quick, compare=tuple(args.compare))
         except BundleError as e:
             print(f"edge-bench: error: {e}", file=sys.stderr)
             return 2

@@ -169,7 +169,10 @@ def machine() -> dict:
             "onnxruntime": ort_version(), "python": platform.python_version(), "provider": "CPUExecutionProvider"}
 
 
-def run(path: str, out: str | Path, quick: bool = False, threads: tuple[int, ...] = (1, 2)) -> dict:
+def run(path: str, out: str | Path, quick: bool = False, threads: tuple[int, ...] = (1, 2),
+        compare: tuple[str, ...] = ()) -> dict:
+    """``compare``: other bundles of the same model (e.g. its fp32 export) whose stages are measured
+    in the same run, at the first thread count, for a precision-vs-precision table."""
     plan = Plan.make(quick)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +182,8 @@ def run(path: str, out: str | Path, quick: bool = False, threads: tuple[int, ...
     m = Bundle(path, verify_hashes=False).manifest
     if len(m.decoders) > 1:
         rep["stages"] += [stages(path, threads[0], plan, layout=d.kv_layout) for d in m.decoders[1:]]
+    for other in compare:
+        rep["stages"].append(stages(other, threads[0], plan) | {"bundle": str(other)})
     rep["fifo"] = fifo_resume(path, threads[0], plan)
     rep["kv_steps"] = kv_steps(path, threads[0], plan)
     rep["long_run"] = long_run(path, plan)

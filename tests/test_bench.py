@@ -7,9 +7,10 @@ import sys
 from conftest import subprocess_env
 
 
-def test_quick_report(tiny_bundle, tmp_path):
+def test_quick_report(tiny_bundle, tiny_bundle_fp32, tmp_path):
     out = tmp_path / "report"
-    r = subprocess.run([sys.executable, "-m", "edge_bench.cli", "--bundle", str(tiny_bundle[0]), "--quick", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "edge_bench.cli", "--bundle", str(tiny_bundle[0]), "--quick", "--out", str(out),
+                        "--compare", str(tiny_bundle_fp32[0])],
                        capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
@@ -17,6 +18,8 @@ def test_quick_report(tiny_bundle, tmp_path):
     assert {"platform", "cpus", "onnxruntime", "provider"} <= set(rep["machine"])
     layouts = {s["kv_layout"] for s in rep["stages"]}
     assert layouts == {"shared", "concat"} and {s["threads"] for s in rep["stages"]} == {1, 2}
+    assert {s["precision"] for s in rep["stages"]} == {"int8 (weight-only)", "fp32"}  # --compare: fp32 in the same run
+    assert [s.get("bundle") for s in rep["stages"]].count(str(tiny_bundle_fp32[0])) == 1
     for s in rep["stages"]:
         for k in ("features_ms", "encoder_ms", "prefill_decision_ms", "chunk_compute_ms", "first_token_ms"):
             assert 0 < s[k]["p50"] <= s[k]["p95"] <= s[k]["p99"], (k, s[k])
