@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import scenarios as sc
 from . import streams as st
 
 SETS = {  # name: (wording split, mode, kinds override)

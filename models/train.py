@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_runtime.features import FeatureRecipe, LogMelStream
+from edge_runtime.features import LogMelStream
 
 from . import scenarios as sc
 from . import streams as st
@@ -376,18 +376,18 @@ def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
         print(f"export: {out} is newer than {best}, kept", file=sys.stderr)
     elif cfg["export"].get("enabled", True):
         from edge_export.pipeline import ExportOptions, export_bundle
-        from .checkpoint import load_checkpoint
 
-        m, tk, ref = load_checkpoint(best)
+        from .checkpoint import load_checkpoint
+        from .synth import TTS_LICENSES
         from .whisper import provenance
 
-        ref = {"source": "checkpoint", "path": str(best)}
+        m, tk, ref = load_checkpoint(best)
         opts = ExportOptions(precision=cfg["export"]["precision"], max_context=cfg["export"]["max_context"],
                              encoder_precision=cfg["export"].get("encoder_precision", "auto"),
                              name=cfg["model"]["name"], version=cfg["model"]["version"], license=cfg["model"]["license"],
                              provenance={"encoder": {"whisper": "tiny.en", **provenance("tiny.en")},
                                          "training": {"recipe": "edge-train (models/train.py)", "config": cfg,
-                                                      "tts": {k: v for k, v in _tts_licenses().items()}}})
+                                                      "tts": dict(TTS_LICENSES)}})
         export_bundle(m, tk, out, ref, opts)
         times["export_s"] = round(time.monotonic() - t0 - t_data - t_train, 1)
     if (work / "times.json").exists():  # a resumed run: keep the first run's stage times too
@@ -395,12 +395,6 @@ def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
     (work / "times.json").write_text(json.dumps(times))
     print(f"done: {times}", file=sys.stderr)
     return out if cfg["export"].get("enabled", True) else None
-
-
-def _tts_licenses() -> dict:
-    from .synth import TTS_LICENSES
-
-    return TTS_LICENSES
 
 
 SMOKE = {"data.train_streams": 8, "data.val_streams": 4, "data.stream_seconds": 20.0, "train.steps": 6,
