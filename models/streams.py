@@ -24,6 +24,8 @@ from . import scenarios as sc
 from . import synth
 
 CHUNK_S = 0.4
+SPEECH_DUE_S = 0.25  # after the utterance's last voiced sample
+SOUND_DUE_S = 0.3  # after a watched sound's onset
 MODES = {"assistant": 0.3, "alerts": 0.25, "transcribe": 0.2, "combined": 0.25}
 
 
@@ -132,7 +134,7 @@ def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None 
         audio[i : i + len(x)] += x
         ev.start, ev.end = round(t, 3), round(t + len(x) / synth.SR, 3)
         if ev.response is not None:
-            ev.due = round((ev.end + 0.25) if ev.kind == "speech" else (ev.start + 0.3), 3)
+            ev.due = due(ev)
         events.append(ev)
         t = ev.end + rng.uniform(0.8, 3.5)
     if rng.random() < 0.25:  # a TV or radio bed under part of the stream
@@ -186,6 +188,11 @@ def _event(rng, kind, split, mode, watch, voices, speaker, warp=0.0) -> tuple[Ev
     return Event("sound", 0, 0, cls, response, meta={"watched": cls in watch}), x
 
 
+def due(ev: Event) -> float:
+    """When a response to ``ev`` is due: 0.25 s after an utterance ends, 0.3 s after a sound starts."""
+    return round((ev.end + SPEECH_DUE_S) if ev.kind == "speech" else (ev.start + SOUND_DUE_S), 3)
+
+
 def chunk_labels(events: list[Event], n_samples: int) -> list[str | None]:
     n_chunks = n_samples // int(CHUNK_S * synth.SR)
     labels: list[str | None] = [None] * n_chunks
@@ -228,7 +235,7 @@ def scripted_stream(items: list[tuple], seed: int, mode: str, watch: list[str], 
             ev = Event("sound", t, t + len(x) / synth.SR, cls, reply, meta={"watched": cls in watch})
         ev.start, ev.end = round(ev.start, 3), round(ev.end, 3)
         if reply is not None:
-            ev.due = round((ev.end + 0.25) if ev.kind == "speech" else (ev.start + 0.3), 3)
+            ev.due = due(ev)
         parts.append((t, x))
         events.append(ev)
         t = ev.end + gap

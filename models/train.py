@@ -253,7 +253,6 @@ def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool) -> 
     loss_txt = ce[~is_dec].mean() if (~is_dec).any() else ce.new_zeros(())
     with torch.no_grad():
         pred = logits.argmax(-1)
-        resp = tgt[is_dec] != tgt[is_dec].min()  # respond targets (respond id > silent id is not assumed)
         stats = {"loss_dec": float(loss_dec), "loss_txt": float(loss_txt),
                  "dec_acc": float((pred[is_dec] == tgt[is_dec]).float().mean()),
                  "txt_acc": float((pred[~is_dec] == tgt[~is_dec]).float().mean()) if (~is_dec).any() else 0.0}
