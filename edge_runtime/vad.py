@@ -2,6 +2,8 @@
 
 A chunk is *quiet* when webrtcvad finds no speech in any of its 20 ms frames and its level is
 below an energy floor. Loud non-speech (an alarm, a knock) is never quiet, whatever the VAD says.
+The listener skips the encoder for a chunk only when every chunk of its encoder window is quiet,
+and uses the encoding of a silent window instead (exact for digital silence).
 """
 
 from __future__ import annotations

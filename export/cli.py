@@ -22,7 +22,8 @@ def _export_opts(args, **extra):
     from .pipeline import ExportOptions
 
     return ExportOptions(precision=args.precision, layouts=tuple(args.layouts.split(",")), max_context=args.max_context,
-                         tolerance=args.tolerance, scheme=args.scheme, **extra)
+                         tolerance=args.tolerance, scheme=args.scheme, encoder_precision=args.encoder_precision,
+                         vad_gate=args.vad_gate, **extra)
 
 
 def _add_export_args(p: argparse.ArgumentParser, max_context: int) -> None:
@@ -32,6 +33,9 @@ def _add_export_args(p: argparse.ArgumentParser, max_context: int) -> None:
     p.add_argument("--max-context", type=int, default=max_context, help="KV cache capacity in tokens")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max abs fp32 logits diff vs PyTorch")
     p.add_argument("--scheme", choices=["weight-only", "dynamic"], default=None, help="force an int8 scheme")
+    p.add_argument("--encoder-precision", choices=["auto", "int8", "fp32", "fp16"], default="auto",
+                   help="fp16: weights stored as fp16, computed in fp32")
+    p.add_argument("--vad-gate", action="store_true", help="the runtime skips the encoder on quiet, speech-free windows")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,12 +30,15 @@ from edge_runtime.embeddings import quantize_rows
 
 from . import verify as V
 from .gqa_graph import build_shared_decoder
-from .quantize import SCHEMES, quantize
+from .quantize import SCHEMES, fp16_storage, quantize
 from .torch_export import export_concat_decoder, export_encoder
 
 log = logging.getLogger(__name__)
 
 DECODER_FILES = {"shared": "decoder_shared.onnx", "concat": "decoder.onnx"}
+
+
+ENCODER_PRECISIONS = ("auto", "int8", "fp32", "fp16")
 
 
 class ExportError(RuntimeError):
@@ -48,7 +51,11 @@ class ExportOptions:
     max_context: tokens the KV cache holds (the shared buffer's length).
     tolerance: max abs logits diff, ONNX fp32 vs PyTorch, beyond which the export fails.
     scheme: force an int8 scheme instead of choosing by measurement.
-    tie_margin: top-1 agreement within this of the best counts as a tie (then speed decides)."""
+    tie_margin: top-1 agreement within this of the best counts as a tie (then speed decides).
+    encoder_precision: auto (int8 if it is close and not slower, else fp32), int8, fp32, or fp16
+    (weights stored as fp16, half the file, computed in fp32 at fp32 speed).
+    vad_gate: the manifest tells the runtime to skip the encoder on windows of quiet, speech-free
+    audio (a model trained with quiet stretches, which then costs almost nothing on silence)."""
 
     precision: str = "int8"
     layouts: tuple[str, ...] = ("shared", "concat")
@@ -61,10 +68,11 @@ class ExportOptions:
     license: str = "Apache-2.0"
     provenance: dict = dataclasses.field(default_factory=dict)
     encoder_precision: str = "auto"
+    vad_gate: bool = False
 
     def __post_init__(self) -> None:
-        if self.encoder_precision not in ("auto", "int8", "fp32"):
-            raise ValueError(f"encoder_precision must be auto, int8 or fp32, got {self.encoder_precision!r}")
+        if self.encoder_precision not in ENCODER_PRECISIONS:
+            raise ValueError(f"encoder_precision must be one of {', '.join(ENCODER_PRECISIONS)}, got {self.encoder_precision!r}")
         if self.precision not in ("int8", "fp32"):
             raise ValueError(f"precision must be int8 or fp32, got {self.precision!r}")
         bad = [x for x in self.layouts if x not in DECODER_FILES]
@@ -147,6 +155,18 @@ def export_bundle(model: AudioInteractionModel, tok: Tokenizer, out: str | Path,
             q = _choose_int8(fp32, tmp, dims, embed, tf_ids, len(instr), blocks, control, opts, report)
             final.update(q["decoders"])
             precision.update({n: f"int8 ({q['scheme']})" for n in q["decoders"]})
+            report["times_s"]["int8"] = round(time.perf_counter() - t0, 2)
+        if opts.encoder_precision == "fp16":
+            enc16 = tmp / "encoder.fp16.onnx"
+            fp16_storage(tmp / "encoder.fp32.onnx", enc16)
+            e16 = V.encoder_parity(enc16, windows, chunks)
+            report["encoder"]["fp16_weights_vs_torch"] = e16
+            if not e16["min_cosine"] >= 0.999:
+                raise ExportError(f"encoder.onnx: fp16 weights move the output too far (min cosine {e16['min_cosine']:.4f} < 0.999)")
+            report["encoder"]["chosen"] = "fp16 weights, fp32 compute (asked for)"
+            final["encoder.onnx"], precision["encoder.onnx"] = enc16, "fp16 weights (fp32 compute)"
+        elif opts.precision == "int8":
+            t0 = time.perf_counter()
             enc_q = tmp / "encoder.int8.onnx"
             quantize(tmp / "encoder.fp32.onnx", enc_q, "weight-only")
             e8 = V.encoder_parity(enc_q, windows, chunks)
@@ -159,7 +179,7 @@ def export_bundle(model: AudioInteractionModel, tok: Tokenizer, out: str | Path,
                                            if use_int8 else "fp32 (int8 not asked for, not faster or not close enough)")
             if use_int8:
                 final["encoder.onnx"], precision["encoder.onnx"] = enc_q, "int8 (weight-only)"
-            report["times_s"]["int8"] = round(time.perf_counter() - t0, 2)
+            report["times_s"]["encoder_int8"] = round(time.perf_counter() - t0, 2)
 
         log.info("[4/4] writing bundle to %s", out)
         out.mkdir(parents=True, exist_ok=True)
@@ -257,6 +277,7 @@ def _write_manifest(model, out: Path, dims: DecoderDims, control, reference, pre
         "control_tokens": control,
         "default_instruction": cfg.default_instruction,
         "quantization": precision,
+        "vad_gate": opts.vad_gate,
         "reference": reference,
         "model_config": cfg.to_dict(),
         "files": {n: {"sha256": sha256_file(out / n), "bytes": (out / n).stat().st_size} for n in files},

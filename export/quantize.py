@@ -43,3 +43,33 @@ def quantize(src: Path, dst: Path, scheme: str) -> None:
     else:
         raise ValueError(f"unknown int8 scheme {scheme!r} ({', '.join(SCHEMES)})")
     log.info("quantized %s -> %s (%s)", src.name, dst.name, scheme)
+
+
+def fp16_storage(src: Path, dst: Path, min_elems: int = 4096) -> int:
+    """Store the large float32 weights as float16, each followed by a Cast back to float32.
+
+    The file halves; the arithmetic stays fp32: onnxruntime folds ``Cast(initializer)`` into a
+    float32 initializer when the session is created, so run time equals the fp32 graph's (the only
+    change is rounding the weights to fp16 once). Returns how many weights were converted."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    g = m.graph
+    casts, kept, n = [], [], 0
+    for init in g.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and int(np.prod(init.dims)) >= min_elems:
+            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + ".fp16")
+            kept.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT, name=init.name + ".cast"))
+            n += 1
+        else:
+            kept.append(init)
+    g.ClearField("initializer")
+    g.initializer.extend(kept)
+    nodes = casts + list(g.node)  # the casts first: the graph stays topologically sorted
+    g.ClearField("node")
+    g.node.extend(nodes)
+    onnx.save_model(m, str(dst))
+    log.info("fp16 storage: %d weights in %s -> %s", n, src.name, dst.name)
+    return n

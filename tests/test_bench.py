@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import subprocess_env
 
 
@@ -42,3 +43,38 @@ def test_pytorch_eager_peer_on_the_same_model(tiny_bundle):
     rows = torch_step_times(str(tiny_bundle[0]), [16, 64], threads=1, steps=3)
     assert [r["context"] for r in rows] == [16, 64]
     assert all(r["layout"].startswith("pytorch eager") and r["ms_p50"] > 0 and r["steps"] == 3 for r in rows)
+
+
+@pytest.mark.parametrize("layout", ["shared", "concat"])
+def test_genai_drives_our_exported_graph(tiny_bundle, tmp_path, layout):
+    """edge-bench decoder --genai-ours: onnxruntime-genai runs the bundle's own decoder graph (with the
+    runtime's embedding lookup put in front); its logits equal our runtime's, and it is timed."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from edge_bench.peers import genai_folder_for_bundle, genai_step_times
+    from edge_runtime.model import Bundle
+
+    folder = genai_folder_for_bundle(str(tiny_bundle[0]), str(tmp_path / layout), layout)
+    prompt = np.array([5, 77, 12, 200, 150, 31, 9, 42], np.int32)
+    gen = og.Generator(og.Model(folder), og.GeneratorParams(og.Model(folder)))
+    gen.append_tokens(prompt)
+    theirs = gen.get_output("logits").reshape(-1)
+    b = Bundle(str(tiny_bundle[0]), layout=layout, verify_hashes=False)
+    ours = b.decoder.forward(b.decoder.new_cache(), b.embed(prompt.tolist()))
+    assert theirs.shape == ours.shape and np.abs(theirs - ours).max() < 1e-5
+    rows = genai_step_times(folder, [16, 40], threads=1, steps=3, max_length=None)
+    assert [r["context"] for r in rows] == [16, 40] and all(r["ms_p50"] > 0 and r["prefill_ms"] > 0 for r in rows)
+
+
+def test_llamacpp_peer_on_the_smollm2_gguf():
+    """edge-bench decoder --llamacpp smollm2: llama.cpp decode steps and prefill on SmolLM2's GGUF.
+    Needs llama-cpp-python (a source build, ~15 min on 2 cores: `pip install '.[bench]'`), which CI
+    does not build; the README's numbers come from a machine that has it."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[bench]')")
+    from edge_bench.peers import llamacpp_step_times
+    from edge_models.smollm2 import gguf_path
+
+    rows = llamacpp_step_times(str(gguf_path()), [8, 64], threads=1, steps=3)
+    assert [r["context"] for r in rows] == [8, 64]
+    assert all(r["layout"].startswith("llama.cpp") and r["ms_p50"] > 0 and r["prefill_tokens_per_s"] > 0 for r in rows)

@@ -94,3 +94,30 @@ def test_the_instruction_decides_what_is_answered(mode):
     if mode == "transcribe":  # a response after each of the 7 utterances, none for the 4 sounds
         assert hit >= wanted - 1, got
         assert not any(t in alert_texts or t == sc.SORRY for _, t in got), got
+
+
+def test_quiet_gate_is_exact_on_digital_silence_and_cuts_idle_work():
+    """The default bundle asks for the quiet gate (manifest ``vad_gate``). A chunk skips the encoder
+    only when its whole 2 s window is quiet, and then gets the encoding of a silent window: on
+    digital silence that is the same input, so every decision equals the ungated run's."""
+    import numpy as np
+    import soundfile as sf
+
+    from edge_runtime.listener import Listener, ListenerOptions
+    from edge_runtime.loop import LoopOptions
+
+    audio, sr = sf.read(DEMO, dtype="float32")
+    clip = np.concatenate([np.zeros(4 * sr, np.float32), audio[: 4 * sr], np.zeros(6 * sr, np.float32)])
+    runs = {}
+    for gate in (None, False):  # None: as the manifest says
+        # fifo off: one decision per chunk, so the two runs decide at the same times
+        lis = Listener(options=ListenerOptions(vad_gate=gate, verbose=True, loop=LoopOptions(fifo=False)), feed_live=False)
+        lis.start()
+        lis.feed(clip)
+        lis.close_input()
+        evs = list(lis.events(timeout=120))
+        runs[gate] = ([(e["t"], e["p_respond"]) for e in evs if e["type"] == "decision"], lis.gated_chunks)
+    (gated, n_gated), (plain, n_plain) = runs[None], runs[False]
+    assert n_plain == 0 and n_gated >= 15, (n_gated, n_plain)  # 4 s + the last 4 s of silence: ~20 chunks
+    assert len(plain) == 35 and [t for t, _ in gated] == [t for t, _ in plain]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(gated, plain)) < 1e-4

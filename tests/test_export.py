@@ -122,3 +122,26 @@ def test_export_fails_when_parity_breaks(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "build_shared_decoder", broken)
     with pytest.raises(pipeline.ExportError, match="decoder_shared.onnx: fp32 logits differ"):
         pipeline.export_bundle(model, tok, tmp_path / "b", ref, pipeline.ExportOptions(precision="fp32"))
+
+
+def test_fp16_encoder_storage_computes_in_fp32(tiny_model, tmp_path):
+    """--encoder-precision fp16: weights stored as fp16 (about half the file), one Cast each, folded
+    by onnxruntime at load, so the encoder computes in fp32; verify.json records its parity, and
+    the manifest carries the quiet-gate flag."""
+    from edge_export import pipeline
+
+    model, tok, ref = tiny_model
+    out = tmp_path / "b"
+    pipeline.export_bundle(model, tok, out, ref, pipeline.ExportOptions(precision="fp32", max_context=128,
+                                                                          encoder_precision="fp16", vad_gate=True))
+    g = onnx.load(str(out / "encoder.onnx")).graph
+    halves = [i for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert halves and sum(n.op_type == "Cast" for n in g.node) >= len(halves)
+    v = json.loads((out / "verify.json").read_text())["encoder"]
+    assert v["fp16_weights_vs_torch"]["min_cosine"] >= 0.999 and v["chosen"].startswith("fp16")
+    m = load_manifest(out)
+    assert m.raw["vad_gate"] is True and m.encoder.precision.startswith("fp16")
+    feats = np.random.default_rng(0).standard_normal((2, m.features.n_mels, m.encoder.window_frames)).astype(np.float32)
+    got = Bundle(out, SessionConfig(threads=1)).encode_windows(feats)
+    want = model.chunk_encoder(torch.from_numpy(feats)).detach().numpy()
+    assert np.abs(got - want).max() < 1e-2 * np.abs(want).max()
