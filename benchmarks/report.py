@@ -133,9 +133,12 @@ def kv_steps(path: str, threads: int, plan: Plan) -> list[dict]:
     from .decoder_steps import step_times
 
     m = Bundle(path, verify_hashes=False).manifest
+    steps = 10 if plan.chunks < 100 else 30
+    # a context past the cache's capacity is measured at the capacity (the most a stream ever holds)
+    contexts = sorted({min(c, m.decoder.max_context - steps - 2) for c in plan.contexts})
     rows = []
     for d in m.decoders:
-        rows += step_times(path, d.kv_layout, list(plan.contexts), threads, steps=10 if plan.chunks < 100 else 30)
+        rows += step_times(path, d.kv_layout, contexts, threads, steps=steps)
     return rows
 
 
@@ -268,4 +271,45 @@ def plots(rep: dict, out: Path) -> None:
     ax[2].legend()
     fig.tight_layout()
     fig.savefig(out / "report.png", dpi=110)
+    plt.close(fig)
+
+
+def decoder_files(rows: list[dict], out: str | Path, title: str) -> None:
+    """``edge-bench decoder --out DIR``: decoder.json, decoder.md (per-token step and prefill of
+    every system, per thread count and context) and decoder.png (step time vs context)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = {"title": title, "machine": machine(), "rows": rows}
+    (out / "decoder.json").write_text(json.dumps(rep, indent=2))
+    ok = [r for r in rows if "ms_p50" in r]
+    systems = list(dict.fromkeys(r["layout"] for r in ok))
+    contexts = sorted({r["context"] for r in ok})
+    L = [f"# Decoder step and prefill: {title}", "", f"{rep['machine']['platform']}, {rep['machine']['cpus']} CPUs, "
+         f"onnxruntime {rep['machine']['onnxruntime']}. ms per token, p50 (p90); prefill in tokens/s.", ""]
+    for th in sorted({r["threads"] for r in ok}, reverse=True):
+        L += [f"## {th} thread{'s' if th > 1 else ''}", "",
+              "| system | " + " | ".join(f"ctx {c}" for c in contexts) + " | prefill tok/s at " + " / ".join(map(str, contexts)) + " |",
+              "|---" * (len(contexts) + 2) + "|"]
+        for s in systems:
+            got = {r["context"]: r for r in ok if r["layout"] == s and r["threads"] == th}
+            steps = [f"{got[c]['ms_p50']:.2f} ({got[c]['ms_p90']:.2f})" if c in got else "-" for c in contexts]
+            pre = [f"{got[c]['prefill_tokens_per_s']:.0f}" if c in got and "prefill_tokens_per_s" in got[c] else "-" for c in contexts]
+            L.append(f"| {s} | " + " | ".join(steps) + " | " + " / ".join(pre) + " |")
+        L.append("")
+    (out / "decoder.md").write_text("\n".join(L))
+    ths = sorted({r["threads"] for r in ok}, reverse=True)
+    fig, axes = plt.subplots(1, len(ths), figsize=(6.5 * len(ths), 4.2), squeeze=False)
+    for ax, th in zip(axes[0], ths):
+        for s in systems:
+            pts = sorted((r["context"], r["ms_p50"]) for r in ok if r["layout"] == s and r["threads"] == th)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s[:48])
+        ax.set(xscale="log", xlabel="context (tokens)", ylabel="ms per token (p50)", title=f"{title}, {th} thread(s)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "decoder.png", dpi=110)
     plt.close(fig)
