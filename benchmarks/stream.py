@@ -3,6 +3,7 @@ idle CPU of the real-time daemon on silence."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,14 +63,42 @@ def idle_cpu(bundle: str, seconds: float = 60.0, threads: int = 1, sensitivity: 
         sf.write(wav, np.zeros(int((seconds + 30) * 16000), np.float32), 16000, subtype="PCM_16")
         p = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "--bundle", str(bundle), "--input", str(wav),
                               "--jsonl", "--threads", str(threads), "--sensitivity", str(sensitivity)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        p.stdout.readline()  # ready: the bundle is loaded
+        ready = json.loads(p.stdout.readline() or "{}")  # ready: the bundle is loaded
         time.sleep(2.0)  # warm-up
         c0, t0 = _cpu_seconds(p.pid), time.monotonic()
         time.sleep(seconds)
         c1, t1 = _cpu_seconds(p.pid), time.monotonic()
         p.terminate()
         p.communicate(timeout=10)
-    return {"sensitivity": sensitivity, "seconds": round(t1 - t0, 1), "cpu_s": round(c1 - c0, 3), "idle_cpu_pct_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 2)}
+    return {"sensitivity": sensitivity, "vad_gate": ready.get("vad_gate"), "seconds": round(t1 - t0, 1), "cpu_s": round(c1 - c0, 3), "idle_cpu_pct_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 2)}
+
+
+def realtime_run(bundle: str, seconds: float = 60.0, threads: int = 1) -> dict:
+    """``edge-listen`` on ``seconds`` of the test signal paced in real time (a file source plays at
+    the audio's own rate, as a microphone delivers it): decision lag (DESIGN section 6: from a
+    chunk's last sample to its decision), chunk compute, backlog and CPU, from its final ``stats``
+    event and /proc. Responses on (the default sensitivity): what a user runs."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "signal.wav"
+        sf.write(wav, test_signal(seconds), 16000, subtype="PCM_16")
+        t0 = time.monotonic()
+        p = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "--bundle", str(bundle), "--input", str(wav),
+                              "--jsonl", "--threads", str(threads)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        p.stdout.readline()  # ready
+        c0, t1 = _cpu_seconds(p.pid), time.monotonic()
+        events = [json.loads(line) for line in p.stdout]
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        t2 = time.monotonic()
+    stats = [e for e in events if e["type"] == "stats"][-1]
+    keep = ("chunks", "chunk_ms_p50", "chunk_ms_p99", "decision_lag_ms_p50", "decision_lag_ms_p99", "backlog_max",
+            "dropped_ms", "rss_mb")
+    cpu = usage.ru_utime + usage.ru_stime - c0
+    return {"audio_s": seconds, "threads": threads, "wall_s": round(t2 - t0, 1),
+            "responses": sum(e["type"] == "response.end" for e in events), **{k: stats.get(k) for k in keep},
+            "cpu_pct_of_one_core": round(100 * cpu / (t2 - t1), 2)}
 
 
 def _cpu_seconds(pid: int) -> float:

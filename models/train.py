@@ -227,7 +227,24 @@ def load_examples(path: Path, tok, control, tokens_per_chunk) -> list[Example]:
     return [layout(m, feats[offs[i] : offs[i + 1]], tok, control, tokens_per_chunk) for i, m in enumerate(metas)]
 
 
-def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool) -> tuple[torch.Tensor, dict]:
+def augment_features(chunks: torch.Tensor, noise: float, drop: float, mask: int) -> torch.Tensor:
+    """Training-time augmentation of the frozen encoder's outputs (N, positions, d): Gaussian
+    noise of ``noise`` times each feature's spread, feature dropout ``drop``, and one masked span
+    of up to ``mask`` positions per chunk. Cheap stand-ins for voices and rooms never heard."""
+    if noise > 0:
+        chunks = chunks + noise * chunks.std(dim=(0, 1), keepdim=True) * torch.randn_like(chunks)
+    if drop > 0:
+        chunks = F.dropout(chunks, drop)
+    if mask > 0:
+        N, P, _ = chunks.shape
+        width = torch.randint(0, mask + 1, (N, 1))
+        start = (torch.rand(N, 1) * (P - width + 1)).long()
+        pos = torch.arange(P)[None]
+        chunks = chunks.masked_fill(((pos >= start) & (pos < start + width))[..., None], 0.0)
+    return chunks
+
+
+def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool, augment: dict | None = None) -> tuple[torch.Tensor, dict]:
     T = max(len(e.ids) for e in exs)
     B = len(exs)
     ids = torch.zeros(B, T, dtype=torch.long)
@@ -239,6 +256,9 @@ def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool) -> 
         ids[b, :n], audio[b, :n] = torch.from_numpy(e.ids), torch.from_numpy(e.audio)
         target[b, :n], dec[b, :n] = torch.from_numpy(e.target), torch.from_numpy(e.decision)
     chunks = torch.from_numpy(np.concatenate([e.chunks for e in exs]).astype(np.float32))
+    if augment:
+        chunks = augment_features(chunks, augment.get("feat_noise", 0.0), augment.get("feat_dropout", 0.0),
+                                  int(augment.get("feat_mask", 0)))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         proj = model.chunk_encoder.projector(chunks)  # (N, tokens, H)
         emb = model.lm.embed(ids)
@@ -321,7 +341,7 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         for g in opt.param_groups:
             g["lr"] = lr
         idx = order[step * t["batch"] : (step + 1) * t["batch"]]
-        loss, s = batch_loss(model, [train_ex[i] for i in idx], t["bf16"])
+        loss, s = batch_loss(model, [train_ex[i] for i in idx], t["bf16"], augment=t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -31,6 +31,11 @@ def test_quick_report(tiny_bundle, tiny_bundle_fp32, tmp_path):
     assert lr["final"]["dropped_ms"] == 0 and len(lr["samples"]) >= 10
     assert 0 <= rep["idle"]["idle_cpu_pct_of_one_core"] < 100
     assert {t["metric"] for t in rep["targets"]} >= {"chunk_ms_p99", "rtf", "idle_cpu_pct", "fifo_speedup_k10"}
+    assert all(t["met"] is not False or len(t["why_not"]) > 20 for t in rep["targets"])  # a missed target says why
+    assert isinstance(rep["idle"]["vad_gate"], bool)
+    rt = rep["realtime"]  # real-time mode: decision lag from the daemon's own stats
+    assert rt["chunks"] >= 20 and rt["dropped_ms"] == 0 and 0 <= rt["decision_lag_ms_p50"] <= rt["decision_lag_ms_p99"]
+    assert "## Real-time mode" in (out / "report.md").read_text()
     md = (out / "report.md").read_text()
     assert "## FIFO resume" in md and "## Targets" in md
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"

@@ -131,3 +131,22 @@ def _training_forward_equals_the_runtime(work):
     p_rt = np.array([e["p_respond"] for e in evs if e["type"] == "decision"])
     assert evs[-1]["type"] == "end" and len(p_rt) == len(p_train) == 20
     assert np.abs(p_rt - p_train).max() < 0.05, (p_rt, p_train)  # bf16 features and int8 weights vs fp32
+
+
+def test_feature_augmentation_is_off_unless_asked_and_masks_one_span():
+    torch = pytest.importorskip("torch")
+    from edge_models.train import augment_features
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 20, 8) + 3.0
+    assert torch.equal(augment_features(x, 0.0, 0.0, 0), x)
+    m = augment_features(x, 0.0, 0.0, 6)
+    zero_pos = (m == 0).all(-1)  # (N, P): masked positions
+    widths = zero_pos.sum(1)
+    assert widths.max() <= 6 and widths.float().mean() > 1.5
+    for row in zero_pos:  # one contiguous span per chunk
+        idx = row.nonzero().flatten()
+        assert len(idx) == 0 or idx[-1] - idx[0] + 1 == len(idx)
+    n = augment_features(x, 0.3, 0.0, 0)
+    ratio = float((n - x).std() / x.std())
+    assert 0.2 < ratio < 0.4
