@@ -328,7 +328,8 @@ def decoder_files(rows: list[dict], out: str | Path, title: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rep = {"title": title, "machine": machine(), "rows": rows}
     (out / "decoder.json").write_text(json.dumps(rep, indent=2))
-    ok = [r for r in rows if "ms_p50" in r]
+    ours = {"shared": "ours, shared KV (in place)", "concat": "ours, concat KV"}
+    ok = [r | {"layout": ours.get(r["layout"], r["layout"])} for r in rows if "ms_p50" in r]
     systems = list(dict.fromkeys(r["layout"] for r in ok))
     contexts = sorted({r["context"] for r in ok})
     L = [f"# Decoder step and prefill: {title}", "", f"{rep['machine']['platform']}, {rep['machine']['cpus']} CPUs, "
