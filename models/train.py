@@ -92,6 +92,13 @@ def build_tokenizer(cfg: dict, work: Path):
     path = work / "tokenizer.json"
     if path.exists():
         return Tokenizer.from_file(str(path))
+    if cfg["train"].get("init"):  # fine-tuning: the token ids are the initial checkpoint's
+        from .checkpoint import load_checkpoint
+
+        _, tok, _ = load_checkpoint(cfg["train"]["init"])
+        tok.save(str(path))
+        print(f"tokenizer: {tok.get_vocab_size()} tokens from {cfg['train']['init']} -> {path}", file=sys.stderr)
+        return tok
     tok = train_bpe(sc.all_texts(), cfg["model"]["vocab_size"])
     tok.save(str(path))
     print(f"tokenizer: {tok.get_vocab_size()} tokens -> {path}", file=sys.stderr)

@@ -95,6 +95,13 @@ def test_recipe_smoke_resume_and_export(tmp_path):
 
     _training_forward_equals_the_runtime(work)
 
+    # a fine-tune (train.init) keeps the initial checkpoint's token ids, even if the scenarios changed
+    from edge_models.train import build_tokenizer
+
+    tok = build_tokenizer({"train": {"init": str(work / "best.pt")}, "model": {"vocab_size": 1024}}, tmp_path / "ft")
+    assert (tmp_path / "ft" / "tokenizer.json").read_text() == (work / "tokenizer.json").read_text()
+    assert tok.get_vocab_size() > 0
+
 
 def _training_forward_equals_the_runtime(work):
     """What training optimises is what the runtime computes: p(respond) after every chunk of a
