@@ -92,6 +92,7 @@ def build_tokenizer(cfg: dict, work: Path):
     path = work / "tokenizer.json"
     if path.exists():
         return Tokenizer.from_file(str(path))
+    work.mkdir(parents=True, exist_ok=True)
     if cfg["train"].get("init"):  # fine-tuning: the token ids are the initial checkpoint's
         from .checkpoint import load_checkpoint
 
