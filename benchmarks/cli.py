@@ -110,22 +110,24 @@ def main(argv: list[str] | None = None) -> int:
         from .decoder_steps import step_times
 
         rows = []
+        contexts = [int(c) for c in args.contexts.split(",")]
+        threads = [int(x) for x in args.threads.split(",")]
         for layout in args.layouts.split(","):
-            for th in (int(x) for x in args.threads.split(",")):
-                rows += step_times(args.bundle, layout, [int(c) for c in args.contexts.split(",")], th, args.steps)
+            for th in threads:
+                rows += step_times(args.bundle, layout, contexts, th, args.steps)
         if args.genai:
             from .peers import genai_step_times
 
-            for th in (int(x) for x in args.threads.split(",")):
-                rows += genai_step_times(args.genai, [int(c) for c in args.contexts.split(",")], th, args.steps)
+            for th in threads:
+                rows += genai_step_times(args.genai, contexts, th, args.steps)
         if args.genai_ours:
             from .peers import genai_folder_for_bundle, genai_step_times
 
             with tempfile.TemporaryDirectory(prefix="edge-genai-") as tmp:
                 for layout in args.layouts.split(","):
                     folder = genai_folder_for_bundle(args.bundle, f"{tmp}/{layout}", layout)
-                    for th in (int(x) for x in args.threads.split(",")):
-                        got = genai_step_times(folder, [int(c) for c in args.contexts.split(",")], th, args.steps, max_length=None)
+                    for th in threads:
+                        got = genai_step_times(folder, contexts, th, args.steps, max_length=None)
                         rows += [r | {"layout": f"{r['layout']} on our {layout} graph"} for r in got]
         if args.llamacpp:
             from .peers import llamacpp_step_times
@@ -135,13 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                 from edge_models.smollm2 import gguf_path
 
                 gguf = str(gguf_path())
-            for th in (int(x) for x in args.threads.split(",")):
-                rows += llamacpp_step_times(gguf, [int(c) for c in args.contexts.split(",")], th, args.steps)
+            for th in threads:
+                rows += llamacpp_step_times(gguf, contexts, th, args.steps)
         if args.torch:
             from .peers import torch_step_times
 
-            for th in (int(x) for x in args.threads.split(",")):
-                rows += torch_step_times(args.bundle, [int(c) for c in args.contexts.split(",")], th, args.steps)
+            for th in threads:
+                rows += torch_step_times(args.bundle, contexts, th, args.steps)
     except BundleError as e:
         print(f"edge-bench: error: {e}", file=sys.stderr)
         return 2

@@ -144,7 +144,8 @@ def genai_folder_for_bundle(bundle: str, out: str, layout: str = "shared") -> st
     if "position_ids" in names:
         inputs["position_ids"] = "position_ids"
     shared = layout == "shared"
-    max_length = int(g_model.graph.input[2].type.tensor_type.shape.dim[2].dim_value) if shared else d.max_context
+    past0 = next(i for i in g.input if i.name == "past_key_values.0.key")
+    max_length = past0.type.tensor_type.shape.dim[2].dim_value if shared else d.max_context
     cfg = {"model": {"type": "llama", "vocab_size": d.vocab_size, "context_length": max_length,
                      "bos_token_id": 0, "eos_token_id": [0], "pad_token_id": 0,
                      "decoder": {"filename": "model.onnx", "session_options": {"log_id": "edge-genai", "provider_options": []},

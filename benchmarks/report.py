@@ -93,6 +93,7 @@ def stages(path: str, threads: int, plan: Plan, layout: str | None = None) -> di
         per_token.append(1000 * (time.perf_counter() - t0) / plan.tokens)
     compute = [f + e + p for f, e, p in zip(feats, encs, prefill)]
     return {"threads": threads, "kv_layout": b.decoder_file.kv_layout, "precision": b.decoder_file.precision,
+            "encoder_precision": b.manifest.encoder.precision,
             "features_ms": _pcts(feats), "encoder_ms": _pcts(encs), "prefill_decision_ms": _pcts(prefill),
             "chunk_compute_ms": _pcts(compute), "first_token_ms": _pcts(first),
             "tokens_per_s": round(1000 / float(np.median(per_token)), 1)}
@@ -260,11 +261,11 @@ def markdown(rep: dict) -> str:
         L.append(f"| {t['metric']} | {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no' if t['met'] is False else '-'} "
                  f"| {t.get('why_not', '')} |")
     L += ["", "## Stages (ms per chunk: p50 / p95 / p99)", "",
-          "| threads | KV | precision | features | encoder | prefill + decision | chunk compute | first token | tokens/s |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "| threads | KV | decoder precision | encoder precision | features | encoder | prefill + decision | chunk compute | first token | tokens/s |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda d: f"{d['p50']:.2f} / {d['p95']:.2f} / {d['p99']:.2f}"  # noqa: E731
     for s in rep["stages"]:
-        L.append(f"| {s['threads']} | {s['kv_layout']} | {s['precision']} | {f(s['features_ms'])} | {f(s['encoder_ms'])} | "
+        L.append(f"| {s['threads']} | {s['kv_layout']} | {s['precision']} | {s.get('encoder_precision', '-')} | {f(s['features_ms'])} | {f(s['encoder_ms'])} | "
                  f"{f(s['prefill_decision_ms'])} | {f(s['chunk_compute_ms'])} | {s['first_token_ms']['p50']:.2f} | {s['tokens_per_s']} |")
     L += ["", "## FIFO resume: backlog of K chunks after a response", "", "| K | one prefill (ms) | chunk by chunk (ms) | speedup |", "|---|---|---|---|"]
     for r in rep["fifo"]:

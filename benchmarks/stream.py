@@ -3,6 +3,7 @@ idle CPU of the real-time daemon on silence."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -51,45 +52,50 @@ def fast_run(bundle: str, seconds: float, threads: int = 1, decoder_threads: int
             "kv_layout": b.decoder_file.kv_layout, "threads": threads}
 
 
+@contextlib.contextmanager
+def _edge_listen(bundle: str, audio: np.ndarray, *args: str):
+    """``edge-listen --jsonl`` on ``audio`` written to a WAV file, which it plays in real time, in a
+    child process: yields (process, its ``ready`` event) once the bundle is loaded."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "input.wav"
+        sf.write(wav, audio, 16000, subtype="PCM_16")
+        p = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "--bundle", str(bundle), "--input", str(wav),
+                              "--jsonl", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            yield p, json.loads(p.stdout.readline() or "{}")
+        finally:
+            if p.poll() is None:
+                p.terminate()
+            p.communicate(timeout=10)
+
+
 def idle_cpu(bundle: str, seconds: float = 60.0, threads: int = 1, sensitivity: float = 0.0) -> dict:
     """CPU seconds per wall second of ``edge-listen`` replaying digital silence in real time.
 
     ``sensitivity`` 0 turns responses off: untrained bundles (test-tiny, the SmolLM2 one) say
     <respond> to silence at random, which would measure generation, not listening."""
-    import soundfile as sf
-
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "silence.wav"
-        sf.write(wav, np.zeros(int((seconds + 30) * 16000), np.float32), 16000, subtype="PCM_16")
-        p = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "--bundle", str(bundle), "--input", str(wav),
-                              "--jsonl", "--threads", str(threads), "--sensitivity", str(sensitivity)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        ready = json.loads(p.stdout.readline() or "{}")  # ready: the bundle is loaded
+    silence = np.zeros(int((seconds + 30) * 16000), np.float32)
+    with _edge_listen(bundle, silence, "--threads", str(threads), "--sensitivity", str(sensitivity)) as (p, ready):
         time.sleep(2.0)  # warm-up
         c0, t0 = _cpu_seconds(p.pid), time.monotonic()
         time.sleep(seconds)
         c1, t1 = _cpu_seconds(p.pid), time.monotonic()
-        p.terminate()
-        p.communicate(timeout=10)
-    return {"sensitivity": sensitivity, "vad_gate": ready.get("vad_gate"), "seconds": round(t1 - t0, 1), "cpu_s": round(c1 - c0, 3), "idle_cpu_pct_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 2)}
+    return {"sensitivity": sensitivity, "vad_gate": ready.get("vad_gate"), "seconds": round(t1 - t0, 1),
+            "cpu_s": round(c1 - c0, 3), "idle_cpu_pct_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 2)}
 
 
 def realtime_run(bundle: str, seconds: float = 60.0, threads: int = 1) -> dict:
     """``edge-listen`` on ``seconds`` of the test signal paced in real time (a file source plays at
     the audio's own rate, as a microphone delivers it): decision lag (DESIGN section 6: from a
     chunk's last sample to its decision), chunk compute, backlog and CPU, from its final ``stats``
-    event and /proc. Responses on (the default sensitivity): what a user runs."""
-    import soundfile as sf
-
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "signal.wav"
-        sf.write(wav, test_signal(seconds), 16000, subtype="PCM_16")
-        t0 = time.monotonic()
-        p = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "--bundle", str(bundle), "--input", str(wav),
-                              "--jsonl", "--threads", str(threads)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        p.stdout.readline()  # ready
+    event and its rusage. Responses on (the default sensitivity): what a user runs."""
+    t0 = time.monotonic()
+    with _edge_listen(bundle, test_signal(seconds), "--threads", str(threads)) as (p, _):
         c0, t1 = _cpu_seconds(p.pid), time.monotonic()
         events = [json.loads(line) for line in p.stdout]
-        _, status, usage = os.wait4(p.pid, 0)
+        _, status, usage = os.wait4(p.pid, 0)  # reap it here: its CPU time comes with it
         p.returncode = os.waitstatus_to_exitcode(status)
         t2 = time.monotonic()
     stats = [e for e in events if e["type"] == "stats"][-1]

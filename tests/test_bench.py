@@ -20,6 +20,7 @@ def test_quick_report(tiny_bundle, tiny_bundle_fp32, tmp_path):
     layouts = {s["kv_layout"] for s in rep["stages"]}
     assert layouts == {"shared", "concat"} and {s["threads"] for s in rep["stages"]} == {1, 2}
     assert {s["precision"] for s in rep["stages"]} == {"int8 (weight-only)", "fp32"}  # --compare: fp32 in the same run
+    assert all(s["encoder_precision"] for s in rep["stages"])
     assert [s.get("bundle") for s in rep["stages"]].count(str(tiny_bundle_fp32[0])) == 1
     for s in rep["stages"]:
         for k in ("features_ms", "encoder_ms", "prefill_decision_ms", "chunk_compute_ms", "first_token_ms"):
@@ -62,7 +63,8 @@ def test_genai_drives_our_exported_graph(tiny_bundle, tmp_path, layout):
 
     folder = genai_folder_for_bundle(str(tiny_bundle[0]), str(tmp_path / layout), layout)
     prompt = np.array([5, 77, 12, 200, 150, 31, 9, 42], np.int32)
-    gen = og.Generator(og.Model(folder), og.GeneratorParams(og.Model(folder)))
+    model = og.Model(folder)
+    gen = og.Generator(model, og.GeneratorParams(model))
     gen.append_tokens(prompt)
     theirs = gen.get_output("logits").reshape(-1)
     b = Bundle(str(tiny_bundle[0]), layout=layout, verify_hashes=False)
@@ -74,7 +76,7 @@ def test_genai_drives_our_exported_graph(tiny_bundle, tmp_path, layout):
 
 def test_llamacpp_peer_on_the_smollm2_gguf():
     """edge-bench decoder --llamacpp smollm2: llama.cpp decode steps and prefill on SmolLM2's GGUF.
-    Needs llama-cpp-python (a source build, ~15 min on 2 cores: `pip install '.[bench]'`), which CI
+    Needs llama-cpp-python (a source build, 5-6 min on 2 cores: `pip install '.[bench]'`), which CI
     does not build; the README's numbers come from a machine that has it."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[bench]')")
     from edge_bench.peers import llamacpp_step_times
