@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -198,6 +199,27 @@ class Example:
     target: np.ndarray  # (T,) next-token target or -100
     decision: np.ndarray  # (T,) bool: target is a decision (<silent>/<respond>)
     chunks: np.ndarray  # (n_chunks, positions, d_audio) float16
+    words: list[tuple[int, int, list[int]]]  # per utterance: its chunks [c0, c1) and its words' token ids
+    sound: np.ndarray  # (n_chunks,) index into SOUND_LABELS of the sound heard in each chunk (0: none)
+
+
+SOUND_LABELS = [None, *sc.SOUND_CLASSES, *sc.DISTRACTOR_SOUNDS]
+
+
+def aux_targets(meta: dict, n: int, tok) -> tuple[list, np.ndarray]:
+    """What each utterance says and which sound each chunk holds, from the stream's script: the
+    targets of the training-only heads (``AuxHeads``)."""
+    words, sound = [], np.zeros(n, np.int64)
+    for ev in meta["events"]:
+        c0, c1 = int(ev["start"] / st.CHUNK_S), min(n, math.ceil(ev["end"] / st.CHUNK_S))
+        if c1 <= c0:
+            continue
+        if ev["kind"] == "speech":
+            text = re.sub(r"[^\w' ]+", " ", ev["what"]).split()  # what is heard: no punctuation
+            words.append((c0, c1, tok.encode(" ".join(text)).ids))
+        elif ev["what"] in SOUND_LABELS:
+            sound[c0:c1] = SOUND_LABELS.index(ev["what"])
+    return words, sound
 
 
 def layout(meta: dict, chunks: np.ndarray, tok, control: dict, tokens_per_chunk: int) -> Example:
@@ -224,7 +246,8 @@ def layout(meta: dict, chunks: np.ndarray, tok, control: dict, tokens_per_chunk:
                 put(a, tgt=b)
             put(control["end"])
     # the last token's target (the next chunk) does not exist: nothing to learn there
-    return Example(np.array(ids), np.array(audio), np.array(target), np.array(decision), chunks[:n])
+    return Example(np.array(ids), np.array(audio), np.array(target), np.array(decision), chunks[:n],
+                   *aux_targets(meta, n, tok))
 
 
 def load_examples(path: Path, tok, control, tokens_per_chunk) -> list[Example]:
@@ -252,7 +275,44 @@ def augment_features(chunks: torch.Tensor, noise: float, drop: float, mask: int)
     return chunks
 
 
-def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool, augment: dict | None = None) -> tuple[torch.Tensor, dict]:
+class AuxHeads(torch.nn.Module):
+    """Training-only heads on the projector's outputs, never exported: CTC over the words of each
+    utterance (dense, time-aligned supervision: each audio token should carry the words said in
+    it, not just enough to pick a whole memorised sentence) and the sound class of each chunk."""
+
+    def __init__(self, lm_embed: torch.Tensor, ctc_weight: float, sound_weight: float):
+        super().__init__()
+        vocab, hidden = lm_embed.shape
+        self.weights = {"ctc": ctc_weight, "sound": sound_weight}
+        self.blank = vocab
+        self.ctc = torch.nn.Linear(hidden, vocab + 1)
+        self.sound = torch.nn.Linear(hidden, len(SOUND_LABELS))
+        with torch.no_grad():  # start from the LM's own token embeddings: audio tokens near their words
+            self.ctc.weight.zero_()
+            self.ctc.weight[:vocab] = lm_embed
+            self.ctc.bias.zero_()
+
+    def loss(self, proj: torch.Tensor, exs: list["Example"]) -> tuple[torch.Tensor, dict]:
+        """proj (n_chunks of all exs, tokens, H) -> the weighted sum of the CTC and sound losses, stats."""
+        offs = np.concatenate([[0], np.cumsum([len(e.chunks) for e in exs])])
+        frames, targets = [], []
+        for o, e in zip(offs, exs):
+            for c0, c1, ids in e.words:
+                frames.append(proj[o + c0 : o + c1].reshape(-1, proj.shape[-1]))
+                targets.append(torch.tensor(ids, dtype=torch.long))
+        out = {}
+        if frames:
+            lp = self.ctc(torch.nn.utils.rnn.pad_sequence(frames)).log_softmax(-1)  # (T, U, V + 1)
+            out["ctc"] = F.ctc_loss(lp, torch.cat(targets), torch.tensor([len(f) for f in frames]),
+                                    torch.tensor([len(t) for t in targets]), blank=self.blank, zero_infinity=True)
+        labels = torch.from_numpy(np.concatenate([e.sound for e in exs]))
+        out["sound"] = F.cross_entropy(self.sound(proj.mean(1)), labels)
+        total = sum(self.weights[k] * v for k, v in out.items())
+        return total, {f"loss_{k}": float(v.detach()) for k, v in out.items()}
+
+
+def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool, augment: dict | None = None,
+               aux: AuxHeads | None = None) -> tuple[torch.Tensor, dict]:
     T = max(len(e.ids) for e in exs)
     B = len(exs)
     ids = torch.zeros(B, T, dtype=torch.long)
@@ -279,12 +339,17 @@ def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool, aug
     ce = F.cross_entropy(logits, tgt, reduction="none")
     loss_dec = ce[is_dec].mean()
     loss_txt = ce[~is_dec].mean() if (~is_dec).any() else ce.new_zeros(())
+    loss = loss_dec + loss_txt
     with torch.no_grad():
         pred = logits.argmax(-1)
         stats = {"loss_dec": float(loss_dec), "loss_txt": float(loss_txt),
                  "dec_acc": float((pred[is_dec] == tgt[is_dec]).float().mean()),
                  "txt_acc": float((pred[~is_dec] == tgt[~is_dec]).float().mean()) if (~is_dec).any() else 0.0}
-    return loss_dec + loss_txt, stats
+    if aux is not None:
+        extra, aux_stats = aux.loss(proj.float(), exs)
+        loss = loss + extra
+        stats.update(aux_stats)
+    return loss, stats
 
 
 @torch.no_grad()
@@ -316,7 +381,6 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     params = [p for n, p in model.named_parameters() if not n.startswith("chunk_encoder.encoder.")]
     for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith("chunk_encoder.encoder."))
-    opt = torch.optim.AdamW(params, lr=t["lr"], betas=(0.9, 0.95), weight_decay=t["weight_decay"])
     step, best_val, order_seed = 0, math.inf, t["seed"]
     if not last.exists() and t.get("init"):  # fine-tune: start from a checkpoint's weights
         from .checkpoint import load_checkpoint
@@ -324,9 +388,16 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         init, _, _ = load_checkpoint(t["init"])
         model.load_state_dict(init.state_dict())
         print(f"train: initialised from {t['init']}", file=sys.stderr)
+    aux = None
+    if t.get("ctc") or t.get("sound_aux"):
+        aux = AuxHeads(model.lm.model.embed_tokens.weight.detach(), t.get("ctc", 0.0), t.get("sound_aux", 0.0))
+    opt = torch.optim.AdamW(params + (list(aux.parameters()) if aux else []), lr=t["lr"], betas=(0.9, 0.95),
+                            weight_decay=t["weight_decay"])
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
+        if aux is not None:
+            aux.load_state_dict(ck["aux"])
         opt.load_state_dict(ck["opt"])
         step, best_val = ck["step"], ck["best_val"]
         print(f"train: resuming from {last} at step {step}", file=sys.stderr)
@@ -349,13 +420,14 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         for g in opt.param_groups:
             g["lr"] = lr
         idx = order[step * t["batch"] : (step + 1) * t["batch"]]
-        loss, s = batch_loss(model, [train_ex[i] for i in idx], t["bf16"], augment=t)
+        loss, s = batch_loss(model, [train_ex[i] for i in idx], t["bf16"], augment=t, aux=aux)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        prog.update(1, f"loss {loss.item():.3f} dec {s['loss_dec']:.3f} txt {s['loss_txt']:.3f}")
+        prog.update(1, f"loss {loss.item():.3f} dec {s['loss_dec']:.3f} txt {s['loss_txt']:.3f}"
+                    + (f" ctc {s['loss_ctc']:.3f}" if "loss_ctc" in s else ""))
         rec = {"step": step, "lr": round(lr, 6), "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in s.items()},
                "elapsed_s": round(time.monotonic() - t_start, 1)}
         if step % t["eval_every"] == 0 or step == t["steps"]:
@@ -368,7 +440,8 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         with log_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         if step % t["checkpoint_every"] == 0 or step == t["steps"]:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best_val": best_val}, last)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best_val": best_val,
+                        "aux": aux.state_dict() if aux else None}, last)
     prog.close()
     return best
 

@@ -79,9 +79,11 @@ def test_recipe_smoke_resume_and_export(tmp_path):
     from edge_models.train import main
 
     work = tmp_path / "work"
-    assert main(["--work", str(work), "--smoke"]) == 0
+    aux = ["--set", "train.ctc=0.3", "--set", "train.sound_aux=0.1"]  # the training-only heads, resumed too
+    assert main(["--work", str(work), "--smoke", *aux]) == 0
     log = [json.loads(x) for x in (work / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 7)) and "val" in log[-1]
+    assert all(np.isfinite(r["loss_ctc"]) and r["loss_sound"] > 0 for r in log)
     cfg = json.loads((work / "config.json").read_text())
     assert cfg["train"]["steps"] == 6 and cfg["data"]["train_streams"] == 8
     m = json.loads((work / "bundle" / "manifest.json").read_text())
@@ -89,7 +91,7 @@ def test_recipe_smoke_resume_and_export(tmp_path):
     assert m["provenance"]["encoder"]["whisper"] == "tiny.en"
     bundle_mtime = (work / "bundle" / "manifest.json").stat().st_mtime
 
-    assert main(["--work", str(work), "--smoke"]) == 0  # resume: nothing left to do
+    assert main(["--work", str(work), "--smoke", *aux]) == 0  # resume: nothing left to do
     assert len((work / "train_log.jsonl").read_text().splitlines()) == 6
     assert (work / "bundle" / "manifest.json").stat().st_mtime == bundle_mtime
 
@@ -157,3 +159,39 @@ def test_feature_augmentation_is_off_unless_asked_and_masks_one_span():
     n = augment_features(x, 0.3, 0.0, 0)
     ratio = float((n - x).std() / x.std())
     assert 0.2 < ratio < 0.4
+
+
+def test_aux_targets_follow_the_script_and_ctc_rewards_the_spoken_words():
+    """The training-only heads: each utterance's chunks carry its words (CTC targets), each sound's
+    chunks its class; and the CTC loss is low for audio tokens that spell the words in order and
+    high for the same tokens shuffled (so it measures what is said, where it is said)."""
+    torch = pytest.importorskip("torch")
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    from edge_models.train import SOUND_LABELS, AuxHeads, Example, aux_targets
+
+    tok = Tokenizer.from_file(str(Path(__file__).parents[1] / "edge_runtime" / "bundles" / "default" / "tokenizer.json"))
+    events = [st.Event("speech", 1.3, 3.05, "Hey Edge, turn on the kitchen lights"),
+              st.Event("sound", 4.1, 5.0, "doorbell"), st.Event("sound", 6.0, 6.5, "water"),
+              st.Event("speech", 7.2, 9.9, "the ledge outside the window is icy")]
+    meta = {"events": [vars(e) for e in events]}
+    words, sound = aux_targets(meta, 24, tok)  # the stream's last event runs past its 24 chunks
+    assert [(c0, c1) for c0, c1, _ in words] == [(3, 8), (18, 24)]
+    assert [tok.decode(ids).split() for _, _, ids in words] == [
+        "Hey Edge turn on the kitchen lights".split(), "the ledge outside the window is icy".split()]
+    assert sound.tolist() == [0] * 10 + [SOUND_LABELS.index("doorbell")] * 3 + [0] * 2 + \
+        [SOUND_LABELS.index("water")] * 2 + [0] * 7
+
+    torch.manual_seed(0)
+    V, H, tpc = tok.get_vocab_size(), 64, 5
+    heads = AuxHeads(torch.randn(V, H), 1.0, 0.0)
+    ids = tok.encode("turn on the kitchen lights").ids
+    per = [i for i in ids for _ in range(tpc * 4 // len(ids))]
+    spell = [*per, *[ids[-1]] * (tpc * 4 - len(per))]  # 20 frames: each token held a few frames, in order
+    frames = torch.stack([heads.ctc.weight[i] for i in spell]).detach()
+    ex = Example(*[np.zeros(1)] * 4, np.zeros((4, 1, 1)), [(0, 4, ids)], np.zeros(4, np.int64))
+    aligned, _ = heads.loss(frames.reshape(4, tpc, H), [ex])
+    shuffled, _ = heads.loss(frames[torch.randperm(len(frames))].reshape(4, tpc, H), [ex])
+    assert float(aligned.detach()) < 1.0 < float(shuffled.detach())
