@@ -250,9 +250,25 @@ def layout(meta: dict, chunks: np.ndarray, tok, control: dict, tokens_per_chunk:
                    *aux_targets(meta, n, tok))
 
 
-def load_examples(path: Path, tok, control, tokens_per_chunk) -> list[Example]:
+def late_labels(labels: list, p: float, rng: random.Random) -> list:
+    """Move each response to the next chunk with probability ``p`` (when that chunk is free). The
+    model then also learns the state "due, not yet answered" and answers one chunk late, instead
+    of staying silent for good once it has let the labelled chunk pass."""
+    out, c = list(labels), 0
+    while c < len(out) - 1:
+        if out[c] is not None and out[c + 1] is None and rng.random() < p:
+            out[c], out[c + 1] = None, out[c]
+            c += 1  # moved once, not again
+        c += 1
+    return out
+
+
+def load_examples(path: Path, tok, control, tokens_per_chunk, late: float = 0.0, seed: int = 0) -> list[Example]:
     z = np.load(path)
     metas = json.loads(str(z["meta"]))
+    if late > 0:
+        rng = random.Random(f"late:{seed}:{path}")
+        metas = [m | {"labels": late_labels(m["labels"], late, rng)} for m in metas]
     feats, lengths = z["feats"], z["lengths"]
     offs = np.concatenate([[0], np.cumsum(lengths)])
     return [layout(m, feats[offs[i] : offs[i + 1]], tok, control, tokens_per_chunk) for i, m in enumerate(metas)]
@@ -374,9 +390,10 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     log_path = work / "train_log.jsonl"
     control = control_token_ids(tok)
     tpc = model.cfg.stream.tokens_per_chunk
-    train_ex = load_examples(paths["train"], tok, control, tpc)
+    late = t.get("late_labels", 0.0)
+    train_ex = load_examples(paths["train"], tok, control, tpc, late, t["seed"])
     for extra in cfg["data"].get("extra_train", []):  # streams built by an earlier run (same tokenizer)
-        train_ex += load_examples(Path(extra), tok, control, tpc)
+        train_ex += load_examples(Path(extra), tok, control, tpc, late, t["seed"])
     val_ex = load_examples(paths["val"], tok, control, tpc)
     params = [p for n, p in model.named_parameters() if not n.startswith("chunk_encoder.encoder.")]
     for n, p in model.named_parameters():

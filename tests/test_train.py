@@ -195,3 +195,13 @@ def test_aux_targets_follow_the_script_and_ctc_rewards_the_spoken_words():
     aligned, _ = heads.loss(frames.reshape(4, tpc, H), [ex])
     shuffled, _ = heads.loss(frames[torch.randperm(len(frames))].reshape(4, tpc, H), [ex])
     assert float(aligned.detach()) < 1.0 < float(shuffled.detach())
+
+
+def test_late_labels_move_a_response_one_chunk_when_the_next_is_free():
+    from edge_models.train import late_labels
+
+    labels = [None, "a", None, None, "b", "c", None, "d"]
+    assert late_labels(labels, 0.0, random.Random(0)) == labels
+    assert late_labels(labels, 1.0, random.Random(0)) == [None, None, "a", None, "b", None, "c", "d"]
+    moved = [late_labels(labels, 0.3, random.Random(i)).index("a") for i in range(400)]
+    assert set(moved) == {1, 2} and 0.2 < moved.count(2) / 400 < 0.4
