@@ -408,6 +408,9 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     aux = None
     if t.get("ctc") or t.get("sound_aux"):
         aux = AuxHeads(model.lm.model.embed_tokens.weight.detach(), t.get("ctc", 0.0), t.get("sound_aux", 0.0))
+        init_aux = Path(t["init"]).with_name("best_aux.pt") if t.get("init") else None
+        if not last.exists() and init_aux is not None and init_aux.exists():  # the heads the init was trained with
+            aux.load_state_dict(torch.load(init_aux, map_location="cpu"))
     opt = torch.optim.AdamW(params + (list(aux.parameters()) if aux else []), lr=t["lr"], betas=(0.9, 0.95),
                             weight_decay=t["weight_decay"])
     if last.exists():
@@ -453,6 +456,8 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
             if v["loss"] < best_val:
                 best_val = v["loss"]
                 save_checkpoint(best, model, tok, {"step": step, "val": v, "config": cfg})
+                if aux is not None:  # beside best.pt: a fine-tune from it starts with trained heads
+                    torch.save(aux.state_dict(), best.with_name("best_aux.pt"))
             print(f"\nstep {step}: val {v}", file=sys.stderr)
         with log_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")

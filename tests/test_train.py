@@ -84,6 +84,7 @@ def test_recipe_smoke_resume_and_export(tmp_path):
     log = [json.loads(x) for x in (work / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 7)) and "val" in log[-1]
     assert all(np.isfinite(r["loss_ctc"]) and r["loss_sound"] > 0 for r in log)
+    assert (work / "best_aux.pt").exists()  # a fine-tune from best.pt picks its heads up
     cfg = json.loads((work / "config.json").read_text())
     assert cfg["train"]["steps"] == 6 and cfg["data"]["train_streams"] == 8
     m = json.loads((work / "bundle" / "manifest.json").read_text())
