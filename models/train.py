@@ -165,6 +165,8 @@ def build_data(cfg: dict, work: Path, mcfg: ModelConfig, enc) -> dict[str, Path]
             "val": ("train", "heldout", range(100000, 100000 + d["val_streams"]))}
     paths = {}
     for name, (split, voice_split, seeds) in plan.items():
+        if not seeds:  # no new training streams: a fine-tune on data.extra_train only
+            continue
         path = work / f"{name}.npz"
         paths[name] = path
         if path.exists():
@@ -391,7 +393,7 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     control = control_token_ids(tok)
     tpc = model.cfg.stream.tokens_per_chunk
     late = t.get("late_labels", 0.0)
-    train_ex = load_examples(paths["train"], tok, control, tpc, late, t["seed"])
+    train_ex = load_examples(paths["train"], tok, control, tpc, late, t["seed"]) if "train" in paths else []
     for extra in cfg["data"].get("extra_train", []):  # streams built by an earlier run (same tokenizer)
         train_ex += load_examples(Path(extra), tok, control, tpc, late, t["seed"])
     val_ex = load_examples(paths["val"], tok, control, tpc)
@@ -411,6 +413,7 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         init_aux = Path(t["init"]).with_name("best_aux.pt") if t.get("init") else None
         if not last.exists() and init_aux is not None and init_aux.exists():  # the heads the init was trained with
             aux.load_state_dict(torch.load(init_aux, map_location="cpu"))
+            print(f"train: training-only heads from {init_aux}", file=sys.stderr)
     opt = torch.optim.AdamW(params + (list(aux.parameters()) if aux else []), lr=t["lr"], betas=(0.9, 0.95),
                             weight_decay=t["weight_decay"])
     if last.exists():

@@ -74,7 +74,7 @@ def test_scoring_matches_false_and_latency():
     assert wer_counts("a b c".split(), "a x c d".split()) == 2
 
 
-def test_recipe_smoke_resume_and_export(tmp_path):
+def test_recipe_smoke_resume_and_export(tmp_path, capsys):
     """The whole recipe at toy size (what CI runs): then the same command again resumes and redoes nothing."""
     from edge_models.train import main
 
@@ -104,6 +104,14 @@ def test_recipe_smoke_resume_and_export(tmp_path):
     tok = build_tokenizer({"train": {"init": str(work / "best.pt")}, "model": {"vocab_size": 1024}}, tmp_path / "ft")
     assert (tmp_path / "ft" / "tokenizer.json").read_text() == (work / "tokenizer.json").read_text()
     assert tok.get_vocab_size() > 0
+
+    # a fine-tune on earlier runs' streams only (no new ones), starting from best.pt and its heads
+    ft = tmp_path / "ft2"
+    assert main(["--work", str(ft), "--smoke", *aux, "--set", "data.train_streams=0", "--set", "train.steps=2",
+                 "--set", f"data.extra_train={json.dumps([str(work / 'train.npz')])}",
+                 "--set", f"train.init={json.dumps(str(work / 'best.pt'))}", "--set", "export.enabled=false"]) == 0
+    assert not (ft / "train.npz").exists() and (ft / "val.npz").exists() and (ft / "best.pt").exists()
+    assert f"training-only heads from {work / 'best_aux.pt'}" in capsys.readouterr().err
 
 
 def _training_forward_equals_the_runtime(work):
