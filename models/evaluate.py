@@ -41,7 +41,8 @@ SETS = {  # name: (wording split, mode, kinds override)
     "transcribe": ("train", "transcribe", None),
     "assistant-wording": ("heldout", "assistant", None),
 }
-SEED_BASE = 500000
+SEED_BASE = 500000  # acceptance streams
+TUNING_SEED_BASE = 700000  # streams for choosing runtime settings (the same sets, other seeds)
 
 
 def norm(text: str) -> list[str]:
@@ -58,12 +59,12 @@ def wer_counts(ref: list[str], hyp: list[str]) -> int:
     return int(d[-1])
 
 
-def run_listener(bundle, audio: np.ndarray, instruction: str, threads: int = 1) -> list[dict]:
+def run_listener(bundle, audio: np.ndarray, instruction: str, sensitivity: float = 0.5) -> list[dict]:
     from edge_runtime.listener import Listener, ListenerOptions
     from edge_runtime.loop import LoopOptions
 
     events: list[dict] = []
-    opts = ListenerOptions(loop=LoopOptions(instruction=instruction))
+    opts = ListenerOptions(loop=LoopOptions(instruction=instruction, sensitivity=sensitivity))
     with Listener(bundle, callback=events.append, feed_live=False, options=opts) as li:
         li.feed(audio)
         li.close_input()
@@ -139,26 +140,27 @@ def category(ev: dict) -> str:
     return "unknown" if ev["meta"].get("intent") == "unknown" else "command"
 
 
-def build_set(name: str, n: int, seconds: float) -> list[st.Stream]:
+def build_set(name: str, n: int, seconds: float, seed_base: int = SEED_BASE) -> list[st.Stream]:
     split, mode, kinds = SETS[name]
     sp = st.Speaker()
-    base = SEED_BASE + 1000 * list(SETS).index(name)
+    base = seed_base + 1000 * list(SETS).index(name)
     return [st.make_stream(base + i, split, seconds, mode=mode, speaker=sp, voice_split="heldout", kinds=kinds)
             for i in range(n)]
 
 
 def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: list[str] | None = None,
-                    keep_examples: int = 6) -> dict:
+                    keep_examples: int = 6, sensitivity: float = 0.5, seed_base: int = SEED_BASE) -> dict:
     from edge_runtime.model import Bundle
 
     bundle = Bundle(bundle_path)
-    report = {"bundle": str(bundle_path), "streams_per_set": n, "stream_seconds": seconds, "sets": {}}
+    report = {"bundle": str(bundle_path), "streams_per_set": n, "stream_seconds": seconds,
+              "sensitivity": sensitivity, "seed_base": seed_base, "sets": {}}
     for name in sets or list(SETS):
         t0 = time.monotonic()
-        streams = build_set(name, n, seconds)
+        streams = build_set(name, n, seconds, seed_base)
         scored, examples = [], []
         for s in streams:
-            evs = run_listener(bundle, s.audio, s.instruction)
+            evs = run_listener(bundle, s.audio, s.instruction, sensitivity)
             sc_ = score_stream(s.to_dict(), evs)
             scored.append(sc_)
             for r in sc_["matched"]:
@@ -182,13 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, default=12, help="streams per set")
     ap.add_argument("--seconds", type=float, default=60.0, help="length of each stream")
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated: {', '.join(SETS)}")
+    ap.add_argument("--sensitivity", type=float, default=0.5, help="as edge-listen --sensitivity")
+    ap.add_argument("--tuning", action="store_true",
+                    help=f"streams from the tuning seeds ({TUNING_SEED_BASE}+), not the acceptance seeds: for choosing settings")
     ap.add_argument("--out", help="write the report (JSON) here")
     args = ap.parse_args(argv)
     if args.bundle is None:
         from edge_runtime.listener import DEFAULT_BUNDLE
 
         args.bundle = str(DEFAULT_BUNDLE)
-    report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","))
+    report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","),
+                             sensitivity=args.sensitivity, seed_base=TUNING_SEED_BASE if args.tuning else SEED_BASE)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text)

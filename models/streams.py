@@ -102,14 +102,16 @@ class Speaker:
 
 def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None = None,
                 speaker: Speaker | None = None, voices_per_stream: int = 3, voice_split: str | None = None,
-                kinds: dict[str, float] | None = None, warp: float = 0.0) -> Stream:
+                kinds: dict[str, float] | None = None, warp: float = 0.0,
+                modes: dict[str, float] | None = None) -> Stream:
     """One scripted stream. ``seed`` fixes everything (voices, words, sounds, levels, timing).
     ``split`` picks the wording, ``voice_split`` (default: the same) the voices; ``kinds``
-    overrides how often each kind of event occurs. ``warp`` > 0: each utterance is resampled by a
+    overrides how often each kind of event occurs, ``modes`` how often each instruction mode is
+    drawn when ``mode`` is not given (default ``MODES``). ``warp`` > 0: each utterance is resampled by a
     random factor in [1 - warp, 1 + warp] (pitch, formants and tempo together: another vocal tract)."""
     rng = random.Random(f"{split}:{voice_split}:{seed}" if voice_split else f"{split}:{seed}")
     speaker = speaker or Speaker()
-    mode = mode or _pick(rng, MODES)
+    mode = mode or _pick(rng, modes or MODES)
     watch: list[str] = []
     if mode in ("alerts", "combined"):
         if mode == "combined" and rng.random() < 0.4:
@@ -190,7 +192,16 @@ def _event(rng, kind, split, mode, watch, voices, speaker, warp=0.0) -> tuple[Ev
 
 def due(ev: Event) -> float:
     """When a response to ``ev`` is due: 0.25 s after an utterance ends, 0.3 s after a sound starts."""
-    return round((ev.end + SPEECH_DUE_S) if ev.kind == "speech" else (ev.start + SOUND_DUE_S), 3)
+    return due_time(ev.kind, ev.start, ev.end)
+
+
+def due_time(kind: str, start: float, end: float) -> float:
+    return round((end + SPEECH_DUE_S) if kind == "speech" else (start + SOUND_DUE_S), 3)
+
+
+def due_chunk(t: float) -> int:
+    """The chunk whose end is the first at or after ``t``: where a response due at ``t`` belongs."""
+    return max(0, math.ceil(t / CHUNK_S - 1e-9) - 1)
 
 
 def chunk_labels(events: list[Event], n_samples: int) -> list[str | None]:
@@ -199,7 +210,7 @@ def chunk_labels(events: list[Event], n_samples: int) -> list[str | None]:
     for ev in events:
         if ev.response is None:
             continue
-        c = max(0, math.ceil(ev.due / CHUNK_S - 1e-9) - 1)
+        c = due_chunk(ev.due)
         while c < n_chunks and labels[c] is not None:
             c += 1
         if c < n_chunks:

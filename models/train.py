@@ -108,12 +108,12 @@ def build_tokenizer(cfg: dict, work: Path):
 
 
 def _make_shard(args) -> dict:
-    split, voice_split, seeds, seconds, warp = args
+    split, voice_split, seeds, seconds, warp, modes = args
     torch.set_num_threads(1)
     speaker = st.Speaker()
     out = []
     for s in seeds:
-        stream = st.make_stream(s, split, seconds, speaker=speaker, voice_split=voice_split, warp=warp)
+        stream = st.make_stream(s, split, seconds, speaker=speaker, voice_split=voice_split, warp=warp, modes=modes)
         out.append({"audio": stream.audio, "meta": stream.to_dict()})
     return {"streams": out}
 
@@ -172,8 +172,9 @@ def build_data(cfg: dict, work: Path, mcfg: ModelConfig, enc) -> dict[str, Path]
         if path.exists():
             continue
         seeds = list(seeds)
-        warp = d.get("warp", 0.0) if name == "train" else 0.0
-        shards = [(split, voice_split, seeds[i : i + 8], d["stream_seconds"], warp) for i in range(0, len(seeds), 8)]
+        warp, modes = (d.get("warp", 0.0), d.get("modes")) if name == "train" else (0.0, None)
+        shards = [(split, voice_split, seeds[i : i + 8], d["stream_seconds"], warp, modes)
+                  for i in range(0, len(seeds), 8)]
         prog = Progress(f"data[{name}] streams", len(seeds))
         metas, feats = [], []
         workers = max(1, min(d.get("workers", 2), os.cpu_count() or 1))
@@ -203,6 +204,7 @@ class Example:
     chunks: np.ndarray  # (n_chunks, positions, d_audio) float16
     words: list[tuple[int, int, list[int]]]  # per utterance: its chunks [c0, c1) and its words' token ids
     sound: np.ndarray  # (n_chunks,) index into SOUND_LABELS of the sound heard in each chunk (0: none)
+    key: np.ndarray  # (n_chunks,) bool: a decision point (an event's due chunk, wanted or not, or a response)
 
 
 SOUND_LABELS = [None, *sc.SOUND_CLASSES, *sc.DISTRACTOR_SOUNDS]
@@ -249,7 +251,19 @@ def layout(meta: dict, chunks: np.ndarray, tok, control: dict, tokens_per_chunk:
             put(control["end"])
     # the last token's target (the next chunk) does not exist: nothing to learn there
     return Example(np.array(ids), np.array(audio), np.array(target), np.array(decision), chunks[:n],
-                   *aux_targets(meta, n, tok))
+                   *aux_targets(meta, n, tok), key_chunks(meta, n))
+
+
+def key_chunks(meta: dict, n: int) -> np.ndarray:
+    """The decision points of a stream: the chunk where each event's response is (or would be) due,
+    whether or not the instruction asks for one (addressed or not, watched or not), and every
+    chunk that holds a response. ``train.key_decisions`` weights the decision loss there."""
+    key = np.array([label is not None for label in meta["labels"][:n]], bool)
+    for ev in meta["events"]:
+        c = st.due_chunk(st.due_time(ev["kind"], ev["start"], ev["end"]))
+        if c < n:
+            key[c] = True
+    return key
 
 
 def late_labels(labels: list, p: float, rng: random.Random) -> list:
@@ -330,17 +344,24 @@ class AuxHeads(torch.nn.Module):
 
 
 def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool, augment: dict | None = None,
-               aux: AuxHeads | None = None) -> tuple[torch.Tensor, dict]:
+               aux: AuxHeads | None = None, key_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """The training loss of a batch: the decision loss (a weighted mean: ``key_weight`` at the
+    decision points of ``key_chunks``, 1 elsewhere), the response-text loss, and the training-only
+    heads' losses."""
     T = max(len(e.ids) for e in exs)
     B = len(exs)
     ids = torch.zeros(B, T, dtype=torch.long)
     audio = torch.zeros(B, T, dtype=torch.bool)
     target = torch.full((B, T), -100, dtype=torch.long)
     dec = torch.zeros(B, T, dtype=torch.bool)
+    weight = torch.ones(B, T)
     for b, e in enumerate(exs):
         n = len(e.ids)
         ids[b, :n], audio[b, :n] = torch.from_numpy(e.ids), torch.from_numpy(e.audio)
         target[b, :n], dec[b, :n] = torch.from_numpy(e.target), torch.from_numpy(e.decision)
+        if key_weight != 1.0:  # decision positions come in chunk order
+            pos = np.flatnonzero(e.decision)
+            weight[b, pos] = torch.from_numpy(np.where(e.key[: len(pos)], key_weight, 1.0).astype(np.float32))
     chunks = torch.from_numpy(np.concatenate([e.chunks for e in exs]).astype(np.float32))
     if augment:
         chunks = augment_features(chunks, augment.get("feat_noise", 0.0), augment.get("feat_dropout", 0.0),
@@ -353,9 +374,9 @@ def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool, aug
         hidden, _ = model.lm(emb, torch.ones(B, T, dtype=torch.long), pos)
         sel = target >= 0
         logits = model.lm.logits(hidden[sel]).float()
-    tgt, is_dec = target[sel], dec[sel]
+    tgt, is_dec, w = target[sel], dec[sel], weight[sel]
     ce = F.cross_entropy(logits, tgt, reduction="none")
-    loss_dec = ce[is_dec].mean()
+    loss_dec = (ce[is_dec] * w[is_dec]).sum() / w[is_dec].sum()
     loss_txt = ce[~is_dec].mean() if (~is_dec).any() else ce.new_zeros(())
     loss = loss_dec + loss_txt
     with torch.no_grad():
@@ -394,6 +415,7 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     tpc = model.cfg.stream.tokens_per_chunk
     late = t.get("late_labels", 0.0)
     train_ex = load_examples(paths["train"], tok, control, tpc, late, t["seed"]) if "train" in paths else []
+    train_ex *= int(cfg["data"].get("train_repeat", 1))  # this run's new streams, drawn that many times as often
     for extra in cfg["data"].get("extra_train", []):  # streams built by an earlier run (same tokenizer)
         train_ex += load_examples(Path(extra), tok, control, tpc, late, t["seed"])
     val_ex = load_examples(paths["val"], tok, control, tpc)
@@ -443,7 +465,8 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         for g in opt.param_groups:
             g["lr"] = lr
         idx = order[step * t["batch"] : (step + 1) * t["batch"]]
-        loss, s = batch_loss(model, [train_ex[i] for i in idx], t["bf16"], augment=t, aux=aux)
+        loss, s = batch_loss(model, [train_ex[i] for i in idx], t["bf16"], augment=t, aux=aux,
+                             key_weight=t.get("key_decisions", 1.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -108,10 +108,36 @@ def test_recipe_smoke_resume_and_export(tmp_path, capsys):
     # a fine-tune on earlier runs' streams only (no new ones), starting from best.pt and its heads
     ft = tmp_path / "ft2"
     assert main(["--work", str(ft), "--smoke", *aux, "--set", "data.train_streams=0", "--set", "train.steps=2",
+                 "--set", "train.key_decisions=4",
                  "--set", f"data.extra_train={json.dumps([str(work / 'train.npz')])}",
                  "--set", f"train.init={json.dumps(str(work / 'best.pt'))}", "--set", "export.enabled=false"]) == 0
     assert not (ft / "train.npz").exists() and (ft / "val.npz").exists() and (ft / "best.pt").exists()
     assert f"training-only heads from {work / 'best_aux.pt'}" in capsys.readouterr().err
+    assert all(np.isfinite(json.loads(x)["loss_dec"]) for x in (ft / "train_log.jsonl").read_text().splitlines())
+
+    _key_decisions_weight_the_decision_loss(work)
+
+
+def _key_decisions_weight_the_decision_loss(work):
+    """``train.key_decisions`` w: the decision loss is the mean over chunks with weight w at the
+    decision points and 1 elsewhere, i.e. (S_other + w S_key) / (N_other + w N_key)."""
+    import torch
+
+    from edge_models.checkpoint import load_checkpoint
+    from edge_models.tokenizer import control_token_ids
+    from edge_models.train import batch_loss, load_examples
+
+    model, tok, _ = load_checkpoint(work / "best.pt")
+    model.eval()
+    exs = load_examples(work / "val.npz", tok, control_token_ids(tok), model.cfg.stream.tokens_per_chunk)[:2]
+    n_key = sum(int(e.key.sum()) for e in exs)
+    n_all = sum(len(e.key) for e in exs)
+    assert 0 < n_key < n_all
+    with torch.no_grad():
+        dec = {w: batch_loss(model, exs, bf16=False, key_weight=w)[1]["loss_dec"] for w in (1.0, 3.0, 1e9)}
+    mean_key, mean_all = dec[1e9], dec[1.0]
+    s_other = mean_all * n_all - mean_key * n_key
+    assert dec[3.0] == pytest.approx((s_other + 3 * mean_key * n_key) / (n_all - n_key + 3 * n_key), rel=1e-4)
 
 
 def _training_forward_equals_the_runtime(work):
@@ -200,10 +226,29 @@ def test_aux_targets_follow_the_script_and_ctc_rewards_the_spoken_words():
     per = [i for i in ids for _ in range(tpc * 4 // len(ids))]
     spell = [*per, *[ids[-1]] * (tpc * 4 - len(per))]  # 20 frames: each token held a few frames, in order
     frames = torch.stack([heads.ctc.weight[i] for i in spell]).detach()
-    ex = Example(*[np.zeros(1)] * 4, np.zeros((4, 1, 1)), [(0, 4, ids)], np.zeros(4, np.int64))
+    ex = Example(*[np.zeros(1)] * 4, np.zeros((4, 1, 1)), [(0, 4, ids)], np.zeros(4, np.int64), np.zeros(4, bool))
     aligned, _ = heads.loss(frames.reshape(4, tpc, H), [ex])
     shuffled, _ = heads.loss(frames[torch.randperm(len(frames))].reshape(4, tpc, H), [ex])
     assert float(aligned.detach()) < 1.0 < float(shuffled.detach())
+
+
+def test_key_chunks_are_every_events_decision_point_and_modes_pick_the_instruction():
+    from edge_models.train import key_chunks
+
+    events = [st.Event("speech", 1.3, 3.05, "Edge, what time is it", "It is noon."),  # due 3.3 s: chunk 8
+              st.Event("speech", 4.0, 5.5, "see you tomorrow"),  # not addressed: would be due 5.75 s, chunk 14
+              st.Event("sound", 6.1, 7.0, "doorbell"),  # not watched: onset + 0.3 = 6.4 s, chunk 15
+              st.Event("sound", 8.2, 9.0, "water")]  # a distractor: 8.5 s, chunk 21
+    for ev in events:
+        ev.due = st.due(ev) if ev.response else None
+    n = 24
+    meta = {"events": [vars(e) for e in events], "labels": st.chunk_labels(events, n * 6400)}
+    assert meta["labels"].index("It is noon.") == 8
+    assert np.flatnonzero(key_chunks(meta, n)).tolist() == [8, 14, 15, 21]
+    assert np.flatnonzero(key_chunks(meta, 15)).tolist() == [8, 14]  # events past the end are cut off
+
+    modes = {st.make_stream(s, "train", 4.0, modes={"alerts": 0.5, "combined": 0.5}).mode for s in range(12)}
+    assert modes == {"alerts", "combined"}
 
 
 def test_late_labels_move_a_response_one_chunk_when_the_next_is_free():
