@@ -123,14 +123,16 @@ def summarize(scored: list[dict], transcribe: bool = False) -> dict:
     cats: dict[str, dict] = {}
     for s in scored:
         for ev, row in [*((r["event"], r) for r in s["matched"]), *((ev, None) for ev in s["missed"])]:
-            c = cats.setdefault(category(ev), {"events": 0, "matched": 0, "correct": 0})
-            c["events"] += 1
-            c["matched"] += row is not None
-            c["correct"] += bool(row and row["correct"])
+            names = [category(ev)] + ([f"sound:{ev['what']}"] if ev["kind"] == "sound" else [])
+            for name in names:  # sounds: also per class
+                c = cats.setdefault(name, {"events": 0, "matched": 0, "correct": 0})
+                c["events"] += 1
+                c["matched"] += row is not None
+                c["correct"] += bool(row and row["correct"])
     for k, c in cats.items():
         c["recall"] = round(c["matched"] / c["events"], 4)
         c["correct_of_events"] = round(c["correct"] / c["events"], 4)
-    out["by_category"] = cats
+    out["by_category"] = dict(sorted(cats.items()))
     return out
 
 

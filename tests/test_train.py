@@ -70,6 +70,7 @@ def test_scoring_matches_false_and_latency():
     out = summarize([s])
     assert out["recall"] == pytest.approx(2 / 3, abs=1e-4)
     assert out["by_category"]["sound"] == {"events": 1, "matched": 1, "correct": 0, "recall": 1.0, "correct_of_events": 0.0}
+    assert out["by_category"]["sound:doorbell"] == out["by_category"]["sound"]  # and per sound class
     assert out["by_category"]["unknown"]["recall"] == 0.0
     assert wer_counts("a b c".split(), "a x c d".split()) == 2
 
