@@ -57,6 +57,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
         if name not in cfg[section]:
             raise ValueError(f"{path}: no field {key}")
         cfg[section][name] = value
+    chosen = cfg["train"].get("export_checkpoint", "best")
+    if chosen not in ("best", "final"):
+        raise ValueError(f"{path}: train.export_checkpoint must be \"best\" or \"final\", got {chosen!r}")
     return cfg
 
 
@@ -432,7 +435,7 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     aux = None
     if t.get("ctc") or t.get("sound_aux"):
         aux = AuxHeads(model.lm.model.embed_tokens.weight.detach(), t.get("ctc", 0.0), t.get("sound_aux", 0.0))
-        init_aux = Path(t["init"]).with_name("best_aux.pt") if t.get("init") else None
+        init_aux = Path(t["init"]).with_name(Path(t["init"]).stem + "_aux.pt") if t.get("init") else None
         if not last.exists() and init_aux is not None and init_aux.exists():  # the heads the init was trained with
             aux.load_state_dict(torch.load(init_aux, map_location="cpu"))
             print(f"train: training-only heads from {init_aux}", file=sys.stderr)
@@ -447,7 +450,7 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         step, best_val = ck["step"], ck["best_val"]
         print(f"train: resuming from {last} at step {step}", file=sys.stderr)
     if step >= t["steps"]:
-        return best
+        return best if (work / "final.pt").exists() else _save_final(work, model, tok, aux, step, cfg)
     torch.manual_seed(t["seed"] + step)
     model.train()
     prog = Progress("train steps", t["steps"])
@@ -491,7 +494,19 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best_val": best_val,
                         "aux": aux.state_dict() if aux else None}, last)
     prog.close()
+    _save_final(work, model, tok, aux, step, cfg)
     return best
+
+
+def _save_final(work: Path, model, tok, aux, step: int, cfg: dict) -> Path:
+    """The weights after the last step (``final.pt``, and its heads beside it): what
+    ``train.export_checkpoint: "final"`` exports, for when the validation loss (mostly speech)
+    is not the choice the acceptance evaluation makes."""
+    final = work / "final.pt"
+    save_checkpoint(final, model, tok, {"step": step, "config": cfg})
+    if aux is not None:
+        torch.save(aux.state_dict(), work / "final_aux.pt")
+    return work / "best.pt"
 
 
 # --------------------------------------------------------------------------- main
@@ -507,6 +522,7 @@ def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg["train"].get("threads", os.cpu_count() or 1))
     (work / "config.json").write_text(json.dumps(cfg, indent=2))
+    chosen = cfg["train"].get("export_checkpoint", "best")
     t0 = time.monotonic()
     tok = build_tokenizer(cfg, work)
     mcfg = model_config(cfg, tok.get_vocab_size())
@@ -515,7 +531,8 @@ def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
     model.chunk_encoder.encoder.load_state_dict(enc.state_dict())
     paths = build_data(cfg, work, mcfg, enc)
     t_data = time.monotonic() - t0
-    best = train(cfg, work, model, tok, paths)
+    train(cfg, work, model, tok, paths)
+    best = work / f"{chosen}.pt"
     t_train = time.monotonic() - t0 - t_data
     times = {"data_s": round(t_data, 1), "train_s": round(t_train, 1)}
     out = export_to or work / "bundle"
@@ -529,6 +546,7 @@ def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
         from .synth import TTS_LICENSES
         from .whisper import provenance
 
+        print(f"export: {best}", file=sys.stderr)
         m, tk, ref = load_checkpoint(best)
         opts = ExportOptions(precision=cfg["export"]["precision"], max_context=cfg["export"]["max_context"],
                              encoder_precision=cfg["export"].get("encoder_precision", "auto"),

@@ -109,11 +109,15 @@ def test_recipe_smoke_resume_and_export(tmp_path, capsys):
     # a fine-tune on earlier runs' streams only (no new ones), starting from best.pt and its heads
     ft = tmp_path / "ft2"
     assert main(["--work", str(ft), "--smoke", *aux, "--set", "data.train_streams=0", "--set", "train.steps=2",
-                 "--set", "train.key_decisions=4",
+                 "--set", "train.key_decisions=4", "--set", 'train.export_checkpoint="final"',
                  "--set", f"data.extra_train={json.dumps([str(work / 'train.npz')])}",
-                 "--set", f"train.init={json.dumps(str(work / 'best.pt'))}", "--set", "export.enabled=false"]) == 0
+                 "--set", f"train.init={json.dumps(str(work / 'best.pt'))}"]) == 0
     assert not (ft / "train.npz").exists() and (ft / "val.npz").exists() and (ft / "best.pt").exists()
-    assert f"training-only heads from {work / 'best_aux.pt'}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"training-only heads from {work / 'best_aux.pt'}" in err
+    assert f"export: {ft / 'final.pt'}" in err and (ft / "final_aux.pt").exists()  # the last step's weights
+    assert (ft / "bundle" / "manifest.json").exists()
+    assert main(["--work", str(tmp_path / "bad"), "--smoke", "--set", 'train.export_checkpoint="last"']) == 2
     assert all(np.isfinite(json.loads(x)["loss_dec"]) for x in (ft / "train_log.jsonl").read_text().splitlines())
 
     _key_decisions_weight_the_decision_loss(work)
