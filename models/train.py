@@ -450,7 +450,9 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         step, best_val = ck["step"], ck["best_val"]
         print(f"train: resuming from {last} at step {step}", file=sys.stderr)
     if step >= t["steps"]:
-        return best if (work / "final.pt").exists() else _save_final(work, model, tok, aux, step, cfg)
+        if not (work / "final.pt").exists():  # finished by a version that did not write it
+            _save_final(work, model, tok, aux, step, cfg)
+        return best
     torch.manual_seed(t["seed"] + step)
     model.train()
     prog = Progress("train steps", t["steps"])
@@ -498,7 +500,7 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     return best
 
 
-def _save_final(work: Path, model, tok, aux, step: int, cfg: dict) -> Path:
+def _save_final(work: Path, model, tok, aux, step: int, cfg: dict) -> None:
     """The weights after the last step (``final.pt``, and its heads beside it): what
     ``train.export_checkpoint: "final"`` exports, for when the validation loss (mostly speech)
     is not the choice the acceptance evaluation makes."""
@@ -506,7 +508,6 @@ def _save_final(work: Path, model, tok, aux, step: int, cfg: dict) -> Path:
     save_checkpoint(final, model, tok, {"step": step, "config": cfg})
     if aux is not None:
         torch.save(aux.state_dict(), work / "final_aux.pt")
-    return work / "best.pt"
 
 
 # --------------------------------------------------------------------------- main
@@ -522,7 +523,6 @@ def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg["train"].get("threads", os.cpu_count() or 1))
     (work / "config.json").write_text(json.dumps(cfg, indent=2))
-    chosen = cfg["train"].get("export_checkpoint", "best")
     t0 = time.monotonic()
     tok = build_tokenizer(cfg, work)
     mcfg = model_config(cfg, tok.get_vocab_size())
@@ -532,13 +532,13 @@ def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
     paths = build_data(cfg, work, mcfg, enc)
     t_data = time.monotonic() - t0
     train(cfg, work, model, tok, paths)
-    best = work / f"{chosen}.pt"
+    ckpt = work / f"{cfg['train'].get('export_checkpoint', 'best')}.pt"  # best.pt or final.pt
     t_train = time.monotonic() - t0 - t_data
     times = {"data_s": round(t_data, 1), "train_s": round(t_train, 1)}
     out = export_to or work / "bundle"
     manifest = out / "manifest.json"
-    if manifest.exists() and manifest.stat().st_mtime > best.stat().st_mtime:
-        print(f"export: {out} is newer than {best}, kept", file=sys.stderr)
+    if manifest.exists() and manifest.stat().st_mtime > ckpt.stat().st_mtime:
+        print(f"export: {out} is newer than {ckpt}, kept", file=sys.stderr)
     elif cfg["export"].get("enabled", True):
         from edge_export.pipeline import ExportOptions, export_bundle
 
@@ -546,8 +546,8 @@ def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
         from .synth import TTS_LICENSES
         from .whisper import provenance
 
-        print(f"export: {best}", file=sys.stderr)
-        m, tk, ref = load_checkpoint(best)
+        print(f"export: {ckpt}", file=sys.stderr)
+        m, tk, ref = load_checkpoint(ckpt)
         opts = ExportOptions(precision=cfg["export"]["precision"], max_context=cfg["export"]["max_context"],
                              encoder_precision=cfg["export"].get("encoder_precision", "auto"),
                              vad_gate=bool(cfg["export"].get("vad_gate", False)),
