@@ -5,7 +5,9 @@ A stream is a sequence of events (utterances and sounds) over room noise. Each e
 for a response carries the stream time by which the response is due:
 
 - speech: 0.25 s after the utterance's last voiced sample (the model must hear that it ended);
-- a watched sound: 0.3 s after its onset (responses within about 1 s of the onset).
+- a watched sound: 0.3 s after its onset (responses within about 1 s of the onset); a recipe
+  can move this later (``data.sound_due``, applied by ``relabel``) to let the model hear more of
+  the sound before it decides.
 
 The response is attached to the first chunk whose end reaches that time; every other chunk is
 labelled ``<silent>``. Held-out streams (``split="heldout"``) use held-out voices, wording and
@@ -195,8 +197,8 @@ def due(ev: Event) -> float:
     return due_time(ev.kind, ev.start, ev.end)
 
 
-def due_time(kind: str, start: float, end: float) -> float:
-    return round((end + SPEECH_DUE_S) if kind == "speech" else (start + SOUND_DUE_S), 3)
+def due_time(kind: str, start: float, end: float, sound_due: float = SOUND_DUE_S) -> float:
+    return round((end + SPEECH_DUE_S) if kind == "speech" else (start + sound_due), 3)
 
 
 def due_chunk(t: float) -> int:
@@ -205,7 +207,23 @@ def due_chunk(t: float) -> int:
 
 
 def chunk_labels(events: list[Event], n_samples: int) -> list[str | None]:
-    n_chunks = n_samples // int(CHUNK_S * synth.SR)
+    return _labels(events, n_samples // int(CHUNK_S * synth.SR))
+
+
+def relabel(meta: dict, sound_due: float) -> dict:
+    """A stored stream's metadata with every watched sound's response due ``sound_due`` s after
+    its onset (speech unchanged), and the chunk labels placed again from those times."""
+    events = []
+    for e in meta["events"]:
+        ev = Event(**e)
+        if ev.response is not None:
+            ev.due = due_time(ev.kind, ev.start, ev.end, sound_due)
+        events.append(ev)
+    return meta | {"events": [dataclasses.asdict(e) for e in events],
+                   "labels": _labels(events, len(meta["labels"]))}
+
+
+def _labels(events: list[Event], n_chunks: int) -> list[str | None]:
     labels: list[str | None] = [None] * n_chunks
     for ev in events:
         if ev.response is None:

@@ -60,6 +60,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     chosen = cfg["train"].get("export_checkpoint", "best")
     if chosen not in ("best", "final"):
         raise ValueError(f"{path}: train.export_checkpoint must be \"best\" or \"final\", got {chosen!r}")
+    sound_due = cfg["data"].get("sound_due")
+    if sound_due is not None and not (isinstance(sound_due, (int, float)) and 0 <= sound_due <= 1.0):
+        raise ValueError(f"{path}: data.sound_due must be null or seconds in [0, 1], got {sound_due!r}")
     return cfg
 
 
@@ -229,8 +232,10 @@ def aux_targets(meta: dict, n: int, tok) -> tuple[list, np.ndarray]:
     return words, sound
 
 
-def layout(meta: dict, chunks: np.ndarray, tok, control: dict, tokens_per_chunk: int) -> Example:
-    """The interleaved sequence the runtime feeds (DESIGN section 3), with its training targets."""
+def layout(meta: dict, chunks: np.ndarray, tok, control: dict, tokens_per_chunk: int,
+           sound_due: float | None = None) -> Example:
+    """The interleaved sequence the runtime feeds (DESIGN section 3), with its training targets
+    (``sound_due``: the recipe's ``data.sound_due``, for ``key_chunks``)."""
     ids, audio, target, decision = [], [], [], []
 
     def put(i, is_audio=False, tgt=-100, is_dec=False):
@@ -254,18 +259,20 @@ def layout(meta: dict, chunks: np.ndarray, tok, control: dict, tokens_per_chunk:
             put(control["end"])
     # the last token's target (the next chunk) does not exist: nothing to learn there
     return Example(np.array(ids), np.array(audio), np.array(target), np.array(decision), chunks[:n],
-                   *aux_targets(meta, n, tok), key_chunks(meta, n))
+                   *aux_targets(meta, n, tok), key_chunks(meta, n, sound_due))
 
 
-def key_chunks(meta: dict, n: int) -> np.ndarray:
+def key_chunks(meta: dict, n: int, sound_due: float | None = None) -> np.ndarray:
     """The decision points of a stream: the chunk where each event's response is (or would be) due,
     whether or not the instruction asks for one (addressed or not, watched or not), and every
-    chunk that holds a response. ``train.key_decisions`` weights the decision loss there."""
+    chunk that holds a response. ``train.key_decisions`` weights the decision loss there. With a
+    recipe's ``sound_due``, a sound's decision points are all its chunks from its onset to that
+    time: waiting to hear more of it is learned as firmly as answering."""
     key = np.array([label is not None for label in meta["labels"][:n]], bool)
     for ev in meta["events"]:
-        c = st.due_chunk(st.due_time(ev["kind"], ev["start"], ev["end"]))
-        if c < n:
-            key[c] = True
+        c = st.due_chunk(st.due_time(ev["kind"], ev["start"], ev["end"], sound_due or st.SOUND_DUE_S))
+        first = st.due_chunk(ev["start"]) if sound_due is not None and ev["kind"] == "sound" else c
+        key[first : c + 1] = True  # slicing stops at n
     return key
 
 
@@ -282,15 +289,19 @@ def late_labels(labels: list, p: float, rng: random.Random) -> list:
     return out
 
 
-def load_examples(path: Path, tok, control, tokens_per_chunk, late: float = 0.0, seed: int = 0) -> list[Example]:
+def load_examples(path: Path, tok, control, tokens_per_chunk, late: float = 0.0, seed: int = 0,
+                  sound_due: float | None = None) -> list[Example]:
     z = np.load(path)
     metas = json.loads(str(z["meta"]))
+    if sound_due is not None:  # the recipe's time for answering a sound, not the one stored
+        metas = [st.relabel(m, sound_due) for m in metas]
     if late > 0:
         rng = random.Random(f"late:{seed}:{path}")
         metas = [m | {"labels": late_labels(m["labels"], late, rng)} for m in metas]
     feats, lengths = z["feats"], z["lengths"]
     offs = np.concatenate([[0], np.cumsum(lengths)])
-    return [layout(m, feats[offs[i] : offs[i + 1]], tok, control, tokens_per_chunk) for i, m in enumerate(metas)]
+    return [layout(m, feats[offs[i] : offs[i + 1]], tok, control, tokens_per_chunk, sound_due)
+            for i, m in enumerate(metas)]
 
 
 def augment_features(chunks: torch.Tensor, noise: float, drop: float, mask: int) -> torch.Tensor:
@@ -416,12 +427,12 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     log_path = work / "train_log.jsonl"
     control = control_token_ids(tok)
     tpc = model.cfg.stream.tokens_per_chunk
-    late = t.get("late_labels", 0.0)
-    train_ex = load_examples(paths["train"], tok, control, tpc, late, t["seed"]) if "train" in paths else []
+    late, sound_due = t.get("late_labels", 0.0), cfg["data"].get("sound_due")
+    train_ex = load_examples(paths["train"], tok, control, tpc, late, t["seed"], sound_due) if "train" in paths else []
     train_ex *= int(cfg["data"].get("train_repeat", 1))  # this run's new streams, drawn that many times as often
     for extra in cfg["data"].get("extra_train", []):  # streams built by an earlier run (same tokenizer)
-        train_ex += load_examples(Path(extra), tok, control, tpc, late, t["seed"])
-    val_ex = load_examples(paths["val"], tok, control, tpc)
+        train_ex += load_examples(Path(extra), tok, control, tpc, late, t["seed"], sound_due)
+    val_ex = load_examples(paths["val"], tok, control, tpc, sound_due=sound_due)
     params = [p for n, p in model.named_parameters() if not n.startswith("chunk_encoder.encoder.")]
     for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith("chunk_encoder.encoder."))

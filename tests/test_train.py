@@ -2,8 +2,10 @@
 of the acceptance evaluation, and the whole recipe at toy size (data, a few steps, resume, export,
 the bundle running in the runtime)."""
 
+import dataclasses
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,6 +258,30 @@ def test_key_chunks_are_every_events_decision_point_and_modes_pick_the_instructi
     assert modes == {"alerts", "combined"}
 
 
+def test_sound_due_moves_only_the_sound_answers_and_keys_the_wait_from_the_onset():
+    from edge_models.train import key_chunks, load_config
+
+    events = [st.Event("speech", 1.3, 3.05, "Edge, what time is it", "It is noon."),  # due 3.3 s: chunk 8
+              st.Event("sound", 6.1, 8.0, "smoke_alarm", "The smoke alarm is going off."),  # onset in chunk 15
+              st.Event("sound", 8.2, 9.0, "doorbell")]  # not watched: onset in chunk 20
+    for ev in events:
+        ev.due = st.due(ev) if ev.response else None
+    n = 24
+    meta = {"events": [dataclasses.asdict(e) for e in events], "labels": st.chunk_labels(events, n * 6400)}
+    assert meta["labels"].index("The smoke alarm is going off.") == 15  # 6.4 s
+    assert st.relabel(meta, st.SOUND_DUE_S) == meta  # the stored labels, placed again
+    later = st.relabel(meta, 0.6)
+    assert [i for i, x in enumerate(later["labels"]) if x] == [8, 16]  # 6.7 s: chunk 16; speech unchanged
+    assert later["events"][1]["due"] == 6.7 and later["events"][0]["due"] == meta["events"][0]["due"]
+    assert np.flatnonzero(key_chunks(later, n, 0.6)).tolist() == [8, 15, 16, 20, 21]
+    assert np.flatnonzero(key_chunks(meta, n)).tolist() == [8, 15, 21]  # without it: the due chunks only
+
+    recipe = Path(__file__).resolve().parents[1] / "models" / "recipes" / "default.json"
+    assert load_config(recipe, {"data.sound_due": 0.6})["data"]["sound_due"] == 0.6
+    with pytest.raises(ValueError, match="sound_due"):
+        load_config(recipe, {"data.sound_due": 2.0})
+
+
 def test_late_labels_move_a_response_one_chunk_when_the_next_is_free():
     from edge_models.train import late_labels
 
@@ -264,3 +290,15 @@ def test_late_labels_move_a_response_one_chunk_when_the_next_is_free():
     assert late_labels(labels, 1.0, random.Random(0)) == [None, None, "a", None, "b", None, "c", "d"]
     moved = [late_labels(labels, 0.3, random.Random(i)).index("a") for i in range(400)]
     assert set(moved) == {1, 2} and 0.2 < moved.count(2) / 400 < 0.4
+
+
+def test_every_recipe_loads_and_has_every_field_of_the_default():
+    from edge_models.train import load_config
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "models" / "recipes").glob("*.json"))
+    default = load_config(recipes[0].with_name("default.json"))
+    assert len(recipes) >= 9
+    for path in recipes:
+        cfg = load_config(path)
+        for section in ("model", "data", "train", "export"):
+            assert set(default[section]) <= set(cfg[section]), (path.name, section)
