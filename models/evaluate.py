@@ -13,7 +13,8 @@ Scoring, per stream, from the events the runtime emits:
 
 - a response is *matched* to the first unanswered event that asked for one if it starts inside
   that event's window (speech: from its start to 2 s after it ends; a sound: from its onset to
-  2.5 s after); anything else is a *false response*;
+  2.5 s after); anything else is a *false response*, counted by what was heard then
+  (``false_by_cause``: a repeat, an unwatched sound, a distractor, other speech, background);
 - recall = matched / events that asked for a response; correctness = matched with the exact
   expected text (commands: intent and slots; alerts: the class; unknown: the honest answer);
 - false responses per hour are counted over the audio that asked for no response;
@@ -29,11 +30,13 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from . import streams as st
+from .scenarios import SOUND_CLASSES
 
 SETS = {  # name: (wording split, mode, kinds override)
     "assistant": ("train", "assistant", None),
@@ -91,7 +94,7 @@ def score_stream(stream_meta: dict, events: list[dict]) -> dict:
                 hit = i
                 break
         if hit is None:
-            false.append({"t": t, "text": r["text"]})
+            false.append({"t": t, "text": r["text"], "cause": false_cause(stream_meta["events"], t, wanted, used)})
             continue
         used[hit] = True
         ev = wanted[hit]
@@ -104,6 +107,22 @@ def score_stream(stream_meta: dict, events: list[dict]) -> dict:
     return {"matched": rows, "missed": missed, "false": false, "wanted": len(wanted), "quiet_s": quiet_s}
 
 
+def false_cause(events: list[dict], t: float, wanted: list[dict], used: list[bool]) -> str:
+    """What was heard when a false response began: the latest event whose window (as for
+    matching) holds ``t``. ``repeat`` (a second answer to an answered event), ``unwatched:CLASS``,
+    ``distractor:CLASS``, ``speech:INTENT`` (other, near_miss, ...), or ``background``."""
+    for ev in sorted(events, key=lambda e: -e["start"]):
+        hi = ev["end"] + 2.0 if ev["kind"] == "speech" else ev["start"] + 2.5
+        if not ev["start"] <= t <= max(hi, ev["end"]):
+            continue
+        if any(u and w is ev for w, u in zip(wanted, used)):
+            return "repeat"
+        if ev["kind"] == "speech":
+            return f"speech:{ev['meta'].get('intent', 'other')}"
+        return f"{'unwatched' if ev['what'] in SOUND_CLASSES else 'distractor'}:{ev['what']}"
+    return "background"
+
+
 def summarize(scored: list[dict], transcribe: bool = False) -> dict:
     rows = [r for s in scored for r in s["matched"]]
     wanted = sum(s["wanted"] for s in scored)
@@ -113,7 +132,8 @@ def summarize(scored: list[dict], transcribe: bool = False) -> dict:
            "false_responses": false, "quiet_hours": round(quiet_h, 3),
            "false_per_hour": round(false / max(quiet_h, 1e-9), 2),
            "latency_s_p50": round(float(np.median([r["latency_s"] for r in rows])), 3) if rows else None,
-           "latency_s_p90": round(float(np.percentile([r["latency_s"] for r in rows], 90)), 3) if rows else None}
+           "latency_s_p90": round(float(np.percentile([r["latency_s"] for r in rows], 90)), 3) if rows else None,
+           "false_by_cause": dict(sorted(Counter(f["cause"] for s in scored for f in s["false"]).items()))}
     if transcribe:
         errs = sum(wer_counts(norm(r["event"]["response"]), norm(r["text"])) for r in rows)
         words = sum(len(norm(r["event"]["response"])) for r in rows)
@@ -170,7 +190,7 @@ def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: 
                     examples.append({"said": r["event"]["what"], "expected": r["event"]["response"], "got": r["text"]})
             for f in sc_["false"]:
                 if len(examples) < keep_examples:
-                    examples.append({"false_response": f["text"], "t": f["t"]})
+                    examples.append({"false_response": f["text"], "t": f["t"], "cause": f["cause"]})
         summary = summarize(scored, transcribe=SETS[name][1] == "transcribe")
         summary["audio_hours"] = round(sum(s.duration for s in streams) / 3600, 3)
         summary["eval_s"] = round(time.monotonic() - t0, 1)

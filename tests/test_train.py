@@ -59,18 +59,32 @@ def test_scoring_matches_false_and_latency():
          "due": 6.3, "meta": {"watched": True}},
         {"kind": "speech", "start": 10.0, "end": 11.0, "what": "Edge, order a pizza", "response": sc.SORRY,
          "due": 11.25, "meta": {"intent": "unknown", "addressed": True}},
+        {"kind": "sound", "start": 14.0, "end": 19.0, "what": "phone", "response": None, "due": None,
+         "meta": {"watched": False}},
+        {"kind": "sound", "start": 21.0, "end": 22.0, "what": "water", "response": None, "due": None,
+         "meta": {"watched": False}},
+        {"kind": "speech", "start": 23.0, "end": 24.0, "what": "on the edge of the cliff", "response": None,
+         "due": None, "meta": {"intent": "near_miss", "addressed": False}},
     ]}
     events = [
         {"type": "response.end", "t": 2.8, "text": "Checking the time.", "first_token_ms": 20.0},
         {"type": "response.end", "t": 6.4, "text": "The phone is ringing.", "first_token_ms": 20.0},  # matched, wrong
-        {"type": "response.end", "t": 15.0, "text": "Turning it up.", "first_token_ms": 20.0},  # false
+        {"type": "response.end", "t": 7.2, "text": "The doorbell is ringing.", "first_token_ms": 20.0},  # again
+        {"type": "response.end", "t": 18.0, "text": "Turning it up.", "first_token_ms": 20.0},  # false: a phone rang
+        {"type": "response.end", "t": 21.4, "text": "Someone is knocking.", "first_token_ms": 20.0},  # on water
+        {"type": "response.end", "t": 25.0, "text": "Checking the time.", "first_token_ms": 20.0},  # a near miss
+        {"type": "response.end", "t": 28.0, "text": "Checking the time.", "first_token_ms": 20.0},  # on nothing
         {"type": "stats", "chunk_ms_p50": 30.0},
     ]
     s = score_stream(meta, events)
-    assert len(s["matched"]) == 2 and len(s["false"]) == 1 and len(s["missed"]) == 1
+    assert len(s["matched"]) == 2 and len(s["false"]) == 5 and len(s["missed"]) == 1
+    assert [f["cause"] for f in s["false"]] == ["repeat", "unwatched:phone", "distractor:water", "speech:near_miss",
+                                                "background"]
     assert s["matched"][0]["latency_s"] == pytest.approx(0.3 + 0.03 + 0.02)
     out = summarize([s])
     assert out["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert out["false_by_cause"] == {"background": 1, "distractor:water": 1, "repeat": 1, "speech:near_miss": 1,
+                                     "unwatched:phone": 1}
     assert out["by_category"]["sound"] == {"events": 1, "matched": 1, "correct": 0, "recall": 1.0, "correct_of_events": 0.0}
     assert out["by_category"]["sound:doorbell"] == out["by_category"]["sound"]  # and per sound class
     assert out["by_category"]["unknown"]["recall"] == 0.0
