@@ -270,7 +270,8 @@ def key_chunks(meta: dict, n: int, sound_due: float | None = None) -> np.ndarray
     time: waiting to hear more of it is learned as firmly as answering."""
     key = np.array([label is not None for label in meta["labels"][:n]], bool)
     for ev in meta["events"]:
-        c = st.due_chunk(st.due_time(ev["kind"], ev["start"], ev["end"], sound_due or st.SOUND_DUE_S))
+        c = st.due_chunk(st.due_time(ev["kind"], ev["start"], ev["end"],
+                                     st.SOUND_DUE_S if sound_due is None else sound_due))
         first = st.due_chunk(ev["start"]) if sound_due is not None and ev["kind"] == "sound" else c
         key[first : c + 1] = True  # slicing stops at n
     return key

@@ -289,6 +289,7 @@ def test_sound_due_moves_only_the_sound_answers_and_keys_the_wait_from_the_onset
     assert later["events"][1]["due"] == 6.7 and later["events"][0]["due"] == meta["events"][0]["due"]
     assert np.flatnonzero(key_chunks(later, n, 0.6)).tolist() == [8, 15, 16, 20, 21]
     assert np.flatnonzero(key_chunks(meta, n)).tolist() == [8, 15, 21]  # without it: the due chunks only
+    assert np.flatnonzero(key_chunks(meta, n, 0.0)).tolist() == [8, 15, 20]  # 0 s: the onset chunk itself
 
     recipe = Path(__file__).resolve().parents[1] / "models" / "recipes" / "default.json"
     assert load_config(recipe, {"data.sound_due": 0.6})["data"]["sound_due"] == 0.6
