@@ -75,6 +75,11 @@ def run_listener(bundle, audio: np.ndarray, instruction: str, sensitivity: float
     return events
 
 
+def window_end(ev: dict) -> float:
+    """The last stream time a response can start and still answer ``ev``."""
+    return ev["end"] + 2.0 if ev["kind"] == "speech" else ev["start"] + 2.5
+
+
 def score_stream(stream_meta: dict, events: list[dict]) -> dict:
     """Match responses to the events that asked for one (see the module docstring)."""
     stats = [e for e in events if e["type"] == "stats"]
@@ -89,8 +94,7 @@ def score_stream(stream_meta: dict, events: list[dict]) -> dict:
         for i, ev in enumerate(wanted):
             if used[i]:
                 continue
-            hi = ev["end"] + 2.0 if ev["kind"] == "speech" else ev["start"] + 2.5
-            if ev["start"] <= t <= hi:
+            if ev["start"] <= t <= window_end(ev):
                 hit = i
                 break
         if hit is None:
@@ -112,8 +116,7 @@ def false_cause(events: list[dict], t: float, wanted: list[dict], used: list[boo
     matching) holds ``t``. ``repeat`` (a second answer to an answered event), ``unwatched:CLASS``,
     ``distractor:CLASS``, ``speech:INTENT`` (other, near_miss, ...), or ``background``."""
     for ev in sorted(events, key=lambda e: -e["start"]):
-        hi = ev["end"] + 2.0 if ev["kind"] == "speech" else ev["start"] + 2.5
-        if not ev["start"] <= t <= max(hi, ev["end"]):
+        if not ev["start"] <= t <= max(window_end(ev), ev["end"]):
             continue
         if any(u and w is ev for w, u in zip(wanted, used)):
             return "repeat"
