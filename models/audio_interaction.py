@@ -198,11 +198,15 @@ class LMLayer(nn.Module):
         self.self_attn = LMAttention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = LMMLP(cfg)
+        self.dropout = 0.0  # residual dropout in training mode only (a training setting: not saved, not exported)
+
+    def _drop(self, y: torch.Tensor) -> torch.Tensor:
+        return F.dropout(y, self.dropout, True) if self.training and self.dropout > 0 else y
 
     def forward(self, x, cos, sin, mask, past):
         a, present = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
-        x = x + a
-        return x + self.mlp(self.post_attention_layernorm(x)), present
+        x = x + self._drop(a)
+        return x + self._drop(self.mlp(self.post_attention_layernorm(x))), present
 
 
 class LMBody(nn.Module):

@@ -63,6 +63,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     sound_due = cfg["data"].get("sound_due")
     if sound_due is not None and not (isinstance(sound_due, (int, float)) and 0 <= sound_due <= 1.0):
         raise ValueError(f"{path}: data.sound_due must be null or seconds in [0, 1], got {sound_due!r}")
+    lm_dropout = cfg["train"].get("lm_dropout", 0.0)
+    if not (isinstance(lm_dropout, (int, float)) and 0 <= lm_dropout < 1):
+        raise ValueError(f"{path}: train.lm_dropout must be a probability in [0, 1), got {lm_dropout!r}")
     return cfg
 
 
@@ -466,6 +469,8 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
             _save_final(work, model, tok, aux, step, cfg)
         return best
     torch.manual_seed(t["seed"] + step)
+    for layer in model.lm.model.layers:
+        layer.dropout = float(t.get("lm_dropout", 0.0))
     model.train()
     prog = Progress("train steps", t["steps"])
     prog.done = step

@@ -317,3 +317,30 @@ def test_every_recipe_loads_and_has_every_field_of_the_default():
         cfg = load_config(path)
         for section in ("model", "data", "train", "export"):
             assert set(default[section]) <= set(cfg[section]), (path.name, section)
+
+
+def test_lm_dropout_acts_only_in_training_mode_and_the_recipe_bounds_it(tmp_path):
+    import torch
+
+    from edge_models.audio_interaction import build_model
+    from edge_models.config import preset
+    from edge_models.train import load_config
+
+    model = build_model(preset("test-tiny", 64), seed=0)
+    lm = model.lm
+    emb = torch.randn(2, 12, lm.cfg.hidden_size)
+    args = (emb, torch.ones(2, 12, dtype=torch.long), torch.arange(12)[None].expand(2, 12))
+    lm.eval()
+    plain = lm(*args)[0]
+    for layer in lm.model.layers:
+        layer.dropout = 0.5
+    assert torch.equal(lm(*args)[0], plain)  # what is exported: no dropout
+    lm.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(lm(*args)[0], plain)
+    assert "dropout" not in " ".join(lm.state_dict())  # a training setting, not a weight
+
+    default = Path(__file__).resolve().parents[1] / "models" / "recipes" / "default.json"
+    assert load_config(default)["train"]["lm_dropout"] == 0.0
+    with pytest.raises(ValueError, match="lm_dropout"):
+        load_config(default, {"train.lm_dropout": 1.0})
