@@ -212,13 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sensitivity", type=float, default=0.5, help="as edge-listen --sensitivity")
     ap.add_argument("--tuning", action="store_true",
                     help=f"streams from the tuning seeds ({TUNING_SEED_BASE}+), not the acceptance seeds: for choosing settings")
+    ap.add_argument("--examples", type=int, default=6, help="error examples kept per set in the report")
     ap.add_argument("--out", help="write the report (JSON) here")
     args = ap.parse_args(argv)
     if args.bundle is None:
         from edge_runtime.listener import DEFAULT_BUNDLE
 
         args.bundle = str(DEFAULT_BUNDLE)
-    report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","),
+    report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","), keep_examples=args.examples,
                              sensitivity=args.sensitivity, seed_base=TUNING_SEED_BASE if args.tuning else SEED_BASE)
     text = json.dumps(report, indent=2)
     if args.out:
