@@ -9,6 +9,9 @@ seeds no training stream used):
 - ``voices``: training wording, one set per ability (assistant, alerts, transcribe);
 - ``wording``: held-out templates, slot values, wake phrasings, near misses and unknown requests.
 
+``--training-voices`` builds the same sets in training voices instead (a diagnostic: how much of
+an error rate is the unseen voices and how much the model itself).
+
 Scoring, per stream, from the events the runtime emits:
 
 - a response is *matched* to the first unanswered event that asked for one if it starts inside
@@ -165,24 +168,25 @@ def category(ev: dict) -> str:
     return "unknown" if ev["meta"].get("intent") == "unknown" else "command"
 
 
-def build_set(name: str, n: int, seconds: float, seed_base: int = SEED_BASE) -> list[st.Stream]:
+def build_set(name: str, n: int, seconds: float, seed_base: int = SEED_BASE, voices: str = "heldout") -> list[st.Stream]:
     split, mode, kinds = SETS[name]
     sp = st.Speaker()
     base = seed_base + 1000 * list(SETS).index(name)
-    return [st.make_stream(base + i, split, seconds, mode=mode, speaker=sp, voice_split="heldout", kinds=kinds)
+    return [st.make_stream(base + i, split, seconds, mode=mode, speaker=sp, voice_split=voices, kinds=kinds)
             for i in range(n)]
 
 
 def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: list[str] | None = None,
-                    keep_examples: int = 6, sensitivity: float = 0.5, seed_base: int = SEED_BASE) -> dict:
+                    keep_examples: int = 6, sensitivity: float = 0.5, seed_base: int = SEED_BASE,
+                    voices: str = "heldout") -> dict:
     from edge_runtime.model import Bundle
 
     bundle = Bundle(bundle_path)
     report = {"bundle": str(bundle_path), "streams_per_set": n, "stream_seconds": seconds,
-              "sensitivity": sensitivity, "seed_base": seed_base, "sets": {}}
+              "sensitivity": sensitivity, "seed_base": seed_base, "voices": voices, "sets": {}}
     for name in sets or list(SETS):
         t0 = time.monotonic()
-        streams = build_set(name, n, seconds, seed_base)
+        streams = build_set(name, n, seconds, seed_base, voices)
         scored, examples = [], []
         for s in streams:
             evs = run_listener(bundle, s.audio, s.instruction, sensitivity)
@@ -213,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tuning", action="store_true",
                     help=f"streams from the tuning seeds ({TUNING_SEED_BASE}+), not the acceptance seeds: for choosing settings")
     ap.add_argument("--examples", type=int, default=6, help="error examples kept per set in the report")
+    ap.add_argument("--training-voices", action="store_true",
+                    help="a diagnostic: the same sets spoken in training voices (espeak-ng, festival ked), not held-out ones")
     ap.add_argument("--out", help="write the report (JSON) here")
     args = ap.parse_args(argv)
     if args.bundle is None:
@@ -220,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
         args.bundle = str(DEFAULT_BUNDLE)
     report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","), keep_examples=args.examples,
-                             sensitivity=args.sensitivity, seed_base=TUNING_SEED_BASE if args.tuning else SEED_BASE)
+                             sensitivity=args.sensitivity, seed_base=TUNING_SEED_BASE if args.tuning else SEED_BASE,
+                             voices="train" if args.training_voices else "heldout")
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text)

@@ -344,3 +344,14 @@ def test_lm_dropout_acts_only_in_training_mode_and_the_recipe_bounds_it(tmp_path
     assert load_config(default)["train"]["lm_dropout"] == 0.0
     with pytest.raises(ValueError, match="lm_dropout"):
         load_config(default, {"train.lm_dropout": 1.0})
+
+
+def test_eval_sets_speak_in_held_out_voices_unless_asked_for_training_ones():
+    from edge_models.evaluate import build_set
+
+    def engines(voices):
+        streams = build_set("assistant", 2, 12.0, voices=voices)
+        return {ev.meta["voice"].split(":")[0] for s in streams for ev in s.events if ev.kind == "speech"}
+
+    assert engines("heldout") and engines("heldout") <= {"flite", "festival-kal"}
+    assert engines("train") and engines("train") <= {"espeak-ng", "festival-ked"}
