@@ -169,6 +169,12 @@ def _p_respond(logits: np.ndarray, silent: int, respond: int) -> float:
     return float(1.0 / (1.0 + np.exp(-np.clip(d, -60, 60))))
 
 
+def _p_top(logits: np.ndarray) -> float:
+    """The probability the model gives its most likely next token (the one greedy decoding picks)."""
+    x = np.asarray(logits, dtype=np.float64).ravel()
+    return float(1.0 / np.exp(x - x.max()).sum())
+
+
 class DecisionLoop:
     """Feeds chunks, decides, generates. ``emit`` receives event dicts (DESIGN section 5)."""
 
@@ -226,9 +232,10 @@ class DecisionLoop:
         self.emit({"type": "response.start", "t": t})
         logits = self.ctx.feed(self._respond)
         ids: list[int] = []
-        text_sent, first_ms = "", None
+        text_sent, first_ms, confidence = "", None, 1.0
         while True:
             nxt = int(np.argmax(logits))
+            confidence = min(confidence, _p_top(logits))
             if nxt == self.end_id:
                 break
             ids.append(nxt)
@@ -251,4 +258,5 @@ class DecisionLoop:
             self.emit({"type": "response.delta", "t": t, "text": text[len(text_sent) :]})
         self.emit({"type": "response.end", "t": t, "text": text,
                    "first_token_ms": round(first_ms, 2) if first_ms is not None else None,
-                   "total_ms": round(1000 * (time.monotonic() - t_decided), 2), "tokens": len(ids)})
+                   "total_ms": round(1000 * (time.monotonic() - t_decided), 2), "tokens": len(ids),
+                   "confidence": round(confidence, 4)})

@@ -24,6 +24,9 @@ Scoring, per stream, from the events the runtime emits:
 - response latency = (decision chunk end - utterance end or sound onset) + the chunk's measured
   compute + first token time: the wait for the chunk to fill is included;
 - transcription WER over matched utterances (normalised: lower case, no punctuation).
+- ``confidence``: for correct, wrong and false responses, the spread of each response's lowest
+  chosen-token probability (``confidence`` in ``response.end``): whether a threshold could tell
+  a wrong answer from a right one.
 """
 
 from __future__ import annotations
@@ -101,14 +104,15 @@ def score_stream(stream_meta: dict, events: list[dict]) -> dict:
                 hit = i
                 break
         if hit is None:
-            false.append({"t": t, "text": r["text"], "cause": false_cause(stream_meta["events"], t, wanted, used)})
+            false.append({"t": t, "text": r["text"], "cause": false_cause(stream_meta["events"], t, wanted, used),
+                          "confidence": r.get("confidence")})
             continue
         used[hit] = True
         ev = wanted[hit]
         ref_t = ev["end"] if ev["kind"] == "speech" else ev["start"]
         lat = (t - ref_t) + compute_s + (r.get("first_token_ms") or 0.0) / 1000
         rows.append({"event": ev, "text": r["text"], "correct": r["text"].strip() == ev["response"],
-                     "latency_s": round(lat, 3)})
+                     "latency_s": round(lat, 3), "confidence": r.get("confidence")})
     missed = [ev for i, ev in enumerate(wanted) if not used[i]]
     quiet_s = stream_meta["duration"] - sum(ev["end"] - ev["start"] for ev in wanted)
     return {"matched": rows, "missed": missed, "false": false, "wanted": len(wanted), "quiet_s": quiet_s}
@@ -129,6 +133,14 @@ def false_cause(events: list[dict], t: float, wanted: list[dict], used: list[boo
     return "background"
 
 
+def spread(values: list) -> dict:
+    """How many values there are and their 10th, 25th and 50th percentiles (None values left out)."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return {"n": 0}
+    return {"n": len(v), **{f"p{q}": round(float(np.percentile(v, q)), 4) for q in (10, 25, 50)}}
+
+
 def summarize(scored: list[dict], transcribe: bool = False) -> dict:
     rows = [r for s in scored for r in s["matched"]]
     wanted = sum(s["wanted"] for s in scored)
@@ -139,7 +151,10 @@ def summarize(scored: list[dict], transcribe: bool = False) -> dict:
            "false_per_hour": round(false / max(quiet_h, 1e-9), 2),
            "latency_s_p50": round(float(np.median([r["latency_s"] for r in rows])), 3) if rows else None,
            "latency_s_p90": round(float(np.percentile([r["latency_s"] for r in rows], 90)), 3) if rows else None,
-           "false_by_cause": dict(sorted(Counter(f["cause"] for s in scored for f in s["false"]).items()))}
+           "false_by_cause": dict(sorted(Counter(f["cause"] for s in scored for f in s["false"]).items())),
+           "confidence": {"correct": spread([r["confidence"] for r in rows if r["correct"]]),
+                          "wrong": spread([r["confidence"] for r in rows if not r["correct"]]),
+                          "false": spread([f["confidence"] for s in scored for f in s["false"]])}}
     if transcribe:
         errs = sum(wer_counts(norm(r["event"]["response"]), norm(r["text"])) for r in rows)
         words = sum(len(norm(r["event"]["response"])) for r in rows)

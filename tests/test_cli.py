@@ -19,7 +19,8 @@ SCHEMA = {
     "decision": {"t": float, "p_respond": float},
     "response.start": {"t": float},
     "response.delta": {"t": float, "text": str},
-    "response.end": {"t": float, "text": str, "first_token_ms": (float, type(None)), "total_ms": float},
+    "response.end": {"t": float, "text": str, "first_token_ms": (float, type(None)), "total_ms": float,
+                     "confidence": float},  # the last field is ours (README), beyond DESIGN section 5
     "warning": {"message": str, "t": float},
     "stats": {"t": float, "chunks": int, "chunk_ms_p50": (float, type(None)), "chunk_ms_p99": (float, type(None)),
               "backlog_max": int, "dropped_ms": float, "rss_mb": float},

@@ -148,3 +148,10 @@ def test_backlog_stays_bounded_under_repeated_responses(slow_bundle, tmp_path):
     assert stats["backlog_max"] <= 20, stats
     sizes = [e["chunks"] for e in ev if e["type"] == "decision"]
     assert sizes.count(1) >= 0.7 * len(sizes), sizes
+
+
+def test_response_confidence_is_the_greedy_tokens_probability():
+    from edge_runtime.loop import _p_top
+
+    assert _p_top(np.log(np.array([1.0, 3.0], dtype=np.float32))) == pytest.approx(0.75)
+    assert _p_top(np.array([[0.0, 50.0, 0.0]], dtype=np.float16)) == pytest.approx(1.0)

@@ -67,9 +67,11 @@ def test_scoring_matches_false_and_latency():
          "due": None, "meta": {"intent": "near_miss", "addressed": False}},
     ]}
     events = [
-        {"type": "response.end", "t": 2.8, "text": "Checking the time.", "first_token_ms": 20.0},
-        {"type": "response.end", "t": 6.4, "text": "The phone is ringing.", "first_token_ms": 20.0},  # matched, wrong
-        {"type": "response.end", "t": 7.2, "text": "The doorbell is ringing.", "first_token_ms": 20.0},  # again
+        {"type": "response.end", "t": 2.8, "text": "Checking the time.", "first_token_ms": 20.0, "confidence": 0.99},
+        {"type": "response.end", "t": 6.4, "text": "The phone is ringing.", "first_token_ms": 20.0,
+         "confidence": 0.4},  # matched, wrong
+        {"type": "response.end", "t": 7.2, "text": "The doorbell is ringing.", "first_token_ms": 20.0,
+         "confidence": 0.7},  # again
         {"type": "response.end", "t": 18.0, "text": "Turning it up.", "first_token_ms": 20.0},  # false: a phone rang
         {"type": "response.end", "t": 21.4, "text": "Someone is knocking.", "first_token_ms": 20.0},  # on water
         {"type": "response.end", "t": 25.0, "text": "Checking the time.", "first_token_ms": 20.0},  # a near miss
@@ -88,6 +90,9 @@ def test_scoring_matches_false_and_latency():
     assert out["by_category"]["sound"] == {"events": 1, "matched": 1, "correct": 0, "recall": 1.0, "correct_of_events": 0.0}
     assert out["by_category"]["sound:doorbell"] == out["by_category"]["sound"]  # and per sound class
     assert out["by_category"]["unknown"]["recall"] == 0.0
+    assert out["confidence"] == {"correct": {"n": 1, "p10": 0.99, "p25": 0.99, "p50": 0.99},
+                                 "wrong": {"n": 1, "p10": 0.4, "p25": 0.4, "p50": 0.4},
+                                 "false": {"n": 1, "p10": 0.7, "p25": 0.7, "p50": 0.7}}  # events without one left out
     assert wer_counts("a b c".split(), "a x c d".split()) == 2
 
 
