@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--decoder-threads", type=int, default=None, help="intra-op threads of the decoder (default --threads)")
     ap.add_argument("--instruction", help="what the model should do (default: the bundle's)")
     ap.add_argument("--sensitivity", type=float, default=0.5, help="0..1: respond when p(respond) >= 1 - sensitivity")
+    ap.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                    help="0..1: say a response only if every token it chose had probability >= P; the rest are "
+                         "withheld (a response.withheld event). Default 0: say everything, token by token")
     ap.add_argument("--max-response-tokens", type=int, default=48)
     ap.add_argument("--context", type=int, default=None, help="KV cache tokens (default: the bundle's max)")
     ap.add_argument("--no-fifo", action="store_true", help="decode chunk by chunk instead of prefilling the backlog at once")
@@ -81,6 +84,8 @@ class ConsoleView:
             print(f"   ({ev['first_token_ms']} ms to first token)", file=self.out, flush=True)
         elif k == "transcript":
             print(f"[{ev['t_start']:8.1f}s] {ev['text']}", file=self.out, flush=True)
+        elif k == "response.withheld":
+            print(f"[{ev['t']:8.1f}s] (withheld, confidence {ev['confidence']}: {ev['text']!r})", file=self.err)
         elif k == "decision":
             print(f"[{ev['t']:8.1f}s] p(respond) {ev['p_respond']:.3f}", file=self.err)
         elif k == "warning":
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         from .sessions import SessionConfig
 
         opts = ListenerOptions(
-            loop=LoopOptions(instruction=args.instruction, sensitivity=args.sensitivity,
+            loop=LoopOptions(instruction=args.instruction, sensitivity=args.sensitivity, min_confidence=args.min_confidence,
                              max_response_tokens=args.max_response_tokens, fifo=not args.no_fifo, context=args.context),
             session=SessionConfig(provider=args.provider, threads=args.threads, strict=args.strict_provider),
             decoder_threads=args.decoder_threads, stats_interval=args.stats_interval,

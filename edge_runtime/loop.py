@@ -32,7 +32,10 @@ class LoopOptions:
     max_response_tokens: a response is cut (and closed with <end>) after this many tokens.
     fifo: prefill every queued chunk in one call (True) or one call per chunk (False).
     context: tokens the KV cache may hold (None: the bundle's max_context).
-    evict_fraction: share of the window (after the sink) dropped per eviction."""
+    evict_fraction: share of the window (after the sink) dropped per eviction.
+    min_confidence: 0..1; when above 0 a response is generated whole before any of it is emitted,
+        and one whose confidence (the lowest probability of any token chosen, <end> included) is
+        under it is not said: a ``response.withheld`` event carries it instead."""
 
     instruction: str | None = None
     sensitivity: float = 0.5
@@ -40,12 +43,15 @@ class LoopOptions:
     fifo: bool = True
     context: int | None = None
     evict_fraction: float = 0.5
+    min_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sensitivity <= 1.0:
             raise ValueError(f"sensitivity must be in [0, 1], got {self.sensitivity}")
         if self.max_response_tokens < 1:
             raise ValueError(f"max_response_tokens must be >= 1, got {self.max_response_tokens}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
         if not 0.05 <= self.evict_fraction <= 0.95:
             raise ValueError(f"evict_fraction must be in [0.05, 0.95], got {self.evict_fraction}")
         if self.context is not None and self.context < 64:
@@ -202,6 +208,7 @@ class DecisionLoop:
         self.decision_lag_ms = Samples()
         self.first_token_ms = Samples()
         self.responses = 0
+        self.withheld = 0
 
     def process(self, chunks: list[Chunk]) -> None:
         """Prefill ``chunks`` (a FIFO backlog) in one call and decide once, after the last."""
@@ -227,9 +234,13 @@ class DecisionLoop:
             self._pending = self._silent
 
     def _respond_to(self, chunk: Chunk, t_decided: float) -> None:
-        self.responses += 1
+        """Generate greedily after <respond>. Streamed delta by delta, or, with ``min_confidence``,
+        held until <end> and then said whole or withheld. Either way every token is fed, so the
+        model's context is the same whether or not the response was said."""
         t = round(chunk.t_end, 3)
-        self.emit({"type": "response.start", "t": t})
+        hold = self.opts.min_confidence > 0.0
+        if not hold:
+            self.emit({"type": "response.start", "t": t})
         logits = self.ctx.feed(self._respond)
         ids: list[int] = []
         text_sent, first_ms, confidence = "", None, 1.0
@@ -239,11 +250,10 @@ class DecisionLoop:
             if nxt == self.end_id:
                 break
             ids.append(nxt)
-            if first_ms is None:
+            if first_ms is None and not hold:
                 first_ms = 1000 * (time.monotonic() - t_decided)
-                self.first_token_ms.add(first_ms)
             text = self.b.tokenizer.decode(ids)
-            if len(text) > len(text_sent) and not text.endswith("\ufffd"):  # whole characters only
+            if not hold and len(text) > len(text_sent) and not text.endswith("\ufffd"):  # whole characters only
                 self.emit({"type": "response.delta", "t": t, "text": text[len(text_sent) :]})
                 text_sent = text
             if len(ids) >= self.opts.max_response_tokens or self.should_stop():
@@ -254,9 +264,22 @@ class DecisionLoop:
         else:  # cut short: the last token was not fed yet; it and <end> ride with the next chunk
             self._pending = np.concatenate([self.b.embed([nxt]), self._end])
         text = self.b.tokenizer.decode(ids)
+        total_ms = round(1000 * (time.monotonic() - t_decided), 2)
+        if hold and confidence < self.opts.min_confidence:
+            self.withheld += 1
+            self.emit({"type": "response.withheld", "t": t, "text": text, "confidence": round(confidence, 4),
+                       "total_ms": total_ms, "tokens": len(ids)})
+            return
+        self.responses += 1
+        if hold:
+            self.emit({"type": "response.start", "t": t})
+            if ids:
+                first_ms = total_ms  # the listener hears nothing before the whole response is checked
+        if first_ms is not None:
+            self.first_token_ms.add(first_ms)
         if len(text) > len(text_sent):
             self.emit({"type": "response.delta", "t": t, "text": text[len(text_sent) :]})
         self.emit({"type": "response.end", "t": t, "text": text,
                    "first_token_ms": round(first_ms, 2) if first_ms is not None else None,
-                   "total_ms": round(1000 * (time.monotonic() - t_decided), 2), "tokens": len(ids),
+                   "total_ms": total_ms, "tokens": len(ids),
                    "confidence": round(confidence, 4)})

@@ -68,24 +68,19 @@ def wer_counts(ref: list[str], hyp: list[str]) -> int:
     return int(d[-1])
 
 
-def run_listener(bundle, audio: np.ndarray, instruction: str, sensitivity: float = 0.5) -> list[dict]:
+def run_listener(bundle, audio: np.ndarray, instruction: str, sensitivity: float = 0.5,
+                 min_confidence: float = 0.0) -> list[dict]:
     from edge_runtime.listener import Listener, ListenerOptions
     from edge_runtime.loop import LoopOptions
 
     events: list[dict] = []
-    opts = ListenerOptions(loop=LoopOptions(instruction=instruction, sensitivity=sensitivity))
+    opts = ListenerOptions(loop=LoopOptions(instruction=instruction, sensitivity=sensitivity,
+                                                 min_confidence=min_confidence))
     with Listener(bundle, callback=events.append, feed_live=False, options=opts) as li:
         li.feed(audio)
         li.close_input()
         li.join(600)
     return events
-
-
-def withhold(events: list[dict], below: float) -> list[dict]:
-    """The events without the responses whose ``confidence`` is under ``below``: what a runtime that
-    withheld unsure responses would have said (a measurement for choosing such a threshold)."""
-    return [e for e in events
-            if not (e["type"] == "response.end" and e.get("confidence") is not None and e["confidence"] < below)]
 
 
 def window_end(ev: dict) -> float:
@@ -200,19 +195,19 @@ def build_set(name: str, n: int, seconds: float, seed_base: int = SEED_BASE, voi
 
 def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: list[str] | None = None,
                     keep_examples: int = 6, sensitivity: float = 0.5, seed_base: int = SEED_BASE,
-                    voices: str = "heldout", withhold_below: float = 0.0) -> dict:
+                    voices: str = "heldout", min_confidence: float = 0.0) -> dict:
     from edge_runtime.model import Bundle
 
     bundle = Bundle(bundle_path)
     report = {"bundle": str(bundle_path), "streams_per_set": n, "stream_seconds": seconds,
               "sensitivity": sensitivity, "seed_base": seed_base, "voices": voices,
-              "withhold_below": withhold_below, "sets": {}}
+              "min_confidence": min_confidence, "sets": {}}
     for name in sets or list(SETS):
         t0 = time.monotonic()
         streams = build_set(name, n, seconds, seed_base, voices)
         scored, examples = [], []
         for s in streams:
-            evs = withhold(run_listener(bundle, s.audio, s.instruction, sensitivity), withhold_below)
+            evs = run_listener(bundle, s.audio, s.instruction, sensitivity, min_confidence)
             sc_ = score_stream(s.to_dict(), evs)
             scored.append(sc_)
             for r in sc_["matched"]:
@@ -242,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--examples", type=int, default=6, help="error examples kept per set in the report")
     ap.add_argument("--training-voices", action="store_true",
                     help="a diagnostic: the same sets spoken in training voices (espeak-ng, festival ked), not held-out ones")
-    ap.add_argument("--withhold-below", type=float, default=0.0, metavar="P",
-                    help="score as if responses with confidence under P had not been said (default 0: all count)")
+    ap.add_argument("--min-confidence", "--withhold-below", type=float, default=0.0, metavar="P",
+                    help="as edge-listen --min-confidence: responses with confidence under P are withheld (default 0)")
     ap.add_argument("--out", help="write the report (JSON) here")
     args = ap.parse_args(argv)
     if args.bundle is None:
@@ -252,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         args.bundle = str(DEFAULT_BUNDLE)
     report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","), keep_examples=args.examples,
                              sensitivity=args.sensitivity, seed_base=TUNING_SEED_BASE if args.tuning else SEED_BASE,
-                             voices="train" if args.training_voices else "heldout", withhold_below=args.withhold_below)
+                             voices="train" if args.training_voices else "heldout", min_confidence=args.min_confidence)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text)

@@ -216,6 +216,20 @@ def test_console_view(tiny_bundle, wav):
     assert out.count("ms to first token") == 15  # sensitivity 1: a response after every chunk
 
 
+def test_min_confidence_withholds_and_is_checked(tiny_bundle, wav):
+    args = ("--bundle", str(tiny_bundle[0]), "--input", str(wav), "--fast", "--no-fifo", "--sensitivity", "1.0",
+            "--max-response-tokens", "3")
+    code, out, err = listen(*args, "--min-confidence", "1.0")  # no token of a random model is that sure
+    assert code == 0, err
+    assert "ms to first token" not in out and err.count("(withheld, confidence") == 15
+    code, out, err = listen(*args, "--jsonl", "--min-confidence", "1.0")
+    evs = events_of(out)
+    assert not [e for e in evs if e["type"].startswith("response.") and e["type"] != "response.withheld"]
+    assert evs[-2]["withheld"] == 15 and evs[-2]["responses"] == 0
+    code, out, err = listen(*args, "--min-confidence", "1.5")
+    assert code == 2 and "min_confidence must be in [0, 1]" in one_line_error(err)
+
+
 def test_bundle_by_name(tiny_bundle, wav, tmp_path):
     env = subprocess_env()
     (tmp_path / "bundles").mkdir()

@@ -155,3 +155,33 @@ def test_response_confidence_is_the_greedy_tokens_probability():
 
     assert _p_top(np.log(np.array([1.0, 3.0], dtype=np.float32))) == pytest.approx(0.75)
     assert _p_top(np.array([[0.0, 50.0, 0.0]], dtype=np.float16)) == pytest.approx(1.0)
+
+
+def test_min_confidence_withholds_unsure_responses_and_keeps_the_context(tiny_bundle, monkeypatch):
+    from edge_runtime import loop
+
+    p_top = loop._p_top
+    monkeypatch.setattr(loop, "_p_top", lambda x: round(p_top(x), 4))  # the gate then sees what events report
+    b = Bundle(tiny_bundle[0])
+    audio = speechlike(8.0)
+    say = [2, 5, 8, 11, 14, 17]
+    free = _run_feed(b, audio, 400, LoopOptions(max_response_tokens=6, fifo=False), ScriptedDecider(say))
+    ends = [e for e in free if e["type"] == "response.end"]
+    conf = sorted(e["confidence"] for e in ends)
+    assert len(ends) == len(say) and conf[0] < conf[-1]
+    p = next(c for c in conf if c > conf[0])  # the least confident are withheld, the others said
+    held = _run_feed(b, audio, 400, LoopOptions(max_response_tokens=6, fifo=False, min_confidence=p), ScriptedDecider(say))
+    # every token is fed either way, so the model decides exactly as before
+    np.testing.assert_allclose([q for _, q in _decisions(held)], [q for _, q in _decisions(free)], atol=1e-5)
+    said = [(e["t"], e["text"]) for e in held if e["type"] == "response.end"]
+    withheld = [(e["t"], e["text"], e["confidence"]) for e in held if e["type"] == "response.withheld"]
+    assert said == [(e["t"], e["text"]) for e in ends if e["confidence"] >= p]
+    assert withheld == [(e["t"], e["text"], e["confidence"]) for e in ends if e["confidence"] < p]
+    assert said and withheld
+    kinds = [e["type"] for e in held if e["type"].startswith("response.")]
+    for i, k in enumerate(kinds):  # a said response arrives whole: start, one delta, end
+        if k == "response.start":
+            assert kinds[i + 1:i + 3] == ["response.delta", "response.end"] or kinds[i + 1] == "response.end"
+    assert held[-2]["type"] == "stats" and held[-2]["withheld"] == len(withheld) and held[-2]["responses"] == len(said)
+    with pytest.raises(ValueError, match="min_confidence"):
+        LoopOptions(min_confidence=1.5)
