@@ -58,8 +58,11 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
             raise ValueError(f"{path}: no field {key}")
         cfg[section][name] = value
     chosen = cfg["train"].get("export_checkpoint", "best")
-    if chosen not in ("best", "final"):
-        raise ValueError(f"{path}: train.export_checkpoint must be \"best\" or \"final\", got {chosen!r}")
+    if chosen not in ("best", "final", "average"):
+        raise ValueError(f"{path}: train.export_checkpoint must be \"best\", \"final\" or \"average\", got {chosen!r}")
+    average = cfg["train"].get("average", [])
+    if chosen == "average" and not (isinstance(average, list) and len(average) >= 2):
+        raise ValueError(f"{path}: train.export_checkpoint \"average\" needs train.average: two or more checkpoints")
     sound_due = cfg["data"].get("sound_due")
     if sound_due is not None and not (isinstance(sound_due, (int, float)) and 0 <= sound_due <= 1.0):
         raise ValueError(f"{path}: data.sound_due must be null or seconds in [0, 1], got {sound_due!r}")
@@ -527,6 +530,36 @@ def _save_final(work: Path, model, tok, aux, step: int, cfg: dict) -> None:
         torch.save(aux.state_dict(), work / "final_aux.pt")
 
 
+def average_checkpoints(paths: list[Path], out: Path) -> Path:
+    """The element-wise mean of checkpoints of one model (the tokenizer and config of the last):
+    weights averaged along one fine-tuning path generalise a little better than any one of them."""
+    cks = [torch.load(str(p), map_location="cpu", weights_only=True) for p in paths]
+    ref = cks[-1]
+    for p, ck in zip(paths, cks):
+        if ck["tokenizer"] != ref["tokenizer"] or ck["config"] != ref["config"]:
+            raise ValueError(f"{p}: not the same model as {paths[-1]} (config or tokenizer differ), cannot average")
+    state = {}
+    for k, v in ref["state_dict"].items():
+        vs = [ck["state_dict"][k] for ck in cks]
+        state[k] = (sum(x.double() for x in vs) / len(vs)).to(v.dtype) if v.is_floating_point() else v
+    torch.save({**ref, "state_dict": state, "extra": {"averaged": [str(p) for p in paths]}}, str(out))
+    return out
+
+
+def _export_weights(cfg: dict, work: Path) -> Path:
+    """The checkpoint ``train.export_checkpoint`` names: best.pt, final.pt or the average of
+    ``train.average`` (paths, or "best" / "final" for this run's own) written to average.pt."""
+    chosen = cfg["train"].get("export_checkpoint", "best")
+    if chosen != "average":
+        return work / f"{chosen}.pt"
+    paths = [work / f"{p}.pt" if p in ("best", "final") else Path(p) for p in cfg["train"]["average"]]
+    out = work / "average.pt"
+    if out.exists() and all(out.stat().st_mtime >= p.stat().st_mtime for p in paths):
+        return out
+    print(f"average: {', '.join(map(str, paths))}", file=sys.stderr)
+    return average_checkpoints(paths, out)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -549,7 +582,7 @@ def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
     paths = build_data(cfg, work, mcfg, enc)
     t_data = time.monotonic() - t0
     train(cfg, work, model, tok, paths)
-    ckpt = work / f"{cfg['train'].get('export_checkpoint', 'best')}.pt"  # best.pt or final.pt
+    ckpt = _export_weights(cfg, work)
     t_train = time.monotonic() - t0 - t_data
     times = {"data_s": round(t_data, 1), "train_s": round(t_train, 1)}
     out = export_to or work / "bundle"

@@ -139,6 +139,8 @@ def test_recipe_smoke_resume_and_export(tmp_path, capsys):
     assert f"export: {ft / 'final.pt'}" in err and (ft / "final_aux.pt").exists()  # the last step's weights
     assert (ft / "bundle" / "manifest.json").exists()
     assert main(["--work", str(tmp_path / "bad"), "--smoke", "--set", 'train.export_checkpoint="last"']) == 2
+    assert main(["--work", str(tmp_path / "bad"), "--smoke", "--set", 'train.export_checkpoint="average"']) == 2
+    _average_is_the_mean_of_one_models_checkpoints(ft, work)
     assert all(np.isfinite(json.loads(x)["loss_dec"]) for x in (ft / "train_log.jsonl").read_text().splitlines())
 
     _key_decisions_weight_the_decision_loss(work)
@@ -310,6 +312,29 @@ def test_late_labels_move_a_response_one_chunk_when_the_next_is_free():
     assert late_labels(labels, 1.0, random.Random(0)) == [None, None, "a", None, "b", None, "c", "d"]
     moved = [late_labels(labels, 0.3, random.Random(i)).index("a") for i in range(400)]
     assert set(moved) == {1, 2} and 0.2 < moved.count(2) / 400 < 0.4
+
+
+def _average_is_the_mean_of_one_models_checkpoints(ft: Path, other: Path) -> None:
+    import torch
+
+    from edge_models.train import _export_weights, average_checkpoints
+
+    cfg = {"train": {"export_checkpoint": "average", "average": [str(other / "best.pt"), "best", "final"]}}
+    out = _export_weights(cfg, ft)
+    assert out == ft / "average.pt"
+    sds = [torch.load(str(p), weights_only=True)["state_dict"] for p in (other / "best.pt", ft / "best.pt", ft / "final.pt", out)]
+    moved = 0
+    for k, v in sds[-1].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (sds[0][k] + sds[1][k] + sds[2][k]) / 3, rtol=1e-6, atol=1e-6)
+            moved += not torch.equal(sds[0][k], sds[2][k])
+    assert moved > 0  # the fine-tune changed weights, so the mean is not any one of them
+    assert _export_weights(cfg, ft) == out and out.stat().st_mtime >= (ft / "final.pt").stat().st_mtime  # kept
+    ck = torch.load(str(ft / "final.pt"), weights_only=True)
+    ck["config"] = {**ck["config"], "name": "another"}
+    torch.save(ck, str(ft / "other.pt"))
+    with pytest.raises(ValueError, match="not the same model"):
+        average_checkpoints([ft / "other.pt", ft / "final.pt"], ft / "x.pt")
 
 
 def test_every_recipe_loads_and_has_every_field_of_the_default():
