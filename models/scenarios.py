@@ -244,6 +244,75 @@ DEFAULT_INSTRUCTION = "Answer when someone talks to you, and tell me if any alar
 TRANSCRIBE_INSTRUCTION = INSTRUCTIONS["transcribe"][0]
 
 
+# --------------------------------------------------------------------------- wider training wording
+# The "train+" split (recipe field ``data.wording``, stage 12 on) is the training wording plus the
+# lines below: more paraphrases per intent, slot values and requests it cannot serve, so that the
+# model hears more ways of saying each thing. Evaluation sets keep the "train" wording, so their
+# streams stay the same from stage to stage; the held-out lists are untouched (a test checks that
+# none of them occurs here either).
+INTENTS_MORE = {
+    "lights_on": ["lights in the {room} please", "could I have the {room} lights on", "flip on the {room} lights",
+                  "turn the lights on in the {room}", "the {room} needs some light", "can we get the {room} lights on"],
+    "lights_off": ["lights out in the {room}", "flip off the {room} lights", "turn the lights off in the {room}",
+                   "could you shut the {room} lights", "we're done with the {room} lights", "no more lights in the {room}"],
+    "timer": ["set me a timer for {duration}", "I need a timer for {duration}", "let me know when {duration} is up",
+              "timer {duration}", "could you time {duration}", "start counting down {duration}"],
+    "time": ["what's the time please", "tell me what time it is", "what hour is it", "is it noon yet",
+             "what does the clock say", "time check please"],
+    "weather": ["how's it looking outside", "what's the weather doing", "any rain today", "tell me the weather",
+                "is it warm out", "what's the temperature outside"],
+    "music": ["let's hear some {genre}", "throw on some {genre}", "how about some {genre} music",
+              "queue up some {genre}", "{genre} music please", "I'd love some {genre}"],
+    "stop_music": ["stop the song", "kill the music", "that's enough of that song", "pause the song",
+                   "end the music", "quiet the music please"],
+    "volume_up": ["turn the music up", "more volume please", "make the music louder", "pump up the volume",
+                  "I want it louder", "louder than that"],
+    "volume_down": ["turn the music down", "less volume please", "make the music quieter", "not so loud",
+                    "I want it quieter", "ease off the volume"],
+    "thermostat": ["set the heating to {temp} degrees", "change the thermostat to {temp}", "{temp} degrees please",
+                   "keep the house at {temp} degrees", "adjust the temperature to {temp}", "can I have it at {temp} degrees"],
+}
+WORDING_MORE = {
+    "ROOMS": ["pantry", "closet", "sunroom", "playroom", "workshop", "balcony", "patio", "loft", "utility room",
+              "kids room", "spare bedroom", "upstairs hall", "downstairs bathroom", "games room", "library"],
+    "DURATIONS": [f"{n} {u}" for n in ("thirteen", "fourteen", "sixteen", "seventeen", "eighteen", "nineteen",
+                                       "twenty two", "fifty", "seventy") for u in ("minutes", "seconds")]
+                 + ["four hours", "ten hours", "two and a half minutes"],
+    # every whole degree from 55 to 85 that is not held out
+    "TEMPERATURES": [str(n) for n in range(55, 86) if str(n) not in TEMPERATURES["train"] + TEMPERATURES["heldout"]],
+    "GENRES": ["metal", "disco", "gospel", "techno", "funk", "punk", "ambient", "salsa", "swing", "indie"],
+    "UNKNOWN": ["book a train to London", "order some flowers", "call my brother", "email my teacher",
+                "what's the population of China", "pay my phone bill", "tell me a story", "set up a meeting",
+                "turn on the oven", "unlock the car", "open the shed", "wash the dishes", "buy a new lamp",
+                "find a good restaurant", "what's two plus two", "who is the president", "share this photo",
+                "check my bank balance", "make a video call", "order cat food", "fold the laundry",
+                "print my boarding pass", "sweep the kitchen floor", "what year was I born",
+                "play a movie on the TV", "start the washing machine", "bake a cake", "fix the sink",
+                "find a plumber", "what's the meaning of life"],
+    "CONVERSATION": ["can you grab the milk from the fridge", "I think the match starts at four",
+                     "the bus was packed this morning", "your sister called while you were out",
+                     "we should fix that squeaky door", "the heating bill was huge this month",
+                     "here is the news at six o'clock", "and now the traffic and travel update",
+                     "the lights in the office flicker all day", "turn down the street by the school",
+                     "I set the table already", "the music teacher is off sick"],
+    "NEAR_MISSES": ["the edge of the pool is slippery", "he's sitting on the edge of his seat",
+                    "the knife has lost its edge", "my nerves are on edge", "the hedge needs trimming again",
+                    "we reached the edge of the map", "there's a chip on the edge of the mug"],
+    "OTHER_NAMES": ["Jack", "Sophie", "Peter", "Lucy", "Chris", "Nina"],
+}
+ROOMS["train+"] = ROOMS["train"] + WORDING_MORE["ROOMS"]
+DURATIONS["train+"] = DURATIONS["train"] + WORDING_MORE["DURATIONS"]
+TEMPERATURES["train+"] = TEMPERATURES["train"] + WORDING_MORE["TEMPERATURES"]
+GENRES["train+"] = GENRES["train"] + WORDING_MORE["GENRES"]
+UNKNOWN["train+"] = UNKNOWN["train"] + WORDING_MORE["UNKNOWN"]
+CONVERSATION["train+"] = CONVERSATION["train"] + WORDING_MORE["CONVERSATION"]
+NEAR_MISSES["train+"] = NEAR_MISSES["train"] + WORDING_MORE["NEAR_MISSES"]
+OTHER_NAMES["train+"] = OTHER_NAMES["train"] + WORDING_MORE["OTHER_NAMES"]
+_TENS, _UNITS = {5: "fifty", 6: "sixty", 7: "seventy", 8: "eighty"}, ["", *NUMBERS[:9]]
+NUMBER_WORDS.update({t: f"{_TENS[int(t) // 10]} {_UNITS[int(t) % 10]}".strip() for t in WORDING_MORE["TEMPERATURES"]})
+WORDINGS = ("train", "train+", "heldout")
+
+
 def join_names(names: list[str]) -> str:
     if len(names) == 1:
         return names[0]
@@ -275,14 +344,16 @@ def request(rng: random.Random, split: str, intent: str | None = None) -> tuple[
     temp, genre = rng.choice(TEMPERATURES[split]), rng.choice(GENRES[split])
     spoken = {"room": room, "duration": dur, "temp": NUMBER_WORDS[temp], "genre": genre}
     said = {"room": room, "duration": dur, "temp": temp, "genre": genre}
-    return _fill(rng.choice(templates if split == "train" else held), spoken), intent, _fill(reply, said)
+    if split == "train+":
+        templates = templates + INTENTS_MORE[intent]
+    return _fill(rng.choice(held if split == "heldout" else templates), spoken), intent, _fill(reply, said)
 
 
 def command(rng: random.Random, split: str, intent: str | None = None) -> Utterance:
     """An addressed request: a known intent (with slots) or, for intent 'unknown', one it cannot serve.
     Held-out commands use held-out templates and slot values; the wake phrase may be either."""
     body, intent, reply = request(rng, split, intent)
-    wake = rng.choice(WAKE["train"] if split == "train" else WAKE["heldout"] + WAKE["train"])
+    wake = rng.choice(WAKE["heldout"] + WAKE["train"] if split == "heldout" else WAKE["train"])
     return Utterance(_fill(wake, {"c": body}), True, intent, reply)
 
 
@@ -305,7 +376,7 @@ def instruction(rng: random.Random, mode: str, watch: list[str] | None = None) -
     return rng.choice(INSTRUCTIONS[mode]).format(x=join_names(names))
 
 
-def all_texts() -> list[str]:
+def all_texts(split: str = "train") -> list[str]:
     """Every string the training streams can contain (for the BPE): spoken lines, responses, instructions."""
     rng = random.Random(0)
     out = [DEFAULT_INSTRUCTION, SORRY, *SOUND_RESPONSES.values()]
@@ -314,7 +385,7 @@ def all_texts() -> list[str]:
     for c, names in SOUND_NAMES.items():
         out += names
     for _ in range(4000):
-        out.append(command(rng, "train").text)
-        out.append(command(rng, "train").response or "")
-        out.append(not_addressed(rng, "train").text)
+        out.append(command(rng, split).text)
+        out.append(command(rng, split).response or "")
+        out.append(not_addressed(rng, split).text)
     return out

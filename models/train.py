@@ -63,6 +63,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     average = cfg["train"].get("average", [])
     if chosen == "average" and not (isinstance(average, list) and len(average) >= 2):
         raise ValueError(f"{path}: train.export_checkpoint \"average\" needs train.average: two or more checkpoints")
+    if cfg["data"].get("wording", "train") not in ("train", "train+"):
+        raise ValueError(f"{path}: data.wording must be \"train\" or \"train+\", got {cfg['data']['wording']!r}")
     sound_due = cfg["data"].get("sound_due")
     if sound_due is not None and not (isinstance(sound_due, (int, float)) and 0 <= sound_due <= 1.0):
         raise ValueError(f"{path}: data.sound_due must be null or seconds in [0, 1], got {sound_due!r}")
@@ -113,7 +115,7 @@ def build_tokenizer(cfg: dict, work: Path):
         tok.save(str(path))
         print(f"tokenizer: {tok.get_vocab_size()} tokens from {cfg['train']['init']} -> {path}", file=sys.stderr)
         return tok
-    tok = train_bpe(sc.all_texts(), cfg["model"]["vocab_size"])
+    tok = train_bpe(sc.all_texts(cfg["data"].get("wording", "train")), cfg["model"]["vocab_size"])
     tok.save(str(path))
     print(f"tokenizer: {tok.get_vocab_size()} tokens -> {path}", file=sys.stderr)
     return tok
@@ -173,7 +175,8 @@ def build_data(cfg: dict, work: Path, mcfg: ModelConfig, enc) -> dict[str, Path]
     # validation (checkpoint choice): training wording in held-out voices and sound seeds; the
     # acceptance evaluation (evaluate.py) uses other seeds, and held-out wording as well
     first = d.get("train_seed_start", 0)
-    plan = {"train": ("train", None, range(first, first + d["train_streams"])),
+    wording = d.get("wording", "train")  # "train+": the wider training wording (scenarios.py)
+    plan = {"train": (wording, None if wording == "train" else "train", range(first, first + d["train_streams"])),
             "val": ("train", "heldout", range(100000, 100000 + d["val_streams"]))}
     paths = {}
     for name, (split, voice_split, seeds) in plan.items():

@@ -38,17 +38,25 @@ def test_instruction_modes_label_differently():
     assert all(e.response is None for e in b.events if e.kind == "speech")
 
 
-def test_heldout_wording_never_in_training_text():
+@pytest.mark.parametrize("wording", ["train", "train+"])
+def test_heldout_wording_never_in_training_text(wording):
     rng = random.Random(0)
     train_text = " | ".join(
-        [sc.command(rng, "train").text for _ in range(3000)] + [sc.not_addressed(rng, "train").text for _ in range(3000)]
-        + [sc.command(rng, "train").response for _ in range(3000)]
+        [sc.command(rng, wording).text for _ in range(4000)] + [sc.not_addressed(rng, wording).text for _ in range(4000)]
+        + [sc.command(rng, wording).response for _ in range(4000)]
     ).lower()
     held = (sc.ROOMS["heldout"] + sc.DURATIONS["heldout"] + sc.GENRES["heldout"] + sc.UNKNOWN["heldout"]
             + sc.CONVERSATION["heldout"] + sc.NEAR_MISSES["heldout"] + sc.OTHER_NAMES["heldout"])
     held += [t.split("{")[0].strip() for _, h, _ in sc.INTENTS.values() for t in h if len(t.split("{")[0].strip()) > 8]
+    held += [f"to {t} degrees" for t in sc.TEMPERATURES["heldout"]]
+    held += [f"{sc.NUMBER_WORDS[t]} degrees" for t in sc.TEMPERATURES["heldout"]]
     leaks = [h for h in held if h.lower() in train_text]
     assert not leaks, leaks
+    wider = sc.WORDING_MORE["UNKNOWN"] + sc.WORDING_MORE["ROOMS"]  # the wider wording is used, and only there
+    if wording == "train+":
+        assert sum(w.lower() in train_text for w in wider) > len(wider) // 2
+    else:
+        assert not [w for w in wider if f" {w.lower()} " in f" {train_text} "]
 
 
 def test_scoring_matches_false_and_latency():
