@@ -300,14 +300,10 @@ WORDING_MORE = {
                     "we reached the edge of the map", "there's a chip on the edge of the mug"],
     "OTHER_NAMES": ["Jack", "Sophie", "Peter", "Lucy", "Chris", "Nina"],
 }
-ROOMS["train+"] = ROOMS["train"] + WORDING_MORE["ROOMS"]
-DURATIONS["train+"] = DURATIONS["train"] + WORDING_MORE["DURATIONS"]
-TEMPERATURES["train+"] = TEMPERATURES["train"] + WORDING_MORE["TEMPERATURES"]
-GENRES["train+"] = GENRES["train"] + WORDING_MORE["GENRES"]
-UNKNOWN["train+"] = UNKNOWN["train"] + WORDING_MORE["UNKNOWN"]
-CONVERSATION["train+"] = CONVERSATION["train"] + WORDING_MORE["CONVERSATION"]
-NEAR_MISSES["train+"] = NEAR_MISSES["train"] + WORDING_MORE["NEAR_MISSES"]
-OTHER_NAMES["train+"] = OTHER_NAMES["train"] + WORDING_MORE["OTHER_NAMES"]
+_TABLES = {"ROOMS": ROOMS, "DURATIONS": DURATIONS, "TEMPERATURES": TEMPERATURES, "GENRES": GENRES, "UNKNOWN": UNKNOWN,
+           "CONVERSATION": CONVERSATION, "NEAR_MISSES": NEAR_MISSES, "OTHER_NAMES": OTHER_NAMES}
+for _name, _more in WORDING_MORE.items():
+    _TABLES[_name]["train+"] = _TABLES[_name]["train"] + _more
 _TENS, _UNITS = {5: "fifty", 6: "sixty", 7: "seventy", 8: "eighty"}, ["", *NUMBERS[:9]]
 NUMBER_WORDS.update({t: f"{_TENS[int(t) // 10]} {_UNITS[int(t) % 10]}".strip() for t in WORDING_MORE["TEMPERATURES"]})
 WORDINGS = ("train", "train+", "heldout")
