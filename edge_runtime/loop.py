@@ -250,12 +250,13 @@ class DecisionLoop:
             if nxt == self.end_id:
                 break
             ids.append(nxt)
-            if first_ms is None and not hold:
-                first_ms = 1000 * (time.monotonic() - t_decided)
-            text = self.b.tokenizer.decode(ids)
-            if not hold and len(text) > len(text_sent) and not text.endswith("\ufffd"):  # whole characters only
-                self.emit({"type": "response.delta", "t": t, "text": text[len(text_sent) :]})
-                text_sent = text
+            if not hold:  # streamed: first token time, and each new whole character as it comes
+                if first_ms is None:
+                    first_ms = 1000 * (time.monotonic() - t_decided)
+                text = self.b.tokenizer.decode(ids)
+                if len(text) > len(text_sent) and not text.endswith("\ufffd"):
+                    self.emit({"type": "response.delta", "t": t, "text": text[len(text_sent) :]})
+                    text_sent = text
             if len(ids) >= self.opts.max_response_tokens or self.should_stop():
                 break
             logits = self.ctx.feed(self.b.embed([nxt]))

@@ -534,8 +534,9 @@ def _save_final(work: Path, model, tok, aux, step: int, cfg: dict) -> None:
 
 
 def average_checkpoints(paths: list[Path], out: Path) -> Path:
-    """The element-wise mean of checkpoints of one model (the tokenizer and config of the last):
-    weights averaged along one fine-tuning path generalise a little better than any one of them."""
+    """The element-wise mean of checkpoints of one model (the tokenizer and config of the last),
+    for example the stages of one fine-tuning path; whether it beats the last is for the tuning
+    evaluation to say (it did for stage 11, not for stage 12)."""
     cks = [torch.load(str(p), map_location="cpu", weights_only=True) for p in paths]
     ref = cks[-1]
     for p, ck in zip(paths, cks):
