@@ -105,12 +105,16 @@ class Speaker:
 def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None = None,
                 speaker: Speaker | None = None, voices_per_stream: int = 3, voice_split: str | None = None,
                 kinds: dict[str, float] | None = None, warp: float = 0.0,
-                modes: dict[str, float] | None = None) -> Stream:
+                modes: dict[str, float] | None = None, mode_kinds: dict[str, dict[str, float]] | None = None,
+                intents: dict[str, float] | None = None) -> Stream:
     """One scripted stream. ``seed`` fixes everything (voices, words, sounds, levels, timing).
     ``split`` picks the wording, ``voice_split`` (default: the same) the voices; ``kinds``
     overrides how often each kind of event occurs, ``modes`` how often each instruction mode is
     drawn when ``mode`` is not given (default ``MODES``). ``warp`` > 0: each utterance is resampled by a
-    random factor in [1 - warp, 1 + warp] (pitch, formants and tempo together: another vocal tract)."""
+    random factor in [1 - warp, 1 + warp] (pitch, formants and tempo together: another vocal tract).
+    ``mode_kinds`` overrides the kinds of events per mode ({mode: {kind: weight}}; a recipe's
+    ``data.kinds``), ``intents`` how often each intent of an addressed request is drawn
+    ({intent or "unknown": weight}; a recipe's ``data.intents``; default: all equally often)."""
     rng = random.Random(f"{split}:{voice_split}:{seed}" if voice_split else f"{split}:{seed}")
     speaker = speaker or Speaker()
     mode = mode or _pick(rng, modes or MODES)
@@ -128,10 +132,10 @@ def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None 
     audio = synth.background(rng, n).astype(np.float64)
     events: list[Event] = []
     t = rng.uniform(0.4, 2.5)
-    kinds = kinds or _event_kinds(mode)
+    kinds = kinds or (mode_kinds or {}).get(mode) or _event_kinds(mode)
     while True:
         kind = _pick(rng, kinds)
-        ev, x = _event(rng, kind, split, mode, watch, voices, speaker, warp)
+        ev, x = _event(rng, kind, split, mode, watch, voices, speaker, warp, intents)
         if t + len(x) / synth.SR + 0.8 > duration:
             break
         i = int(t * synth.SR)
@@ -152,9 +156,12 @@ def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None 
     return Stream(audio.astype(np.float32), instr, mode, watch, events, labels)
 
 
-def _event(rng, kind, split, mode, watch, voices, speaker, warp=0.0) -> tuple[Event, np.ndarray]:
+def _event(rng, kind, split, mode, watch, voices, speaker, warp=0.0, intents=None) -> tuple[Event, np.ndarray]:
     if kind in ("command", "other_speech"):
-        u = sc.command(rng, split) if kind == "command" else sc.not_addressed(rng, split)
+        if kind == "command":
+            u = sc.command(rng, split, _pick(rng, intents) if intents else None)
+        else:
+            u = sc.not_addressed(rng, split)
         voice = rng.choice(voices)
         x = speaker(u.text, voice)
         if warp > 0 and rng.random() < 0.7:

@@ -68,10 +68,29 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     sound_due = cfg["data"].get("sound_due")
     if sound_due is not None and not (isinstance(sound_due, (int, float)) and 0 <= sound_due <= 1.0):
         raise ValueError(f"{path}: data.sound_due must be null or seconds in [0, 1], got {sound_due!r}")
+    for mode, table in (cfg["data"].get("kinds") or {}).items():
+        _check_weights(path, f"data.kinds.{mode}", table, ("command", "other_speech", "watched", "alert_sound", "distractor"))
+        if mode not in st.MODES:
+            raise ValueError(f"{path}: data.kinds: unknown mode {mode!r} (one of {', '.join(st.MODES)})")
+    if cfg["data"].get("intents"):
+        _check_weights(path, "data.intents", cfg["data"]["intents"], (*sc.INTENTS, "unknown"))
     lm_dropout = cfg["train"].get("lm_dropout", 0.0)
     if not (isinstance(lm_dropout, (int, float)) and 0 <= lm_dropout < 1):
         raise ValueError(f"{path}: train.lm_dropout must be a probability in [0, 1), got {lm_dropout!r}")
     return cfg
+
+
+def _check_weights(path, name: str, table, allowed: tuple[str, ...]) -> None:
+    """A recipe's table of relative frequencies: known keys, weights >= 0, not all zero."""
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"{path}: {name} must be a table of weights")
+    for key, w in table.items():
+        if key not in allowed:
+            raise ValueError(f"{path}: {name}: unknown key {key!r} (one of {', '.join(allowed)})")
+        if not isinstance(w, (int, float)) or w < 0:
+            raise ValueError(f"{path}: {name}.{key} must be a weight >= 0, got {w!r}")
+    if sum(table.values()) <= 0:
+        raise ValueError(f"{path}: {name}: the weights are all zero")
 
 
 class Progress:
@@ -122,12 +141,13 @@ def build_tokenizer(cfg: dict, work: Path):
 
 
 def _make_shard(args) -> dict:
-    split, voice_split, seeds, seconds, warp, modes = args
+    split, voice_split, seeds, seconds, warp, modes, mode_kinds, intents = args
     torch.set_num_threads(1)
     speaker = st.Speaker()
     out = []
     for s in seeds:
-        stream = st.make_stream(s, split, seconds, speaker=speaker, voice_split=voice_split, warp=warp, modes=modes)
+        stream = st.make_stream(s, split, seconds, speaker=speaker, voice_split=voice_split, warp=warp, modes=modes,
+                                mode_kinds=mode_kinds, intents=intents)
         out.append({"audio": stream.audio, "meta": stream.to_dict()})
     return {"streams": out}
 
@@ -187,8 +207,10 @@ def build_data(cfg: dict, work: Path, mcfg: ModelConfig, enc) -> dict[str, Path]
         if path.exists():
             continue
         seeds = list(seeds)
-        warp, modes = (d.get("warp", 0.0), d.get("modes")) if name == "train" else (0.0, None)
-        shards = [(split, voice_split, seeds[i : i + 8], d["stream_seconds"], warp, modes)
+        # the recipe's mix (modes, kinds of events, intents) shapes the training streams only;
+        # validation keeps the default mix, so that losses compare across stages
+        mix = (d.get("warp", 0.0), d.get("modes"), d.get("kinds"), d.get("intents")) if name == "train" else (0.0, None, None, None)
+        shards = [(split, voice_split, seeds[i : i + 8], d["stream_seconds"], *mix)
                   for i in range(0, len(seeds), 8)]
         prog = Progress(f"data[{name}] streams", len(seeds))
         metas, feats = [], []

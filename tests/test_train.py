@@ -393,3 +393,30 @@ def test_eval_sets_speak_in_held_out_voices_unless_asked_for_training_ones():
 
     assert engines("heldout") and engines("heldout") <= {"flite", "festival-kal"}
     assert engines("train") and engines("train") <= {"espeak-ng", "festival-ked"}
+
+
+def test_recipe_mix_of_events_and_intents_shapes_the_streams_and_is_checked():
+    from edge_models.train import load_config
+
+    only_unwatched = st.make_stream(5, "train", 30.0, mode="alerts", mode_kinds={"alerts": {"alert_sound": 1}})
+    assert only_unwatched.events and all(ev.kind == "sound" and not ev.meta["watched"] for ev in only_unwatched.events)
+    assert not any(ev.response for ev in only_unwatched.events)
+    # a table for another mode leaves this one's default mix alone
+    plain = st.make_stream(5, "train", 30.0, mode="alerts")
+    assert st.make_stream(5, "train", 30.0, mode="alerts", mode_kinds={"assistant": {"command": 1}}).to_dict() == plain.to_dict()
+
+    asked = st.make_stream(6, "train", 40.0, mode="assistant", mode_kinds={"assistant": {"command": 1}},
+                           intents={"volume_down": 1, "thermostat": 0})
+    intents = [ev.meta["intent"] for ev in asked.events]
+    assert len(intents) >= 3 and set(intents) == {"volume_down"}
+    assert all(ev.response == "Turning the volume down." for ev in asked.events)
+
+    default = Path(__file__).resolve().parents[1] / "models" / "recipes" / "default.json"
+    assert load_config(default)["data"]["kinds"] is None and load_config(default)["data"]["intents"] is None
+    for bad, match in (({"data.kinds": {"alerts": {"sirens": 1}}}, "unknown key 'sirens'"),
+                       ({"data.kinds": {"karaoke": {"command": 1}}}, "unknown mode 'karaoke'"),
+                       ({"data.intents": {"lights_on": -1}}, "weight >= 0"),
+                       ({"data.intents": {"lights_on": 0}}, "all zero"),
+                       ({"data.intents": {"open_door": 1}}, "unknown key 'open_door'")):
+        with pytest.raises(ValueError, match=match):
+            load_config(default, bad)
