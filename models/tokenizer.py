@@ -27,10 +27,13 @@ TINY_CORPUS = [
 ]
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Byte-level BPE with the control tokens and a pad token as added special tokens."""
+def train_bpe(texts: Iterable[str], vocab_size: int, split_digits: bool = False) -> Tokenizer:
+    """Byte-level BPE with the control tokens and a pad token as added special tokens
+    (``split_digits``: every digit its own token, see ``split_digits``)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        set_split_digits(tok)
     tok.decoder = decoders.ByteLevel()
     specials = [PAD, *CONTROL_TOKENS.values()]
     trainer = trainers.BpeTrainer(
@@ -40,6 +43,16 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer)
+    return tok
+
+
+def set_split_digits(tok: Tokenizer) -> Tokenizer:
+    """Encode every digit as its own token, and the space before a number as a lone "Ġ"
+    (" 73" -> "Ġ", "7", "3"), so that a number the model never said is made of the same tokens as
+    those it did ("seventy three" -> 7, 3) instead of one token per number the BPE happened to see.
+    Only encoding changes: every token is in the byte-level alphabet, and decoding is the same."""
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
     return tok
 
 

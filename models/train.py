@@ -42,7 +42,7 @@ from . import streams as st
 from .audio_interaction import AudioInteractionModel, build_model
 from .checkpoint import save_checkpoint
 from .config import ModelConfig, preset
-from .tokenizer import control_token_ids, train_bpe
+from .tokenizer import control_token_ids, set_split_digits, train_bpe
 
 DEFAULT_CONFIG = Path(__file__).with_name("recipes") / "default.json"
 
@@ -124,17 +124,23 @@ def build_tokenizer(cfg: dict, work: Path):
     from tokenizers import Tokenizer
 
     path = work / "tokenizer.json"
+    digits = cfg["model"].get("split_digits", False)
     if path.exists():
-        return Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_file(str(path))
+        if digits:  # the same vocabulary, numbers encoded digit by digit from now on
+            set_split_digits(tok).save(str(path))
+        return tok
     work.mkdir(parents=True, exist_ok=True)
     if cfg["train"].get("init"):  # fine-tuning: the token ids are the initial checkpoint's
         from .checkpoint import load_checkpoint
 
         _, tok, _ = load_checkpoint(cfg["train"]["init"])
+        if digits:
+            set_split_digits(tok)
         tok.save(str(path))
         print(f"tokenizer: {tok.get_vocab_size()} tokens from {cfg['train']['init']} -> {path}", file=sys.stderr)
         return tok
-    tok = train_bpe(sc.all_texts(cfg["data"].get("wording", "train")), cfg["model"]["vocab_size"])
+    tok = train_bpe(sc.all_texts(cfg["data"].get("wording", "train")), cfg["model"]["vocab_size"], digits)
     tok.save(str(path))
     print(f"tokenizer: {tok.get_vocab_size()} tokens -> {path}", file=sys.stderr)
     return tok

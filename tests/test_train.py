@@ -420,3 +420,27 @@ def test_recipe_mix_of_events_and_intents_shapes_the_streams_and_is_checked():
                        ({"data.intents": {"open_door": 1}}, "unknown key 'open_door'")):
         with pytest.raises(ValueError, match=match):
             load_config(default, bad)
+
+
+def test_split_digits_spells_numbers_digit_by_digit_and_reaches_an_existing_tokenizer(tmp_path):
+    from edge_models.tokenizer import train_bpe
+    from edge_models.train import build_tokenizer, load_config
+
+    texts = [f"Setting the temperature to {t} degrees." for t in range(55, 86)] * 3
+    whole = train_bpe(texts, 600)
+    assert "Ġ71" in whole.encode("to 71 degrees").tokens  # plain BPE: one token per number it saw
+    split = train_bpe(texts, 600, split_digits=True)
+    for text in ("Setting the temperature to 71 degrees.", "Setting the temperature to 73 degrees."):
+        enc = split.encode(text)
+        assert enc.tokens[4:7] == ["Ġ", text[27], text[28]] and split.decode(enc.ids) == text
+
+    default = Path(__file__).resolve().parents[1] / "models" / "recipes" / "default.json"
+    assert load_config(default)["model"]["split_digits"] is False
+    whole.save(str(tmp_path / "tokenizer.json"))  # a fine-tune's tokenizer, taken from the stage before
+    cfg = load_config(default, {"model.split_digits": True})
+    tok = build_tokenizer(cfg, tmp_path)
+    assert tok.get_vocab() == whole.get_vocab()  # the same ids: the checkpoint's weights still fit
+    assert tok.encode(" 71").tokens == ["Ġ", "7", "1"]
+    from tokenizers import Tokenizer
+
+    assert Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(" 71").tokens == ["Ġ", "7", "1"]
