@@ -158,10 +158,8 @@ def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None 
 
 def _event(rng, kind, split, mode, watch, voices, speaker, warp=0.0, intents=None) -> tuple[Event, np.ndarray]:
     if kind in ("command", "other_speech"):
-        if kind == "command":
-            u = sc.command(rng, split, _pick(rng, intents) if intents else None)
-        else:
-            u = sc.not_addressed(rng, split)
+        u = (sc.command(rng, split, _pick(rng, intents) if intents else None) if kind == "command"
+             else sc.not_addressed(rng, split))
         voice = rng.choice(voices)
         x = speaker(u.text, voice)
         if warp > 0 and rng.random() < 0.7:

@@ -29,7 +29,7 @@ TINY_CORPUS = [
 
 def train_bpe(texts: Iterable[str], vocab_size: int, split_digits: bool = False) -> Tokenizer:
     """Byte-level BPE with the control tokens and a pad token as added special tokens
-    (``split_digits``: every digit its own token, see ``split_digits``)."""
+    (``split_digits``: every digit its own token, see ``set_split_digits``)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     if split_digits:
