@@ -17,6 +17,11 @@ def save_checkpoint(path: str | Path, model: AudioInteractionModel, tok: Tokeniz
 
 
 def load_checkpoint(path: str | Path) -> tuple[AudioInteractionModel, Tokenizer, dict]:
+    """A checkpoint file, or an exported bundle folder (its weights read back from the graphs)."""
+    if Path(path).is_dir():
+        from .from_bundle import load_bundle_model
+
+        return load_bundle_model(path)
     ck = torch.load(str(path), map_location="cpu", weights_only=True)
     model = AudioInteractionModel(ModelConfig.from_dict(ck["config"]))
     model.load_state_dict(ck["state_dict"], strict=True)

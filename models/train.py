@@ -63,8 +63,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     average = cfg["train"].get("average", [])
     if chosen == "average" and not (isinstance(average, list) and len(average) >= 2):
         raise ValueError(f"{path}: train.export_checkpoint \"average\" needs train.average: two or more checkpoints")
-    if cfg["data"].get("wording", "train") not in ("train", "train+"):
-        raise ValueError(f"{path}: data.wording must be \"train\" or \"train+\", got {cfg['data']['wording']!r}")
+    if cfg["data"].get("wording", "train") not in ("train", "train+", "train++"):
+        raise ValueError(f"{path}: data.wording must be \"train\", \"train+\" or \"train++\", got {cfg['data']['wording']!r}")
     sound_due = cfg["data"].get("sound_due")
     if sound_due is not None and not (isinstance(sound_due, (int, float)) and 0 <= sound_due <= 1.0):
         raise ValueError(f"{path}: data.sound_due must be null or seconds in [0, 1], got {sound_due!r}")
@@ -201,7 +201,7 @@ def build_data(cfg: dict, work: Path, mcfg: ModelConfig, enc) -> dict[str, Path]
     # validation (checkpoint choice): training wording in held-out voices and sound seeds; the
     # acceptance evaluation (evaluate.py) uses other seeds, and held-out wording as well
     first = d.get("train_seed_start", 0)
-    wording = d.get("wording", "train")  # "train+": the wider training wording (scenarios.py)
+    wording = d.get("wording", "train")  # "train+", "train++": wider training wording (scenarios.py)
     plan = {"train": (wording, None if wording == "train" else "train", range(first, first + d["train_streams"])),
             "val": ("train", "heldout", range(100000, 100000 + d["val_streams"]))}
     paths = {}

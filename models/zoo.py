@@ -54,6 +54,10 @@ def from_reference(ref: dict) -> tuple[AudioInteractionModel, Tokenizer, dict]:
         from .checkpoint import load_checkpoint
 
         return load_checkpoint(ref["path"])
+    if src == "bundle":
+        from .from_bundle import load_bundle_model
+
+        return load_bundle_model(ref["path"])
     raise ValueError(f"cannot rebuild reference {ref!r}")
 
 

@@ -145,3 +145,25 @@ def test_fp16_encoder_storage_computes_in_fp32(tiny_model, tmp_path):
     got = Bundle(out, SessionConfig(threads=1)).encode_windows(feats)
     want = model.chunk_encoder(torch.from_numpy(feats)).detach().numpy()
     assert np.abs(got - want).max() < 1e-2 * np.abs(want).max()
+
+
+def test_bundle_weights_read_back_into_pytorch(tiny_model, tiny_bundle, tiny_bundle_fp32):
+    """A bundle is enough to fine-tune from (``train.init`` may name a bundle folder): every tensor of
+    the state dict comes back from the graphs, exactly from fp32 storage and within one int8 step
+    (max|W| / 127 per tensor: onnxruntime's 8-bit blocks clip one end of the range) from int8 blocks;
+    a folder that is not a bundle says so."""
+    from edge_models.checkpoint import load_checkpoint
+    from edge_models.zoo import from_reference
+
+    want = {k: v.numpy() for k, v in tiny_model[0].state_dict().items()}
+    fp32, tok, ref = load_checkpoint(tiny_bundle_fp32[0])
+    assert ref["source"] == "bundle" and tok.get_vocab_size() == tiny_model[1].get_vocab_size()
+    for k, v in fp32.state_dict().items():
+        assert np.abs(v.numpy() - want[k]).max() <= 1e-6, k
+    int8, _, _ = from_reference({"source": "bundle", "path": str(tiny_bundle[0])})
+    for k, v in int8.state_dict().items():
+        err, top = np.abs(v.numpy() - want[k]).max(), np.abs(want[k]).max()
+        assert err <= top / 127 + 1e-7, (k, err, top)
+    assert any(np.abs(v.numpy() - want[k]).max() > 0 for k, v in int8.state_dict().items())  # it was quantized
+    with pytest.raises(Exception, match="manifest.json"):
+        load_checkpoint(tiny_bundle[0].parent)

@@ -5,6 +5,7 @@ the bundle running in the runtime)."""
 import dataclasses
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ def test_instruction_modes_label_differently():
     assert all(e.response is None for e in b.events if e.kind == "speech")
 
 
-@pytest.mark.parametrize("wording", ["train", "train+"])
+@pytest.mark.parametrize("wording", ["train", "train+", "train++"])
 def test_heldout_wording_never_in_training_text(wording):
     rng = random.Random(0)
     train_text = " | ".join(
@@ -53,10 +54,16 @@ def test_heldout_wording_never_in_training_text(wording):
     leaks = [h for h in held if h.lower() in train_text]
     assert not leaks, leaks
     wider = sc.WORDING_MORE["UNKNOWN"] + sc.WORDING_MORE["ROOMS"]  # the wider wording is used, and only there
-    if wording == "train+":
-        assert sum(w.lower() in train_text for w in wider) > len(wider) // 2
-    else:
-        assert not [w for w in wider if f" {w.lower()} " in f" {train_text} "]
+    widest = sc.WORDING_WIDE["UNKNOWN"] + sc.WORDING_WIDE["ROOMS"]
+    for lines, used in ((wider, wording != "train"), (widest, wording == "train++")):
+        if used:
+            assert sum(w.lower() in train_text for w in lines) > len(lines) // 2
+        else:
+            assert not [w for w in lines if f" {w.lower()} " in f" {train_text} "]
+    if wording == "train++":  # nor the content words of held-out templates and values
+        new = " | ".join([t for ts in sc.INTENTS_WIDE.values() for t in ts]
+                         + [v for vs in sc.WORDING_WIDE.values() for v in vs]).lower()
+        assert not [w for w in sc.HELDOUT_WORDS if re.search(rf"\b{w}\b", new)]
 
 
 def test_scoring_matches_false_and_latency():
