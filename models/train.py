@@ -74,6 +74,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
             raise ValueError(f"{path}: data.kinds: unknown mode {mode!r} (one of {', '.join(st.MODES)})")
     if cfg["data"].get("intents"):
         _check_weights(path, "data.intents", cfg["data"]["intents"], (*sc.INTENTS, "unknown"))
+    warm = cfg["train"].get("aux_warmup", 0)
+    if not (isinstance(warm, int) and warm >= 0):
+        raise ValueError(f"{path}: train.aux_warmup must be a whole number of steps >= 0, got {warm!r}")
     lm_dropout = cfg["train"].get("lm_dropout", 0.0)
     if not (isinstance(lm_dropout, (int, float)) and 0 <= lm_dropout < 1):
         raise ValueError(f"{path}: train.lm_dropout must be a probability in [0, 1), got {lm_dropout!r}")
@@ -443,6 +446,29 @@ def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool, aug
     return loss, stats
 
 
+def fit_aux_heads(aux: AuxHeads, model: AudioInteractionModel, exs: list[Example], steps: int, batch: int,
+                  lr: float, seed: int) -> dict:
+    """Train fresh training-only heads alone, on the projector's outputs with no gradient into the
+    model: a fine-tune from weights that came without their heads (a bundle) would otherwise start
+    with CTC losses of about 4 whose gradients pull the trained projector away from the decoder."""
+    opt = torch.optim.AdamW(aux.parameters(), lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    prog = Progress("aux heads", steps)
+    stats: dict = {}
+    for _ in range(steps):
+        exs_b = rng.sample(exs, min(batch, len(exs)))
+        with torch.no_grad():
+            chunks = torch.from_numpy(np.concatenate([e.chunks for e in exs_b]).astype(np.float32))
+            proj = model.chunk_encoder.projector(chunks)  # (N, tokens, H)
+        loss, stats = aux.loss(proj, exs_b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        prog.update(1, " ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+    prog.close()
+    return stats
+
+
 @torch.no_grad()
 def evaluate(model, exs: list[Example], batch: int, bf16: bool) -> dict:
     model.eval()
@@ -488,6 +514,9 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         if not last.exists() and init_aux is not None and init_aux.exists():  # the heads the init was trained with
             aux.load_state_dict(torch.load(init_aux, map_location="cpu"))
             print(f"train: training-only heads from {init_aux}", file=sys.stderr)
+        elif not last.exists() and t.get("aux_warmup", 0) and train_ex:  # fresh heads fitted before the model moves
+            got = fit_aux_heads(aux, model, train_ex, int(t["aux_warmup"]), t["batch"], 1e-3, t["seed"])
+            print(f"train: training-only heads fitted alone for {t['aux_warmup']} steps: {got}", file=sys.stderr)
     opt = torch.optim.AdamW(params + (list(aux.parameters()) if aux else []), lr=t["lr"], betas=(0.9, 0.95),
                             weight_decay=t["weight_decay"])
     if last.exists():

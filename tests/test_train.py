@@ -156,6 +156,16 @@ def test_recipe_smoke_resume_and_export(tmp_path, capsys):
     assert main(["--work", str(tmp_path / "bad"), "--smoke", "--set", 'train.export_checkpoint="last"']) == 2
     assert main(["--work", str(tmp_path / "bad"), "--smoke", "--set", 'train.export_checkpoint="average"']) == 2
     _average_is_the_mean_of_one_models_checkpoints(ft, work)
+
+    # a fine-tune from the exported bundle itself (no checkpoint, no heads): heads fitted alone first
+    ft3 = tmp_path / "ft3"
+    assert main(["--work", str(ft3), "--smoke", *aux, "--set", "data.train_streams=0", "--set", "train.steps=1",
+                 "--set", "train.aux_warmup=2", "--set", "export.enabled=false",
+                 "--set", f"data.extra_train={json.dumps([str(work / 'train.npz')])}",
+                 "--set", f"train.init={json.dumps(str(work / 'bundle'))}"]) == 0
+    err = capsys.readouterr().err
+    assert f"initialised from {work / 'bundle'}" in err and "heads fitted alone for 2 steps" in err
+    assert (ft3 / "tokenizer.json").read_text() == (work / "tokenizer.json").read_text()
     assert all(np.isfinite(json.loads(x)["loss_dec"]) for x in (ft / "train_log.jsonl").read_text().splitlines())
 
     _key_decisions_weight_the_decision_loss(work)
@@ -451,3 +461,25 @@ def test_split_digits_spells_numbers_digit_by_digit_and_reaches_an_existing_toke
     from tokenizers import Tokenizer
 
     assert Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(" 71").tokens == ["Ġ", "7", "1"]
+
+
+def test_fresh_heads_fit_alone_without_moving_the_model():
+    """train.aux_warmup: new training-only heads learn on the projector's outputs while every weight
+    of the model stays as it was (a fine-tune from a bundle starts with no heads)."""
+    torch = pytest.importorskip("torch")
+    from edge_models.train import AuxHeads, Example, fit_aux_heads
+    from edge_models.zoo import tiny
+
+    model, tok, _ = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = model.cfg
+    rng = np.random.default_rng(0)
+    ids = tok.encode("turn on the kitchen lights").ids
+    exs = [Example(*[np.zeros(1)] * 4, rng.standard_normal((6, cfg.stream.chunk_frames // 2, cfg.encoder.d_model)).astype(np.float16),
+                   [(1, 5, ids)], np.zeros(6, np.int64), np.zeros(6, bool)) for _ in range(4)]
+    torch.manual_seed(0)
+    heads = AuxHeads(model.lm.model.embed_tokens.weight.detach(), 1.0, 0.1)
+    first = fit_aux_heads(heads, model, exs, 1, 4, 1e-2, 0)
+    last = fit_aux_heads(heads, model, exs, 40, 4, 1e-2, 0)
+    assert last["loss_ctc"] < 0.75 * first["loss_ctc"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
