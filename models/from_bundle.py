@@ -23,9 +23,10 @@ from tokenizers import Tokenizer
 from .audio_interaction import AudioInteractionModel
 from .config import ModelConfig
 
-# graph prefix -> state-dict prefix
+# graph name prefix -> state-dict prefix, first match wins: initializers carry the module's own names
+# ("lm.model.norm.weight"); the decoder graph's node paths name LlamaLM.model "lm" and its head "lm_head"
 _PREFIXES = {"encoder.": "chunk_encoder.encoder.", "projector.": "chunk_encoder.projector.",
-             "lm.model.": "lm.model.", "lm.lm_head.": "lm.lm_head."}
+             "lm.model.": "lm.model.", "lm.": "lm.model.", "lm_head.": "lm.lm_head."}
 _NODE = re.compile(r"^/(?P<path>.+)/MatMul(?:_Q\d+)?$")  # /lm/layers.0/mlp/up_proj/MatMul_Q8
 
 
@@ -44,7 +45,8 @@ def dequantize_nbits(node: onnx.NodeProto, tensors: dict[str, np.ndarray]) -> np
 
 
 def graph_weights(path: Path) -> dict[str, np.ndarray]:
-    """State-dict-style names -> float32 arrays for every weight in one graph."""
+    """Graph names (``encoder.conv1.weight``, ``lm.layers.0.mlp.up_proj.weight``) -> float32 arrays
+    for every weight in one graph."""
     g = onnx.load(str(path)).graph
     tensors = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     for n in g.node:  # fp16 storage (``x.fp16`` -> Cast -> ``x``); equal tensors stored once (``a`` -> Identity -> ``b``)
@@ -60,10 +62,6 @@ def graph_weights(path: Path) -> dict[str, np.ndarray]:
         if not m or n.op_type not in ("MatMul", "MatMulNBits"):
             continue
         module = m.group("path").replace("/", ".")
-        if module.startswith("lm."):  # the decoder graph names LlamaLM.model "lm" and its head "lm_head"
-            module = "lm.model." + module[len("lm."):]
-        elif module == "lm_head":
-            module = "lm.lm_head"
         if n.op_type == "MatMulNBits":
             out[module + ".weight"] = dequantize_nbits(n, tensors)
         elif n.input[1] in tensors:  # x @ W: W is the transposed Linear weight

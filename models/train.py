@@ -450,7 +450,7 @@ def fit_aux_heads(aux: AuxHeads, model: AudioInteractionModel, exs: list[Example
                   lr: float, seed: int) -> dict:
     """Train fresh training-only heads alone, on the projector's outputs with no gradient into the
     model: a fine-tune from weights that came without their heads (a bundle) would otherwise start
-    with CTC losses of about 4 whose gradients pull the trained projector away from the decoder."""
+    with a CTC loss of about 40 whose gradients pull the trained projector away from the decoder."""
     opt = torch.optim.AdamW(aux.parameters(), lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
     prog = Progress("aux heads", steps)
