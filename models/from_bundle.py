@@ -3,7 +3,8 @@ fine-tuned (``train.init``) or re-exported without the checkpoint it was exporte
 
 Every trainable tensor is in the bundle's graphs: the encoder and projector in ``encoder.onnx``
 (fp32 or fp16 storage: exact; int8 in some bundles), the decoder in ``decoder.onnx`` (fp32, or
-int8 ``MatMulNBits`` blocks of 32, which dequantize to within one step of each block's scale).
+int8 ``MatMulNBits`` blocks of 32, or the dynamic scheme's per-channel ``MatMulInteger`` weights; both dequantize
+to within one step of their scale).
 Initializers that the exporter left anonymous (``onnx::MatMul_932``) are named by the node that consumes them
 (``/lm/layers.0/self_attn/q_proj/MatMul_Q8``), which carries the module path.
 Every key and shape of the model's state dict must be filled (``strict=True``).
@@ -27,7 +28,7 @@ from .config import ModelConfig
 # ("lm.model.norm.weight"); the decoder graph's node paths name LlamaLM.model "lm" and its head "lm_head"
 _PREFIXES = {"encoder.": "chunk_encoder.encoder.", "projector.": "chunk_encoder.projector.",
              "lm.model.": "lm.model.", "lm.": "lm.model.", "lm_head.": "lm.lm_head."}
-_NODE = re.compile(r"^/(?P<path>.+)/MatMul(?:_Q\d+)?$")  # /lm/layers.0/mlp/up_proj/MatMul_Q8
+_NODE = re.compile(r"^/(?P<path>.+)/MatMul(?:_Q\d+|_quant)?$")  # /lm/layers.0/mlp/up_proj/MatMul_Q8, .../MatMul_quant
 
 
 def dequantize_nbits(node: onnx.NodeProto, tensors: dict[str, np.ndarray]) -> np.ndarray:
@@ -42,6 +43,16 @@ def dequantize_nbits(node: onnx.NodeProto, tensors: dict[str, np.ndarray]) -> np
     if len(node.input) > 3 and node.input[3]:
         zp = tensors[node.input[3]].reshape(N, -1, 1).astype(np.float32)
     return ((q - zp) * scales).reshape(N, -1)[:, :K]
+
+
+def dequantize_integer(node: onnx.NodeProto, tensors: dict[str, np.ndarray]) -> np.ndarray:
+    """A ``MatMulInteger`` weight (K, N), int8 with a scale and zero point per output column, back to a
+    float Linear weight (N, K)."""
+    w = node.input[1]
+    q = tensors[w].astype(np.float32)
+    scale = tensors[w[: -len("_quantized")] + "_scale"].astype(np.float32)
+    zp = tensors[node.input[3]].astype(np.float32) if len(node.input) > 3 and node.input[3] else 0.0
+    return ((q - zp) * scale).T
 
 
 def graph_weights(path: Path) -> dict[str, np.ndarray]:
@@ -59,11 +70,13 @@ def graph_weights(path: Path) -> dict[str, np.ndarray]:
             out[base] = arr.astype(np.float32)
     for n in g.node:
         m = _NODE.match(n.name)
-        if not m or n.op_type not in ("MatMul", "MatMulNBits"):
+        if not m or n.op_type not in ("MatMul", "MatMulNBits", "MatMulInteger"):
             continue
         module = m.group("path").replace("/", ".")
         if n.op_type == "MatMulNBits":
             out[module + ".weight"] = dequantize_nbits(n, tensors)
+        elif n.op_type == "MatMulInteger":
+            out[module + ".weight"] = dequantize_integer(n, tensors)
         elif n.input[1] in tensors:  # x @ W: W is the transposed Linear weight
             out[module + ".weight"] = tensors[n.input[1]].astype(np.float32).T
     return out

@@ -147,11 +147,13 @@ def test_fp16_encoder_storage_computes_in_fp32(tiny_model, tmp_path):
     assert np.abs(got - want).max() < 1e-2 * np.abs(want).max()
 
 
-def test_bundle_weights_read_back_into_pytorch(tiny_model, tiny_bundle, tiny_bundle_fp32):
+def test_bundle_weights_read_back_into_pytorch(tiny_model, tiny_bundle, tiny_bundle_fp32, tmp_path_factory):
     """A bundle is enough to fine-tune from (``train.init`` may name a bundle folder): every tensor of
     the state dict comes back from the graphs, exactly from fp32 storage and within one int8 step
-    (max|W| / 127 per tensor: onnxruntime's 8-bit blocks clip one end of the range) from int8 blocks;
-    a folder that is not a bundle says so."""
+    (max|W| / 127 per tensor: onnxruntime's 8-bit blocks clip one end of the range) from int8 weights
+    of either scheme the exporter may choose by timing (``MatMulNBits`` blocks, ``MatMulInteger``
+    per-channel); a folder that is not a bundle says so."""
+    from conftest import _export
     from edge_models.checkpoint import load_checkpoint
     from edge_models.zoo import from_reference
 
@@ -160,10 +162,13 @@ def test_bundle_weights_read_back_into_pytorch(tiny_model, tiny_bundle, tiny_bun
     assert ref["source"] == "bundle" and tok.get_vocab_size() == tiny_model[1].get_vocab_size()
     for k, v in fp32.state_dict().items():
         assert np.abs(v.numpy() - want[k]).max() <= 1e-6, k
-    int8, _, _ = from_reference({"source": "bundle", "path": str(tiny_bundle[0])})
-    for k, v in int8.state_dict().items():
-        err, top = np.abs(v.numpy() - want[k]).max(), np.abs(want[k]).max()
-        assert err <= top / 127 + 1e-7, (k, err, top)
-    assert any(np.abs(v.numpy() - want[k]).max() > 0 for k, v in int8.state_dict().items())  # it was quantized
+    for scheme in ("weight-only", "dynamic"):
+        bundle, report = _export(tmp_path_factory, f"tiny_{scheme}", scheme=scheme, max_context=256)
+        assert report["int8"]["chosen"] == scheme
+        int8, _, _ = from_reference({"source": "bundle", "path": str(bundle)})
+        for k, v in int8.state_dict().items():
+            err, top = np.abs(v.numpy() - want[k]).max(), np.abs(want[k]).max()
+            assert err <= top / 127 + 1e-7, (scheme, k, err, top)
+        assert any(np.abs(v.numpy() - want[k]).max() > 0 for k, v in int8.state_dict().items())  # it was quantized
     with pytest.raises(Exception, match="manifest.json"):
         load_checkpoint(tiny_bundle[0].parent)
