@@ -49,8 +49,10 @@ def dequantize_integer(node: onnx.NodeProto, tensors: dict[str, np.ndarray]) -> 
     """A ``MatMulInteger`` weight (K, N), int8 with a scale and zero point per output column, back to a
     float Linear weight (N, K)."""
     w = node.input[1]
-    q = tensors[w].astype(np.float32)
-    scale = tensors[w[: -len("_quantized")] + "_scale"].astype(np.float32)
+    scale_name = w.removesuffix("_quantized") + "_scale"  # onnxruntime's quantizer names them in pairs
+    if scale_name not in tensors:
+        raise ValueError(f"{node.name}: no {scale_name} beside the int8 weight {w}")
+    q, scale = tensors[w].astype(np.float32), tensors[scale_name].astype(np.float32)
     zp = tensors[node.input[3]].astype(np.float32) if len(node.input) > 3 and node.input[3] else 0.0
     return ((q - zp) * scale).T
 
