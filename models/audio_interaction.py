@@ -2,7 +2,7 @@
 
     audio -> causal log-mel (features.py)
           -> ChunkEncoder: Whisper-architecture encoder over [left context | chunk] frames,
-             keeping the chunk's positions only
+             keeping the chunk's positions only (and, with ``revisit_chunks``, the chunks before it)
           -> Projector: stack ``pool`` neighbouring positions, 2-layer MLP -> tokens_per_chunk vectors
           -> LlamaLM: decoder-only LM on interleaved [instruction][chunk][<silent>][chunk]... embeddings
 
@@ -98,14 +98,15 @@ class Projector(nn.Module):
 
     def __init__(self, d_audio: int, hidden: int, stream: StreamConfig):
         super().__init__()
-        self.positions = stream.chunk_frames // 2
+        self.positions = stream.projector_positions
         self.tokens = stream.tokens_per_chunk
         self.pool = self.positions // self.tokens
         self.fc1 = nn.Linear(d_audio * self.pool, hidden)
         self.fc2 = nn.Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d_audio): the last ``positions`` steps are this chunk's -> (B, tokens, hidden)"""
+        """x (B, T, d_audio): the last ``positions`` steps are this chunk's (and the revisited
+        chunks') -> (B, tokens, hidden), oldest positions first"""
         B = x.shape[0]
         x = x[:, -self.positions :, :].reshape(B, self.tokens, -1)  # (B, tokens, pool * d_audio)
         return self.fc2(F.gelu(self.fc1(x)))

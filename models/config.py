@@ -41,21 +41,36 @@ class StreamConfig:
 
     chunk_frames: feature frames (10 ms each) per chunk; 40 = 400 ms.
     left_context_frames: earlier frames the encoder sees with each chunk (not re-emitted).
-    tokens_per_chunk: embeddings the projector emits per chunk.
+    tokens_per_chunk: embeddings the projector emits per chunk (all of them, revisited ones included).
+    revisit_chunks: earlier chunks whose encoder positions are emitted again with each chunk, now
+        that the window holds audio after them (0: only the new chunk's positions). The encoder is
+        bidirectional, so a chunk's positions at the right edge of its own window have no right
+        context; seen again one chunk later they carry its words better (a probe in session 12:
+        character error 0.42 -> 0.33 on held-out voices, whole-utterance encoding 0.33). The
+        decision still comes at the new chunk, so latency does not change.
     """
 
     chunk_frames: int = 40
     left_context_frames: int = 160
     tokens_per_chunk: int = 5
+    revisit_chunks: int = 0
 
     def __post_init__(self) -> None:
-        if self.chunk_frames % 2 or (self.chunk_frames // 2) % self.tokens_per_chunk:
+        if self.chunk_frames % 2 or self.projector_positions % self.tokens_per_chunk:
             raise ValueError(
-                f"stream: chunk_frames/2 ({self.chunk_frames // 2}) must be a multiple of "
-                f"tokens_per_chunk ({self.tokens_per_chunk})"
+                f"stream: the projector's positions ({self.projector_positions}: chunk_frames/2 x "
+                f"(1 + revisit_chunks)) must be a multiple of tokens_per_chunk ({self.tokens_per_chunk})"
             )
         if self.left_context_frames % 2:
             raise ValueError(f"stream: left_context_frames must be even, got {self.left_context_frames}")
+        if not 0 <= self.revisit_chunks * self.chunk_frames <= self.left_context_frames:
+            raise ValueError(f"stream: revisit_chunks ({self.revisit_chunks}) must be >= 0 and its chunks must "
+                             f"fit in the left context ({self.left_context_frames} frames)")
+
+    @property
+    def projector_positions(self) -> int:
+        """Encoder positions the projector reads per chunk: the last (1 + revisit_chunks) chunks'."""
+        return (1 + self.revisit_chunks) * self.chunk_frames // 2
 
     @property
     def window_frames(self) -> int:

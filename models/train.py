@@ -184,8 +184,8 @@ def chunk_windows(audio: np.ndarray, cfg: ModelConfig) -> np.ndarray:
 
 @torch.no_grad()
 def encode_streams(enc, audios: list[np.ndarray], cfg: ModelConfig, batch: int = 64) -> list[np.ndarray]:
-    """-> per stream (n_chunks, chunk positions, d_audio) float16: the projector's input."""
-    keep = cfg.stream.chunk_frames // 2
+    """-> per stream (n_chunks, positions, d_audio) float16: the projector's input."""
+    keep = cfg.stream.projector_positions
     out = []
     for a in audios:
         w = chunk_windows(a, cfg)
@@ -367,10 +367,13 @@ class AuxHeads(torch.nn.Module):
     utterance (dense, time-aligned supervision: each audio token should carry the words said in
     it, not just enough to pick a whole memorised sentence) and the sound class of each chunk."""
 
-    def __init__(self, lm_embed: torch.Tensor, ctc_weight: float, sound_weight: float):
+    def __init__(self, lm_embed: torch.Tensor, ctc_weight: float, sound_weight: float, fresh_tokens: int | None = None):
         super().__init__()
         vocab, hidden = lm_embed.shape
         self.weights = {"ctc": ctc_weight, "sound": sound_weight}
+        # CTC reads each chunk's own tokens only (the last ``fresh_tokens``), so that with
+        # revisited chunks every stretch of audio is in its frames once, in order
+        self.fresh = fresh_tokens
         self.blank = vocab
         self.ctc = torch.nn.Linear(hidden, vocab + 1)
         self.sound = torch.nn.Linear(hidden, len(SOUND_LABELS))
@@ -385,7 +388,7 @@ class AuxHeads(torch.nn.Module):
         frames, targets = [], []
         for o, e in zip(offs, exs):
             for c0, c1, ids in e.words:
-                frames.append(proj[o + c0 : o + c1].reshape(-1, proj.shape[-1]))
+                frames.append(proj[o + c0 : o + c1, -(self.fresh or proj.shape[1]) :].reshape(-1, proj.shape[-1]))
                 targets.append(torch.tensor(ids, dtype=torch.long))
         out = {}
         if frames:
@@ -497,6 +500,11 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     for extra in cfg["data"].get("extra_train", []):  # streams built by an earlier run (same tokenizer)
         train_ex += load_examples(Path(extra), tok, control, tpc, late, t["seed"], sound_due)
     val_ex = load_examples(paths["val"], tok, control, tpc, sound_due=sound_due)
+    need = model.cfg.stream.projector_positions
+    have = min(ex.chunks.shape[1] for ex in train_ex + val_ex)
+    if have < need:
+        raise ValueError(f"train: the cached streams hold {have} encoder positions per chunk, the model reads {need} "
+                         f"(model.stream.revisit_chunks): rebuild them with this recipe's model")
     params = [p for n, p in model.named_parameters() if not n.startswith("chunk_encoder.encoder.")]
     for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith("chunk_encoder.encoder."))
@@ -509,7 +517,9 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         print(f"train: initialised from {t['init']}", file=sys.stderr)
     aux = None
     if t.get("ctc") or t.get("sound_aux"):
-        aux = AuxHeads(model.lm.model.embed_tokens.weight.detach(), t.get("ctc", 0.0), t.get("sound_aux", 0.0))
+        st = model.cfg.stream
+        aux = AuxHeads(model.lm.model.embed_tokens.weight.detach(), t.get("ctc", 0.0), t.get("sound_aux", 0.0),
+                       st.tokens_per_chunk // (1 + st.revisit_chunks))
         init_aux = Path(t["init"]).with_name(Path(t["init"]).stem + "_aux.pt") if t.get("init") else None
         if not last.exists() and init_aux is not None and init_aux.exists():  # the heads the init was trained with
             aux.load_state_dict(torch.load(init_aux, map_location="cpu"))
@@ -627,7 +637,9 @@ def _export_weights(cfg: dict, work: Path) -> Path:
 def model_config(cfg: dict, vocab: int) -> ModelConfig:
     base = preset(cfg["model"]["preset"], vocab)
     lm = dataclasses.replace(base.lm, **cfg["model"].get("lm", {}), max_positions=cfg["export"]["max_context"])
-    return dataclasses.replace(base, name=cfg["model"]["name"], lm=lm, default_instruction=sc.DEFAULT_INSTRUCTION)
+    stream = dataclasses.replace(base.stream, **cfg["model"].get("stream", {}))
+    return dataclasses.replace(base, name=cfg["model"]["name"], lm=lm, stream=stream,
+                               default_instruction=sc.DEFAULT_INSTRUCTION)
 
 
 def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:

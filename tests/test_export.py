@@ -174,3 +174,50 @@ def test_bundle_weights_read_back_into_pytorch(tiny_model, tiny_bundle, tiny_bun
         assert any(np.abs(v.numpy() - want[k]).max() > 0 for k, v in int8.state_dict().items())  # it was quantized
     with pytest.raises(Exception, match="manifest.json"):
         load_checkpoint(tiny_bundle[0].parent)
+
+
+def test_revisited_chunks_export_and_run(tmp_path):
+    """stream.revisit_chunks=1: each chunk emits its predecessor's positions again (now with right
+    context) before its own; the exported encoder matches PyTorch, the manifest says 10 tokens per
+    chunk, the runtime streams with it, and the weights read back with the same stream config."""
+    import dataclasses
+    import threading
+
+    from edge_export.pipeline import ExportOptions, export_bundle
+    from edge_models.audio_interaction import build_model
+    from edge_models.config import StreamConfig, preset
+    from edge_models.from_bundle import load_bundle_model
+    from edge_models.zoo import tiny
+    from edge_runtime.listener import Listener
+    from conftest import speechlike
+
+    _, tok, ref = tiny()
+    base = preset("test-tiny", tok.get_vocab_size())
+    stream = StreamConfig(chunk_frames=40, left_context_frames=40, tokens_per_chunk=10, revisit_chunks=1)
+    model = build_model(dataclasses.replace(base, stream=stream), seed=1)
+    with pytest.raises(ValueError, match="left context"):
+        StreamConfig(chunk_frames=40, left_context_frames=40, tokens_per_chunk=10, revisit_chunks=2)
+
+    embeds, windows = V.audio_chunk_embeds(model, speechlike(1.6))
+    with torch.no_grad():  # the first 5 tokens are the previous chunk's positions in this window
+        h = model.chunk_encoder.encoder(torch.from_numpy(windows[2:3]))
+        prev = model.chunk_encoder.projector(torch.cat([h[:, -40:-20], h[:, -40:-20]], 1))[0, :5]
+        alone = dataclasses.replace(base, stream=StreamConfig(40, 40, 5))
+        assert alone.stream.projector_positions == 20 and stream.projector_positions == 40
+    np.testing.assert_allclose(embeds[2][:5], prev.numpy(), atol=1e-5)
+
+    out = tmp_path / "bundle"
+    export_bundle(model, tok, out, ref, ExportOptions(precision="fp32", max_context=256, tolerance=1e-4))
+    m = load_manifest(out)
+    assert m.encoder.tokens_per_chunk == 10
+    got = Bundle(out, SessionConfig(threads=1)).encode_windows(windows)
+    np.testing.assert_allclose(got, np.stack(embeds), atol=1e-4)
+    back, _, _ = load_bundle_model(out)
+    assert back.cfg.stream == stream
+
+    events, done = [], threading.Event()
+    with Listener(out, callback=lambda e: (events.append(e), e["type"] == "end" and done.set()), feed_live=False) as li:
+        li.feed(speechlike(2.0))
+        li.close_input()
+        assert done.wait(30)
+    assert [e for e in events if e["type"] == "stats"][-1]["chunks"] == 5
