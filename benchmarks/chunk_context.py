@@ -34,6 +34,8 @@ from edge_models import scenarios as sc
 from edge_models import synth
 from edge_models.train import _encoder, chunk_windows, model_config
 
+from .asr import edit_distance  # any sequences: here characters
+
 CHARS = " abcdefghijklmnopqrstuvwxyz'"
 KINDS = ("edge", "revisit", "whole")
 
@@ -74,15 +76,6 @@ class CharProbe(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0] // 2 * 2
         return self.out(F.gelu(self.fc(self.norm(x[:T].reshape(T // 2, -1))))).log_softmax(-1)
-
-
-def edit_distance(a: str, b: str) -> int:
-    d = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, d[0] = d[0], i
-        for j, y in enumerate(b, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (x != y))
-    return d[len(b)]
 
 
 def probe(train: list, test: list, steps: int, seed: int = 0) -> dict:
