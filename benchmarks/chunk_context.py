@@ -8,7 +8,9 @@ same utterances (0.3 s of silence either side), each 20 positions per chunk:
 - ``edge``: the shipped scheme, each chunk's positions from its own window;
 - ``revisit``: each chunk's positions from the *next* window, where 400 ms follow it
   (``stream.revisit_chunks``);
-- ``whole``: the whole utterance in one window (the bidirectional upper bound).
+- ``whole``: the whole utterance in one window (the bidirectional upper bound);
+- ``padN``: each chunk's own window with N ms of digital-silence frames appended, keeping the
+  positions before the padding (Whisper was trained on clips padded with silence, never cut off).
 
 A character CTC probe (LayerNorm, stack 2 positions, 256-unit GELU MLP) is trained on each for the
 same steps on utterances in training voices (espeak-ng, festival ked) and scored by greedy
@@ -38,6 +40,7 @@ from .asr import edit_distance  # any sequences: here characters
 
 CHARS = " abcdefghijklmnopqrstuvwxyz'"
 KINDS = ("edge", "revisit", "whole")
+PADS_MS = (100, 200, 400)
 
 
 def texts(rng: random.Random, n: int) -> list[str]:
@@ -61,9 +64,15 @@ def representations(enc, cfg, audio: np.ndarray) -> dict[str, np.ndarray]:
     w = chunk_windows(np.concatenate([audio, tail]), cfg)
     h = enc(torch.from_numpy(w))
     whole = np.concatenate([x[:, -cfg.stream.chunk_frames :] for x in w[:-1]], axis=1)  # the same frames in one window
-    return {"edge": h[:-1, -keep:].reshape(-1, h.shape[-1]).numpy(),
-            "revisit": h[1:, -2 * keep : -keep].reshape(-1, h.shape[-1]).numpy(),
-            "whole": enc(torch.from_numpy(whole[None]))[0].numpy()}
+    out = {"edge": h[:-1, -keep:].reshape(-1, h.shape[-1]).numpy(),
+           "revisit": h[1:, -2 * keep : -keep].reshape(-1, h.shape[-1]).numpy(),
+           "whole": enc(torch.from_numpy(whole[None]))[0].numpy()}
+    for ms in PADS_MS:
+        frames = ms // 10  # 10 ms hop; two frames per encoder position
+        silence = np.full((*w.shape[:2], frames), cfg.features.silence_value, np.float32)
+        hp = enc(torch.from_numpy(np.concatenate([w[:-1], silence[:-1]], axis=2)))
+        out[f"pad{ms}"] = hp[:, -keep - frames // 2 : -(frames // 2)].reshape(-1, h.shape[-1]).numpy()
+    return out
 
 
 class CharProbe(torch.nn.Module):
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chunk_context: {a.train} + {a.test} utterances synthesized in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     reps = {name: [representations(enc, cfg, audio) for _, audio in utts] for name, utts in sets.items()}
     report = {"train_utterances": a.train, "test_utterances": a.test, "steps": a.steps, "results": {}}
-    for kind in KINDS:
+    for kind in KINDS + tuple(f"pad{ms}" for ms in PADS_MS):
         split = {name: [(t, r[kind]) for (t, _), r in zip(sets[name], reps[name])] for name in sets}
         report["results"][kind] = probe(split["train"], split["test"], a.steps)
         print(f"chunk_context: {kind}: held-out-voice CER {report['results'][kind]['cer']:.3f} "

@@ -317,6 +317,15 @@ def key_chunks(meta: dict, n: int, sound_due: float | None = None) -> np.ndarray
     return key
 
 
+def key_after_responses(ex: Example, respond_id: int, chunks: int) -> None:
+    """Also make the ``chunks`` chunks after each response decision points. With revisited chunks
+    the audio a response answered comes back in the next chunk's tokens; not answering it twice
+    must be learned as firmly as answering it once."""
+    said = np.flatnonzero(ex.target[ex.decision] == respond_id)  # one decision per chunk, in order
+    for c in said:
+        ex.key[c + 1 : c + 1 + chunks] = True
+
+
 def late_labels(labels: list, p: float, rng: random.Random) -> list:
     """Move each response to the next chunk with probability ``p`` (when that chunk is free). The
     model then also learns the state "due, not yet answered" and answers one chunk late, instead
@@ -505,6 +514,8 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
     if have < need:
         raise ValueError(f"train: the cached streams hold {have} encoder positions per chunk, the model reads {need} "
                          f"(model.stream.revisit_chunks): rebuild them with this recipe's model")
+    for ex in train_ex + val_ex if model.cfg.stream.revisit_chunks else []:
+        key_after_responses(ex, control["respond"], model.cfg.stream.revisit_chunks)
     params = [p for n, p in model.named_parameters() if not n.startswith("chunk_encoder.encoder.")]
     for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith("chunk_encoder.encoder."))

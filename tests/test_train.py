@@ -329,6 +329,26 @@ def test_sound_due_moves_only_the_sound_answers_and_keys_the_wait_from_the_onset
         load_config(recipe, {"data.sound_due": 2.0})
 
 
+def test_key_after_responses_keys_the_chunks_that_revisit_an_answered_one():
+    from edge_models.train import Example, key_after_responses
+
+    S, R = 6, 7  # <silent>, <respond>
+    said = [S, R, S, S, R]  # the decision after each of 5 chunks (2 audio slots each, the 2nd decides)
+    target = np.array([t for d in said for t in (-100, d)])
+    decision = np.tile([False, True], len(said))
+
+    def example():
+        return Example(np.zeros_like(target), ~decision, target, decision, np.zeros((5, 1, 1), np.float16), [],
+                       np.zeros(5, np.int64), np.array([False, True, False, False, True]))
+
+    ex = example()
+    key_after_responses(ex, R, 1)
+    assert np.flatnonzero(ex.key).tolist() == [1, 2, 4]  # the chunk after each answer; none past the end
+    ex = example()
+    key_after_responses(ex, R, 2)
+    assert np.flatnonzero(ex.key).tolist() == [1, 2, 3, 4]
+
+
 def test_late_labels_move_a_response_one_chunk_when_the_next_is_free():
     from edge_models.train import late_labels
 
