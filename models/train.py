@@ -13,7 +13,8 @@ One command, five resumable stages, each with progress on stderr:
 5. export     ``best.pt`` through the export toolchain into an int8 bundle.
 
 Every stage writes into WORK and is skipped when its output is there, so an interrupted run
-resumes where it stopped (training resumes from ``last.pt``: weights, optimizer, step, data order).
+resumes where it stopped (training resumes from ``last.pt``: weights, optimizer, step, data order;
+the streams and ``last.pt`` are written whole or not at all, ``write_atomic``).
 The config (with anything overridden on the command line) is saved as WORK/config.json.
 """
 
@@ -198,6 +199,14 @@ def encode_streams(enc, audios: list[np.ndarray], cfg: ModelConfig, batch: int =
     return out
 
 
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` next to ``path``, then rename: a run killed while writing leaves the old file
+    (or none), never a truncated one that a resume would trip over."""
+    tmp = path.with_name(path.stem + ".part" + path.suffix)  # same suffix: np.savez keeps the name
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def build_data(cfg: dict, work: Path, mcfg: ModelConfig, enc) -> dict[str, Path]:
     """Stages 2 and 3 for the train and val splits -> {split: path of its .npz}."""
     d = cfg["data"]
@@ -232,7 +241,7 @@ def build_data(cfg: dict, work: Path, mcfg: ModelConfig, enc) -> dict[str, Path]
                 prog.update(len(audios), f"{sum(m['duration'] for m in metas) / 3600:.2f} h")
         prog.close()
         lengths = np.array([len(f) for f in feats])
-        np.savez(path, feats=np.concatenate(feats), lengths=lengths, meta=json.dumps(metas))
+        write_atomic(path, lambda p: np.savez(p, feats=np.concatenate(feats), lengths=lengths, meta=json.dumps(metas)))
         print(f"data[{name}]: {len(metas)} streams, {sum(m['duration'] for m in metas) / 3600:.2f} h -> {path}",
               file=sys.stderr)
     return paths
@@ -594,8 +603,9 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         with log_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         if step % t["checkpoint_every"] == 0 or step == t["steps"]:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best_val": best_val,
-                        "aux": aux.state_dict() if aux else None}, last)
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best_val": best_val,
+                     "aux": aux.state_dict() if aux else None}
+            write_atomic(last, lambda p: torch.save(state, p))
     prog.close()
     _save_final(work, model, tok, aux, step, cfg)
     return best

@@ -349,6 +349,22 @@ def test_key_after_responses_keys_the_chunks_that_revisit_an_answered_one():
     assert np.flatnonzero(ex.key).tolist() == [1, 2, 3, 4]
 
 
+def test_write_atomic_never_leaves_half_a_file(tmp_path):
+    from edge_models.train import write_atomic
+
+    path = tmp_path / "train.npz"
+    write_atomic(path, lambda p: np.savez(p, x=np.arange(3)))
+    assert np.load(path)["x"].tolist() == [0, 1, 2] and [f.name for f in tmp_path.iterdir()] == ["train.npz"]
+
+    def dies_midway(p):
+        p.write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, dies_midway)
+    assert np.load(path)["x"].tolist() == [0, 1, 2]  # the old file, whole
+
+
 def test_late_labels_move_a_response_one_chunk_when_the_next_is_free():
     from edge_models.train import late_labels
 
