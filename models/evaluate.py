@@ -225,6 +225,26 @@ def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: 
     return report
 
 
+RULE_SETS = ("alerts", "assistant", "assistant-wording")
+
+
+def choice_score(sets: dict) -> tuple[int, dict]:
+    """The rule that chooses between trained stages (fixed in stage 9, before its tuning runs):
+    correct alerts + correct requests + honest unknown requests, in both wordings, minus the
+    false responses of those three sets. ``sets`` is a report's ``sets`` (or several merged)."""
+    missing = [name for name in RULE_SETS if name not in sets]
+    if missing:
+        raise ValueError(f"the choice rule needs the sets {', '.join(missing)} in the reports given")
+    parts = {"alerts_correct": sets["alerts"]["by_category"]["sound"]["correct"],
+             "alerts_false": sets["alerts"]["false_responses"]}
+    for name in RULE_SETS[1:]:
+        cats = sets[name]["by_category"]
+        parts[f"{name}_requests"] = cats["command"]["correct"]
+        parts[f"{name}_unknown"] = cats["unknown"]["correct"]
+        parts[f"{name}_false"] = sets[name]["false_responses"]
+    return sum(-v if k.endswith("_false") else v for k, v in parts.items()), parts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edge-train-eval", description="Evaluate a trained bundle on held-out streams.")
     ap.add_argument("bundle", nargs="?", default=None, help="bundle folder (default: the shipped default bundle)")
@@ -240,7 +260,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-confidence", "--withhold-below", type=float, default=0.0, metavar="P",
                     help="as edge-listen --min-confidence: responses with confidence under P are withheld (default 0)")
     ap.add_argument("--out", help="write the report (JSON) here")
+    ap.add_argument("--score", nargs="+", metavar="REPORT",
+                    help="evaluate nothing: print the choice rule (and transcription WER) of these reports' sets")
     args = ap.parse_args(argv)
+    if args.score:
+        sets = {}
+        for path in args.score:
+            try:
+                sets.update(json.loads(Path(path).read_text())["sets"])
+            except (OSError, ValueError, KeyError) as e:
+                ap.error(f"{path}: not an edge-train-eval report ({e})")
+        try:
+            total, parts = choice_score(sets)
+        except ValueError as e:
+            ap.error(str(e))
+        wer = sets.get("transcribe", {}).get("wer")
+        print(json.dumps({"score": total, **parts, **({"transcribe_wer": wer} if wer is not None else {})}))
+        return 0
     if args.bundle is None:
         from edge_runtime.listener import DEFAULT_BUNDLE
 

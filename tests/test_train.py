@@ -111,6 +111,28 @@ def test_scoring_matches_false_and_latency():
     assert wer_counts("a b c".split(), "a x c d".split()) == 2
 
 
+def test_choice_rule_counts_correct_answers_minus_false_ones_and_reads_reports(tmp_path, capsys):
+    from edge_models.evaluate import choice_score, main
+
+    def sets_of(alerts_ok, req, unk, false):
+        cats = {"sound": {"correct": alerts_ok}, "command": {"correct": req}, "unknown": {"correct": unk}}
+        return {"by_category": cats, "false_responses": false}
+
+    sets = {"alerts": sets_of(10, 0, 0, 2), "assistant": sets_of(0, 7, 3, 1), "assistant-wording": sets_of(0, 4, 1, 5)}
+    total, parts = choice_score(sets)
+    assert total == 10 - 2 + 7 + 3 - 1 + 4 + 1 - 5
+    assert parts["assistant-wording_false"] == 5 and len(parts) == 8
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"sets": {"alerts": sets["alerts"]}}))
+    b.write_text(json.dumps({"sets": {k: sets[k] for k in ("assistant", "assistant-wording")}
+                             | {"transcribe": {"wer": 0.44}}}))
+    assert main(["--score", str(a), str(b)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"score": total, **parts, "transcribe_wer": 0.44}
+    with pytest.raises(SystemExit):  # one report lacks the assistant sets: a one-line error, not a wrong score
+        main(["--score", str(a)])
+    assert "needs the sets assistant, assistant-wording" in capsys.readouterr().err
+
+
 def test_recipe_smoke_resume_and_export(tmp_path, capsys):
     """The whole recipe at toy size (what CI runs): then the same command again resumes and redoes nothing."""
     from edge_models.train import main
