@@ -85,3 +85,17 @@ def test_llamacpp_peer_on_the_smollm2_gguf():
     rows = llamacpp_step_times(str(gguf_path()), [8, 64], threads=1, steps=3)
     assert [r["context"] for r in rows] == [8, 64]
     assert all(r["layout"].startswith("llama.cpp") and r["ms_p50"] > 0 and r["prefill_tokens_per_s"] > 0 for r in rows)
+
+
+def test_wording_probe_reads_text_as_a_recogniser_writes_it_and_keeps_held_out_lines_out():
+    from edge_bench.wording_probe import SILENT, as_heard, in_digits, normalize, pairs
+
+    assert normalize("Hey Edge, play some hip-hop!") == "hey edge play some hip hop"
+    assert in_digits("set a timer for twenty five minutes") == "set a timer for 25 minutes"
+    assert in_digits("sixty degrees and one hour") == "60 degrees and one hour"  # "one" stays a word
+    train, held = pairs(1, 300, "train++"), pairs(2, 100, "heldout")
+    assert not {t for t, _, _ in train} & {t for t, _, _ in held}
+    assert {k for _, _, k in held} == {"request", "unknown", "ignore"}
+    assert all((r == SILENT) == (k == "ignore") for _, r, k in train + held)
+    heard = as_heard(train, __import__("random").Random(0))
+    assert any(any(c.isdigit() for c in t) for t, _, _ in heard) and all(t == t.lower() for t, _, _ in heard)
