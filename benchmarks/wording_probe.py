@@ -85,15 +85,15 @@ def as_heard(items: list, rng: random.Random | None = None) -> list:
     return [(in_digits(normalize(t)) if rng and rng.random() < 0.5 else normalize(t), r, k) for t, r, k in items]
 
 
-def transcribed(items: list, bundle_path: str, seed: int) -> tuple[list, dict]:
-    """Each utterance spoken in a held-out voice and transcribed by a whisper-asr bundle."""
+def transcribed(items: list, bundle_path: str, seed: int, voices: str = "heldout") -> tuple[list, dict]:
+    """Each utterance spoken in a voice of ``voices`` (heldout, train) and transcribed by a whisper-asr bundle."""
     from edge_models import synth
     from edge_runtime.whisper_asr import WhisperBundle
 
     asr, rng, out, wrong_words = WhisperBundle(bundle_path), random.Random(seed), [], 0
     pad = np.zeros(int(0.3 * synth.SR), np.float32)
     for text, response, kind in items:
-        audio = np.concatenate([pad, synth.speak(text, synth.random_voice(rng, "heldout")), pad])
+        audio = np.concatenate([pad, synth.speak(text, synth.random_voice(rng, voices)), pad])
         heard, _ = asr.transcribe(audio)
         out.append((normalize(heard), response, kind))
         wrong_words += edit_distance(in_digits(normalize(text)).split(), in_digits(normalize(heard)).split())
@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoders", default="smollm2,scratch:1500",
                     help="comma-separated: smollm2, scratch, each optionally with :STEPS (the random one needs more)")
     ap.add_argument("--asr", metavar="BUNDLE", help="a whisper-asr bundle: also score held-out voices through it")
+    ap.add_argument("--heard-train", type=int, default=0, metavar="N",
+                    help="with --asr: also train on what it hears of N training pairs spoken in training voices")
     ap.add_argument("--out", help="write the report (JSON) here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -199,9 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     data = as_heard(pairs(1, a.train, "train++"), random.Random(4))
     heldout = pairs(2, a.test, "heldout")
     tests = {"heldout_wording": as_heard(heldout), "training_wording": as_heard(pairs(3, a.test, "train"))}
+    report = {"train_pairs": a.train, "heard_train_pairs": a.heard_train if a.asr else 0, "test_pairs": a.test,
+              "batch": a.batch, "decoders": {}}
+    if a.asr and a.heard_train:
+        heard, report["asr_train"] = transcribed(pairs(6, a.heard_train, "train++"), a.asr, 7, voices="train")
+        data += heard
+        print(f"wording_probe: Whisper WER on {a.heard_train} training-voice pairs {report['asr_train']['wer']:.3f}",
+              file=sys.stderr)
     seen = {text for text, _, _ in data}
-    report = {"train_pairs": a.train, "test_pairs": a.test, "batch": a.batch,
-              "heldout_texts_in_training": sum(t in seen for t, _, _ in tests["heldout_wording"]), "decoders": {}}
+    report["heldout_texts_in_training"] = sum(t in seen for t, _, _ in tests["heldout_wording"])
     if a.asr:
         tests["heldout_wording_heldout_voices_whisper"], report["asr"] = transcribed(heldout, a.asr, 5)
         print(f"wording_probe: Whisper WER on held-out voices {report['asr']['wer']:.3f}", file=sys.stderr)
