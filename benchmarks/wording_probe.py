@@ -170,6 +170,11 @@ def score(probe: Probe, tests: dict[str, list], keep: int = 4) -> dict:
     return out
 
 
+def shares(results: dict) -> dict:
+    """{test set: {kind: share correct}} of ``score``'s results, without the examples."""
+    return {k: {c: v[c]["share"] for c in v if c != "wrong_examples"} for k, v in results.items()}
+
+
 def scratch_like_shipped(vocab: int):
     """A Llama of the shipped decoder's shape (models/config.py preset "small") from random weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -231,14 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         last = train(probe, data, steps, lr, a.batch)
         res = score(probe, tests)
         report["decoders"][name] = {"lr": lr, "steps": steps, "train_loss": last, "train_s": round(time.monotonic() - t1, 1), **res}
-        print(f"wording_probe: {name}: {json.dumps({k: {c: v[c]['share'] for c in v if c != 'wrong_examples'} for k, v in res.items()})}",
-              file=sys.stderr)
+        print(f"wording_probe: {name}: {json.dumps(shares(res))}", file=sys.stderr)
     report["seconds"] = round(time.monotonic() - t0, 1)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(report, f, indent=2)
-    print(json.dumps({n: {k: {c: v[c]["share"] for c in v if c != "wrong_examples"} for k, v in d.items()
-                          if isinstance(v, dict)} for n, d in report["decoders"].items()}))
+    print(json.dumps({n: shares({k: v for k, v in d.items() if isinstance(v, dict)}) for n, d in report["decoders"].items()}))
     return 0
 
 
