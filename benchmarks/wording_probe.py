@@ -31,148 +31,15 @@ import random
 import sys
 import time
 
-import numpy as np
 import torch
 
-from edge_models import scenarios as sc
-
-from .asr import edit_distance
-
-SILENT = ""  # the answer to speech that is not for the assistant: the end token straight away
-_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
-         "seventeen eighteen nineteen".split()
-_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i > 1}
-
-
-def normalize(text: str) -> str:
-    """What the responder reads: lower case, letters, digits and apostrophes only."""
-    return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
-
-
-def in_digits(text: str) -> str:
-    """Number words as digits ("twenty five minutes" -> "25 minutes"), as a recogniser writes them."""
-    out, words, i = [], text.split(), 0
-    while i < len(words):
-        w = words[i]
-        if w in _TENS:
-            n = _TENS[w]
-            if i + 1 < len(words) and words[i + 1] in _UNITS[1:10]:
-                n, i = n + _UNITS.index(words[i + 1]), i + 1
-            out.append(str(n))
-        elif w in _UNITS[2:]:  # "one" and "a" stay words: "one hour", "in one go"
-            out.append(str(_UNITS.index(w)))
-        else:
-            out.append(w)
-        i += 1
-    return " ".join(out)
-
-
-def pairs(seed: int, n: int, split: str, addressed_share: float = 0.7) -> list[tuple[str, str, str]]:
-    """n (utterance, response, kind) triples; kind: request, unknown or ignore."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        if rng.random() < addressed_share:
-            u = sc.command(rng, split)
-            out.append((u.text, u.response, "unknown" if u.intent == "unknown" else "request"))
-        else:
-            out.append((sc.not_addressed(rng, split).text, SILENT, "ignore"))
-    return out
-
-
-def as_heard(items: list, rng: random.Random | None = None) -> list:
-    """Normalised inputs; with ``rng``, half of them with numbers in digits."""
-    return [(in_digits(normalize(t)) if rng and rng.random() < 0.5 else normalize(t), r, k) for t, r, k in items]
+from edge_models.responder import TextLM, as_heard, fit, pairs, score, shares, speak_and_transcribe
 
 
 def transcribed(items: list, bundle_path: str, seed: int, voices: str = "heldout") -> tuple[list, dict]:
     """Each utterance spoken in a voice of ``voices`` (heldout, train) and transcribed by a whisper-asr bundle."""
-    from edge_models import synth
-    from edge_runtime.whisper_asr import WhisperBundle
-
-    asr, rng, out, wrong_words = WhisperBundle(bundle_path), random.Random(seed), [], 0
-    pad = np.zeros(int(0.3 * synth.SR), np.float32)
-    for text, response, kind in items:
-        audio = np.concatenate([pad, synth.speak(text, synth.random_voice(rng, voices)), pad])
-        heard, _ = asr.transcribe(audio)
-        out.append((normalize(heard), response, kind))
-        wrong_words += edit_distance(in_digits(normalize(text)).split(), in_digits(normalize(heard)).split())
-    words = sum(len(in_digits(normalize(t)).split()) for t, _, _ in items)
-    return out, {"utterances": len(items), "wer": round(wrong_words / max(words, 1), 4),
-                 "examples": [{"said": t, "heard": h} for (t, _, _), (h, _, _) in zip(items[:4], out[:4])]}
-
-
-class Probe:
-    """A causal LM with SmolLM2's tokenizer and chat format, trained on the response tokens only."""
-
-    def __init__(self, model, tok, eos: int):
-        self.model, self.tok, self.eos = model, tok, eos
-
-    def prompt(self, text: str) -> list[int]:
-        return self.tok.encode(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n").ids
-
-    def loss(self, batch: list[tuple[str, str, str]]) -> torch.Tensor:
-        seqs, starts = [], []
-        for text, response, _ in batch:
-            p = self.prompt(text)
-            seqs.append(p + self.tok.encode(response).ids + [self.eos])
-            starts.append(len(p))
-        T = max(map(len, seqs))
-        ids = torch.tensor([s + [self.eos] * (T - len(s)) for s in seqs])
-        mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs])
-        hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        rows = [(b, t) for b, (s, st) in enumerate(zip(seqs, starts)) for t in range(st - 1, len(s) - 1)]
-        b, t = torch.tensor(rows).T
-        logits = self.model.lm_head(hidden[b, t])  # only where a response token is predicted
-        return torch.nn.functional.cross_entropy(logits.float(), ids[b, t + 1])
-
-    @torch.no_grad()
-    def answer(self, text: str, max_tokens: int = 24) -> str:
-        ids = torch.tensor([self.prompt(text)])
-        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                  do_sample=False, eos_token_id=self.eos, pad_token_id=self.eos)
-        new = [i for i in out[0, ids.shape[1]:].tolist() if i != self.eos]
-        return self.tok.decode(new).strip()
-
-
-def train(probe: Probe, data: list, steps: int, lr: float, batch: int, seed: int = 0) -> float:
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW([p for p in probe.model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    probe.model.train()
-    loss, t0 = torch.tensor(0.0), time.monotonic()
-    for step in range(steps):
-        for g in opt.param_groups:  # linear warm-up over 20 steps, then constant
-            g["lr"] = lr * min(1.0, (step + 1) / 20)
-        loss = probe.loss(rng.sample(data, batch))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(probe.model.parameters(), 1.0)
-        opt.step()
-        if (step + 1) % 25 == 0 or step + 1 == steps:
-            print(f"  step {step + 1}/{steps}: loss {loss.item():.3f} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
-    probe.model.eval()
-    return round(float(loss.detach()), 4)
-
-
-def score(probe: Probe, tests: dict[str, list], keep: int = 4) -> dict:
-    out = {}
-    for name, items in tests.items():
-        by_kind: dict[str, list[int]] = {}
-        wrong = []
-        for text, want, kind in items:
-            got = probe.answer(text)
-            by_kind.setdefault(kind, []).append(got == want)
-            if got != want and len(wrong) < keep:
-                wrong.append({"said": text, "expected": want, "got": got})
-        out[name] = {k: {"n": len(v), "correct": sum(v), "share": round(sum(v) / len(v), 4)}
-                     for k, v in sorted(by_kind.items())} | {"wrong_examples": wrong}
-    return out
-
-
-def shares(results: dict) -> dict:
-    """{test set: {kind: share correct}} of ``score``'s results, without the examples."""
-    return {k: {c: v[c]["share"] for c in v if c != "wrong_examples"} for k, v in results.items()}
+    heard, info = speak_and_transcribe([t for t, _, _ in items], bundle_path, seed, voices)
+    return [(h, r, k) for h, (_, r, k) in zip(heard, items)], info
 
 
 def scratch_like_shipped(vocab: int):
@@ -232,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.monotonic()
         print(f"wording_probe: {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
               f"{steps} steps", file=sys.stderr)
-        probe = Probe(model, tok, info["eos_id"])
-        last = train(probe, data, steps, lr, a.batch)
+        probe = TextLM(model, tok, info["eos_id"])
+        last = fit(probe, data, steps, lr, a.batch)
         res = score(probe, tests)
         report["decoders"][name] = {"lr": lr, "steps": steps, "train_loss": last, "train_s": round(time.monotonic() - t1, 1), **res}
         print(f"wording_probe: {name}: {json.dumps(shares(res))}", file=sys.stderr)

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                     help="0..1: say a response only if every token it chose had probability >= P; the rest are "
                          "withheld (a response.withheld event). Default 0: say everything, token by token")
+    ap.add_argument("--responder", metavar="DIR", help="a responder bundle (edge-export responder): Whisper + a pretrained "
+                    "LM write the reply to speech after the model decides to respond")
     ap.add_argument("--max-response-tokens", type=int, default=48)
     ap.add_argument("--context", type=int, default=None, help="KV cache tokens (default: the bundle's max)")
     ap.add_argument("--no-fifo", action="store_true", help="decode chunk by chunk instead of prefilling the backlog at once")
@@ -85,7 +87,8 @@ class ConsoleView:
         elif k == "transcript":
             print(f"[{ev['t_start']:8.1f}s] {ev['text']}", file=self.out, flush=True)
         elif k == "response.withheld":
-            print(f"[{ev['t']:8.1f}s] (withheld, confidence {ev['confidence']}: {ev['text']!r})", file=self.err)
+            why = f"heard {ev['heard']!r}" if ev.get("reason") == "responder" else f"confidence {ev['confidence']}"
+            print(f"[{ev['t']:8.1f}s] (withheld, {why}: {ev['text']!r})", file=self.err)
         elif k == "decision":
             print(f"[{ev['t']:8.1f}s] p(respond) {ev['p_respond']:.3f}", file=self.err)
         elif k == "warning":
@@ -124,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                              max_response_tokens=args.max_response_tokens, fifo=not args.no_fifo, context=args.context),
             session=SessionConfig(provider=args.provider, threads=args.threads, strict=args.strict_provider),
             decoder_threads=args.decoder_threads, stats_interval=args.stats_interval,
-            vad_gate={"auto": None, "on": True, "off": False}[args.vad_gate], verbose=args.verbose)
+            vad_gate={"auto": None, "on": True, "off": False}[args.vad_gate], verbose=args.verbose,
+            responder=args.responder)
         try:
             source = _make_source(args)
         except NoMicrophoneError as e:

@@ -70,7 +70,10 @@ class ListenerOptions:
     stats_interval: stream seconds between ``stats`` events. ring_seconds: capture buffer length.
     max_backlog: chunks that may wait for the decoder; beyond it the oldest are dropped (live
     sources) or the reader waits (files, stdin). vad_gate: skip the encoder on chunks whose
-    whole window is quiet (None: as the bundle's manifest says). verbose: emit a ``decision`` event per decoder call."""
+    whole window is quiet (None: as the bundle's manifest says). verbose: emit a ``decision`` event per decoder call.
+    responder: a responder bundle (folder, or a loaded Responder): Whisper + a pretrained LM write the reply to speech
+    after the model decides to respond (edge_runtime/responder.py); responder_threads: its
+    sessions' intra-op threads (it runs in bursts, while the decoder worker waits for it)."""
 
     loop: LoopOptions = LoopOptions()
     session: SessionConfig = SessionConfig()
@@ -81,6 +84,8 @@ class ListenerOptions:
     vad_gate: bool | None = None
     gate: GateOptions = GateOptions()
     verbose: bool = False
+    responder: object = None  # str | Path | edge_runtime.responder.Responder
+    responder_threads: int = 2
 
     def __post_init__(self) -> None:
         if self.stats_interval <= 0 or self.ring_seconds <= 0 or self.max_backlog < 1:
@@ -175,6 +180,15 @@ class Listener:
         self._gate = QuietGate(m.sample_rate, options.gate) if gate_on else None
         self.gated_chunks = 0
         self._t_stream = 0.0
+        self._responder = None
+        if options.responder is not None:
+            from .responder import Responder
+
+            if m.sample_rate != 16000:
+                raise ValueError(f"a responder needs a 16 kHz bundle; {m.name} runs at {m.sample_rate} Hz")
+            r = options.responder  # a folder, or a Responder already loaded (shared between streams)
+            self._responder = Responder(r, dataclasses.replace(options.session, threads=options.responder_threads)) \
+                if isinstance(r, (str, Path)) else r
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -187,13 +201,14 @@ class Listener:
         if self.asr is not None:
             return self._start_asr()
         self.loop = DecisionLoop(self.bundle, self.options.loop, self._emit, self._decider,
-                                 should_stop=self._stop.is_set, verbose=self.options.verbose)
+                                 should_stop=self._stop.is_set, verbose=self.options.verbose, responder=self._responder)
         m = self.bundle.manifest
         self._emit({"type": "ready", "bundle": m.name, "path": str(m.root), "providers": self.bundle.providers_in_use,
                     "chunk_ms": m.chunk_ms, "sample_rate": m.sample_rate, "decoder": self.bundle.decoder_file.file,
                     "kv_layout": self.bundle.decoder_file.kv_layout, "instruction": self.loop.instruction,
                     "source": {"name": info.name, "rate": info.rate, "channels": info.channels, "live": info.live},
-                    "fifo": self.options.loop.fifo, "vad_gate": self._gate is not None})
+                    "fifo": self.options.loop.fifo, "vad_gate": self._gate is not None,
+                    "responder": self._responder.name if self._responder is not None else None})
         for w in self._early_warnings:
             self._emit({"type": "warning", "message": w, "t": 0.0})
         self._t_wall0 = time.monotonic()
@@ -317,14 +332,15 @@ class Listener:
                     t0 = time.monotonic()
                     embeds = iter(self.bundle.encode_windows(np.stack(loud)) if loud else [])
                     ms = 1000 * (time.monotonic() - t0) / max(1, len(loud))
-                    for w, q in zip(windows, quiet):
+                    for w, q, s in zip(windows, quiet, samples):
                         if q:
                             if silence_embeds is None:
                                 silence_embeds = self._silence_embeds()
                             self.gated_chunks += 1
                         e = silence_embeds if q else next(embeds)
                         n_done += 1
-                        chunk = Chunk(n_done - 1, n_done * chunk_n / m.sample_rate, e, available, 0.0 if q else ms, q)
+                        chunk = Chunk(n_done - 1, n_done * chunk_n / m.sample_rate, e, available, 0.0 if q else ms, q,
+                                      s if self._responder is not None else None)
                         self._chunks.put(chunk, block=block, stop=self._stop)
                 if eof:
                     break

@@ -69,6 +69,7 @@ class Chunk:
     available: float
     encode_ms: float
     gated: bool = False
+    samples: np.ndarray | None = None  # the chunk's 16 kHz audio, kept only for a responder
 
 
 class Decider(Protocol):
@@ -186,8 +187,14 @@ class DecisionLoop:
 
     def __init__(self, bundle: Bundle, opts: LoopOptions, emit: Callable[[dict], None],
                  decider: Decider | None = None, should_stop: Callable[[], bool] = lambda: False,
-                 verbose: bool = False):
+                 verbose: bool = False, responder=None):
         self.b, self.opts, self.emit = bundle, opts, emit
+        self.responder = responder  # edge_runtime.responder.Responder: rewrites speech replies
+        self.trail = None
+        if responder is not None:
+            from .responder import SpeechTrail
+
+            self.trail = SpeechTrail()
         self.decider = decider or ThresholdDecider(1.0 - opts.sensitivity)
         self.should_stop, self.verbose = should_stop, verbose
         m = bundle.manifest
@@ -209,6 +216,8 @@ class DecisionLoop:
         self.first_token_ms = Samples()
         self.responses = 0
         self.withheld = 0
+        if self.trail is not None:
+            self.trail.reset()
 
     def process(self, chunks: list[Chunk]) -> None:
         """Prefill ``chunks`` (a FIFO backlog) in one call and decide once, after the last."""
@@ -217,6 +226,9 @@ class DecisionLoop:
             if i:
                 parts.append(self._silent)  # the model "stayed silent" on queued chunks
             parts.append(c.embeds)
+        if self.trail is not None:
+            for c in chunks:
+                self.trail.push(c.samples)
         t0 = time.monotonic()
         logits = self.ctx.feed(np.concatenate(parts), reserve=self.opts.max_response_tokens + 2)
         p = _p_respond(logits, self.silent_id, self.respond_id)
@@ -238,7 +250,7 @@ class DecisionLoop:
         held until <end> and then said whole or withheld. Either way every token is fed, so the
         model's context is the same whether or not the response was said."""
         t = round(chunk.t_end, 3)
-        hold = self.opts.min_confidence > 0.0
+        hold = self.opts.min_confidence > 0.0 or self.responder is not None
         if not hold:
             self.emit({"type": "response.start", "t": t})
         logits = self.ctx.feed(self._respond)
@@ -266,15 +278,21 @@ class DecisionLoop:
             self._pending = np.concatenate([self.b.embed([nxt]), self._end])
         text = self.b.tokenizer.decode(ids)
         total_ms = round(1000 * (time.monotonic() - t_decided), 2)
-        if hold and confidence < self.opts.min_confidence:
+        extra = {}
+        if self.responder is not None and text not in self.responder.pass_through and confidence >= self.opts.min_confidence:
+            extra = self.responder.answer(self.instruction, self.trail)
+            extra["model_text"], text = text, extra.pop("text")
+            total_ms = round(1000 * (time.monotonic() - t_decided), 2)
+        if hold and (confidence < self.opts.min_confidence or (extra and not text)):
             self.withheld += 1
-            self.emit({"type": "response.withheld", "t": t, "text": text, "confidence": round(confidence, 4),
-                       "total_ms": total_ms, "tokens": len(ids)})
+            self.emit({"type": "response.withheld", "t": t, "text": extra.get("model_text", text),
+                       "reason": "responder" if extra else "confidence", "confidence": round(confidence, 4),
+                       "total_ms": total_ms, "tokens": len(ids), **extra})
             return
         self.responses += 1
         if hold:
             self.emit({"type": "response.start", "t": t})
-            if ids:
+            if text:
                 first_ms = total_ms  # the listener hears nothing before the whole response is checked
         if first_ms is not None:
             self.first_token_ms.add(first_ms)
@@ -283,4 +301,4 @@ class DecisionLoop:
         self.emit({"type": "response.end", "t": t, "text": text,
                    "first_token_ms": round(first_ms, 2) if first_ms is not None else None,
                    "total_ms": total_ms, "tokens": len(ids),
-                   "confidence": round(confidence, 4)})
+                   "confidence": round(confidence, 4), **extra})

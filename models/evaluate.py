@@ -69,13 +69,13 @@ def wer_counts(ref: list[str], hyp: list[str]) -> int:
 
 
 def run_listener(bundle, audio: np.ndarray, instruction: str, sensitivity: float = 0.5,
-                 min_confidence: float = 0.0) -> list[dict]:
+                 min_confidence: float = 0.0, responder=None) -> list[dict]:
     from edge_runtime.listener import Listener, ListenerOptions
     from edge_runtime.loop import LoopOptions
 
     events: list[dict] = []
     opts = ListenerOptions(loop=LoopOptions(instruction=instruction, sensitivity=sensitivity,
-                                                 min_confidence=min_confidence))
+                                                 min_confidence=min_confidence), responder=responder)
     with Listener(bundle, callback=events.append, feed_live=False, options=opts) as li:
         li.feed(audio)
         li.close_input()
@@ -195,19 +195,28 @@ def build_set(name: str, n: int, seconds: float, seed_base: int = SEED_BASE, voi
 
 def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: list[str] | None = None,
                     keep_examples: int = 6, sensitivity: float = 0.5, seed_base: int = SEED_BASE,
-                    voices: str = "heldout", min_confidence: float = 0.0) -> dict:
+                    voices: str = "heldout", min_confidence: float = 0.0, responder: str | None = None) -> dict:
+    """``responder``: a responder bundle (edge-export responder) that writes the replies to speech."""
     from edge_runtime.model import Bundle
 
     bundle = Bundle(bundle_path)
+    if responder is not None:
+        from edge_runtime.responder import Responder
+        from edge_runtime.sessions import SessionConfig
+
+        responder_path, responder = responder, Responder(responder, SessionConfig(threads=2))
     report = {"bundle": str(bundle_path), "streams_per_set": n, "stream_seconds": seconds,
               "sensitivity": sensitivity, "seed_base": seed_base, "voices": voices,
-              "min_confidence": min_confidence, "sets": {}}
+              "min_confidence": min_confidence, "responder": responder_path if responder else None, "sets": {}}
     for name in sets or list(SETS):
         t0 = time.monotonic()
         streams = build_set(name, n, seconds, seed_base, voices)
-        scored, examples = [], []
+        scored, examples, stage_ms = [], [], {"asr_ms": [], "lm_ms": []}
         for s in streams:
-            evs = run_listener(bundle, s.audio, s.instruction, sensitivity, min_confidence)
+            evs = run_listener(bundle, s.audio, s.instruction, sensitivity, min_confidence, responder)
+            for e in evs:
+                for k in stage_ms if e.get("heard") is not None else ():
+                    stage_ms[k].append(e[k])
             sc_ = score_stream(s.to_dict(), evs)
             scored.append(sc_)
             for r in sc_["matched"]:
@@ -219,6 +228,10 @@ def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: 
         summary = summarize(scored, transcribe=SETS[name][1] == "transcribe")
         summary["audio_hours"] = round(sum(s.duration for s in streams) / 3600, 3)
         summary["eval_s"] = round(time.monotonic() - t0, 1)
+        if responder is not None:  # per answer it wrote or withheld: Whisper's and the LM's time
+            summary["responder"] = {"answers": len(stage_ms["asr_ms"]),
+                                    **{f"{k}_p{q}": round(float(np.percentile(v, q)), 1) if v else None
+                                       for k, v in stage_ms.items() for q in (50, 90)}}
         summary["error_examples"] = examples
         report["sets"][name] = summary
         print(f"{name}: {json.dumps({k: v for k, v in summary.items() if k != 'error_examples'})}", file=sys.stderr)
@@ -259,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a diagnostic: the same sets spoken in training voices (espeak-ng, festival ked), not held-out ones")
     ap.add_argument("--min-confidence", "--withhold-below", type=float, default=0.0, metavar="P",
                     help="as edge-listen --min-confidence: responses with confidence under P are withheld (default 0)")
+    ap.add_argument("--responder", metavar="DIR", help="as edge-listen --responder: a responder bundle writes the replies to speech")
     ap.add_argument("--out", help="write the report (JSON) here")
     ap.add_argument("--score", nargs="+", metavar="REPORT",
                     help="evaluate nothing: print the choice rule (and transcription WER) of these reports' sets")
@@ -283,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         args.bundle = str(DEFAULT_BUNDLE)
     report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","), keep_examples=args.examples,
                              sensitivity=args.sensitivity, seed_base=TUNING_SEED_BASE if args.tuning else SEED_BASE,
-                             voices="train" if args.training_voices else "heldout", min_confidence=args.min_confidence)
+                             voices="train" if args.training_voices else "heldout", min_confidence=args.min_confidence,
+                             responder=args.responder)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text)

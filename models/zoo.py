@@ -19,15 +19,21 @@ def tiny(seed: int = 0, vocab: int = 300) -> tuple[AudioInteractionModel, Tokeni
     return model, tok, {"source": "preset", "preset": "test-tiny", "seed": seed, "vocab": vocab}
 
 
-def smollm2(seed: int = 0, encoder_preset: str = "small") -> tuple[AudioInteractionModel, Tokenizer, dict]:
+def smollm2(seed: int = 0, encoder_preset: str = "small", lora: str | None = None) -> tuple[AudioInteractionModel, Tokenizer, dict]:
     """SmolLM2-135M-Instruct as the decoder (control tokens added, their rows set to the mean
     embedding), with a randomly initialised encoder of the ``encoder_preset`` size in front of it.
-    The decoder is real; the audio path is untrained. For benchmarks and as a base to train from."""
+    The decoder is real; the audio path is untrained. For benchmarks and as a base to train from.
+    ``lora``: a delta saved by ``edge-train-responder``, merged into the weights first."""
     import torch
 
     from .smollm2 import load_smollm2
 
-    lm, tok, _ = load_smollm2()
+    lm, tok, info = load_smollm2()
+    if lora is not None:
+        from .responder import merge_lora
+
+        merge_lora(info["hf_model"], lora)
+        lm.load_hf(info["hf_model"])
     n_before = lm.cfg.vocab_size
     add_control_tokens(tok)
     n_after = tok.get_vocab_size()
@@ -41,7 +47,8 @@ def smollm2(seed: int = 0, encoder_preset: str = "small") -> tuple[AudioInteract
         sd["model.embed_tokens.weight"] = new
         sd["lm_head.weight"] = new
         model.lm.load_state_dict(sd, strict=True)
-    return model.eval(), tok, {"source": "smollm2", "seed": seed, "encoder_preset": encoder_preset}
+    ref = {"source": "smollm2", "seed": seed, "encoder_preset": encoder_preset}
+    return model.eval(), tok, ref | ({"lora": str(lora)} if lora is not None else {})
 
 
 def from_reference(ref: dict) -> tuple[AudioInteractionModel, Tokenizer, dict]:
@@ -49,7 +56,7 @@ def from_reference(ref: dict) -> tuple[AudioInteractionModel, Tokenizer, dict]:
     if src == "preset" and ref.get("preset") == "test-tiny":
         return tiny(ref.get("seed", 0), ref.get("vocab", 300))
     if src == "smollm2":
-        return smollm2(ref.get("seed", 0), ref.get("encoder_preset", "small"))
+        return smollm2(ref.get("seed", 0), ref.get("encoder_preset", "small"), ref.get("lora"))
     if src == "checkpoint":
         from .checkpoint import load_checkpoint
 

@@ -88,7 +88,7 @@ def test_llamacpp_peer_on_the_smollm2_gguf():
 
 
 def test_wording_probe_reads_text_as_a_recogniser_writes_it_and_keeps_held_out_lines_out():
-    from edge_bench.wording_probe import SILENT, as_heard, in_digits, normalize, pairs
+    from edge_models.responder import SILENT, as_heard, in_digits, normalize, pairs
 
     assert normalize("Hey Edge, play some hip-hop!") == "hey edge play some hip hop"
     assert in_digits("set a timer for twenty five minutes") == "set a timer for 25 minutes"

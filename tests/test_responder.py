@@ -1,0 +1,142 @@
+"""The responder stage in the decision loop (edge_runtime/responder.py), and its training pieces.
+
+The real stage (Whisper + an LM bundle) is tested in test_whisper.py, where a Whisper bundle is
+built; here a stand-in responder checks what the loop does with its answers."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import speechlike
+from edge_runtime.listener import Listener, ListenerOptions
+from edge_runtime.loop import LoopOptions, ScriptedDecider
+
+
+class StandIn:
+    """Answers in turn: a reply, silence, and (third) a reply to pass through unchanged."""
+
+    def __init__(self):
+        self.name, self.calls, self.seen, self.trail_samples = "stand-in", 0, 0, []
+
+    @property
+    def pass_through(self):
+        outer = self
+
+        class Third:
+            def __contains__(self, text):
+                outer.seen += 1
+                return outer.seen == 3
+
+        return Third()
+
+    def answer(self, instruction, trail):
+        self.calls += 1
+        self.trail_samples.append(len(trail._audio) + len(trail._pending))
+        if self.calls == 1:
+            return {"text": "Turning on the kitchen lights.", "heard": "edge turn on the kitchen lights", "asr_ms": 1.0, "lm_ms": 2.0}
+        return {"text": "", "heard": "sam pass the salt", "asr_ms": 1.0, "lm_ms": 2.0}
+
+
+def test_loop_says_the_responders_reply_withholds_its_silence_and_passes_sound_replies(tiny_bundle):
+    stand_in = StandIn()
+    decider = ScriptedDecider({3, 8, 12})
+    audio = speechlike(6.0)
+    with Listener(tiny_bundle[0], options=ListenerOptions(loop=LoopOptions(max_response_tokens=6, fifo=False), responder=stand_in),
+                  decider=decider, feed_live=False) as li:
+        li.feed(audio)
+        li.close_input()
+        events = list(li.events(timeout=60))
+    ends = [e for e in events if e["type"] == "response.end"]
+    held = [e for e in events if e["type"] == "response.withheld"]
+    assert [e["t"] for e in ends] == [1.6, 5.2] and [e["t"] for e in held] == [3.6]
+    first, third = ends
+    assert first["text"] == "Turning on the kitchen lights." and first["heard"] == "edge turn on the kitchen lights"
+    assert first["model_text"] != first["text"] and first["first_token_ms"] == first["total_ms"]
+    assert held[0]["reason"] == "responder" and held[0]["heard"] == "sam pass the salt"
+    assert held[0]["text"] == held[0]["model_text"]  # what the model would have said
+    assert "heard" not in third and "model_text" not in third  # passed through: the model's own words
+    # the trail held exactly the audio up to the end of the deciding chunk: nothing from later chunks
+    assert stand_in.trail_samples == [int(16000 * 1.6), int(16000 * 3.6)]
+    stats = [e for e in events if e["type"] == "stats"][-1]
+    assert stats["responses"] == 2 and stats["withheld"] == 1
+
+
+def test_speech_trail_returns_the_last_voiced_run_and_nothing_once_it_is_old():
+    from edge_models import synth
+    from edge_runtime.responder import SpeechTrail
+
+    rng = random.Random(3)
+    said = synth.speak("Edge, turn on the kitchen lights", synth.random_voice(rng, "train"))
+    other = synth.speak("we're out of coffee", synth.random_voice(rng, "train"))
+    gap = np.zeros(int(1.5 * 16000), np.float32)
+    trail = SpeechTrail(seconds=20.0)
+    for piece in (gap, other, gap, said, np.zeros(int(0.4 * 16000), np.float32)):
+        for i in range(0, len(piece), 6400):  # in 400 ms chunks, as the loop pushes them
+            trail.push(piece[i : i + 6400])
+    u = trail.utterance()
+    assert u is not None
+    # the last utterance (plus 0.2 s before it and the 0.4 s since), not the one 1.5 s earlier
+    assert len(said) - 0.3 * 16000 < len(u) < len(said) + 1.0 * 16000, (len(u), len(said))
+    trail.push(np.zeros(3 * 16000, np.float32))
+    assert trail.utterance() is None  # the last speech ended more than 2.5 s ago
+    trail.reset()
+    assert trail.utterance() is None
+
+
+def test_responder_examples_cover_every_mode_and_keep_held_out_wording_out():
+    from edge_models import responder as R
+    from edge_models import scenarios as sc
+
+    train = R.examples(1, 600, "train++")
+    held = R.examples(2, 200, "heldout")
+    assert not {u for _, u, _, _ in train} & {u for _, u, _, _ in held}
+    kinds = {k for *_, k in train}
+    assert kinds == {"request", "unknown", "ignore", "transcribe"}
+    for instr, said, target, kind in train:
+        if kind == "transcribe":
+            assert target is None and instr in sc.INSTRUCTIONS["transcribe"]
+        elif kind == "ignore":
+            assert target == R.SILENT
+        else:
+            assert target and not any(instr.startswith(p.split("{")[0]) for p in sc.INSTRUCTIONS["alerts"])
+    read = R.read_as(train, rng=random.Random(0))
+    assert all(t == t.lower() for _, t, _, _ in read)
+    assert all(target == text for _, text, target, kind in read if kind == "transcribe")
+    heard = R.read_as(train[:3], heard=["a", "b", "c"])
+    assert [t for _, t, _, _ in heard] == ["a", "b", "c"]
+    p = R.prompt("Transcribe what you hear.", "hello there")
+    assert p.index("Transcribe what you hear.") < p.index("hello there") and p.endswith("<|im_start|>assistant\n")
+
+
+def test_lora_delta_merges_into_exactly_the_update_it_trained(tmp_path):
+    torch = pytest.importorskip("torch")
+    from edge_models.responder import add_lora, lora_delta, merge_lora
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
+
+    targets = ("0", "2")
+    trained = net()
+    names = add_lora(trained, rank=2, alpha=4.0, targets=targets)
+    assert names == ["0", "2"] and all(not p.requires_grad for n, p in trained.named_parameters() if "lora" not in n)
+    x = torch.randn(5, 8)
+    base = net()
+    assert torch.allclose(trained(x), base(x))  # B starts at zero: the model starts unchanged
+    with torch.no_grad():
+        for m in (trained[0], trained[2]):
+            m.lora_B.normal_()
+    want = trained(x)
+    np.savez(tmp_path / "d.npz", **lora_delta(trained, {"rank": 2}))
+    meta = merge_lora(base, tmp_path / "d.npz")
+    assert meta == {"rank": 2}
+    assert torch.allclose(base(x), want, atol=2e-2)  # fp16 delta
+    assert not torch.allclose(base(x), net()(x), atol=1e-2)
+    d = dict(np.load(tmp_path / "d.npz"))
+    d["9.A"], d["9.B"] = d["0.A"], d["0.B"]
+    np.savez(tmp_path / "bad.npz", **d)
+    with pytest.raises(ValueError, match="9 is not a module"):
+        merge_lora(net(), tmp_path / "bad.npz")
+    assert json.loads(bytes(np.load(tmp_path / "d.npz")["meta"]).decode())["rank"] == 2
