@@ -390,6 +390,10 @@ class Listener:
             log.exception("decoder worker failed")
             self._emit({"type": "warning", "message": f"decoder failed: {e}", "t": round(self._t_stream, 3)})
         finally:
+            try:
+                loop.close()  # the responder's last answers come before the final stats and end
+            except Exception:
+                log.exception("responder failed to finish")
             self._stop.set()
             self.ring.close()
             self.finished = True

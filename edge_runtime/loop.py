@@ -190,11 +190,11 @@ class DecisionLoop:
                  verbose: bool = False, responder=None):
         self.b, self.opts, self.emit = bundle, opts, emit
         self.responder = responder  # edge_runtime.responder.Responder: rewrites speech replies
-        self.trail = None
+        self.trail = self.worker = None
         if responder is not None:
-            from .responder import SpeechTrail
+            from .responder import ResponderWorker, SpeechTrail
 
-            self.trail = SpeechTrail()
+            self.trail, self.worker = SpeechTrail(), ResponderWorker(responder, self.say)
         self.decider = decider or ThresholdDecider(1.0 - opts.sensitivity)
         self.should_stop, self.verbose = should_stop, verbose
         m = bundle.manifest
@@ -277,20 +277,26 @@ class DecisionLoop:
         else:  # cut short: the last token was not fed yet; it and <end> ride with the next chunk
             self._pending = np.concatenate([self.b.embed([nxt]), self._end])
         text = self.b.tokenizer.decode(ids)
-        total_ms = round(1000 * (time.monotonic() - t_decided), 2)
-        extra = {}
-        if self.responder is not None and text not in self.responder.pass_through and confidence >= self.opts.min_confidence:
-            extra = self.responder.answer(self.instruction, self.trail)
-            extra["model_text"], text = text, extra.pop("text")
-            total_ms = round(1000 * (time.monotonic() - t_decided), 2)
-        if hold and (confidence < self.opts.min_confidence or (extra and not text)):
+        r = self.responder
+        if self.worker is not None and text not in r.pass_through and self.opts.min_confidence <= confidence < r.ask_below:
+            # the responder writes what is said, on its own thread: the loop goes on deciding
+            self.worker.submit(t, t_decided, text, confidence, len(ids), self.instruction, self.trail.utterance())
+            return
+        self.say(t, text, round(1000 * (time.monotonic() - t_decided), 2), len(ids), confidence,
+                 withhold=confidence < self.opts.min_confidence, held=hold, first_ms=first_ms, text_sent=text_sent)
+
+    def say(self, t: float, text: str, total_ms: float, tokens: int, confidence: float, withhold: bool = False,
+            held: bool = True, first_ms: float | None = None, text_sent: str = "", **extra) -> None:
+        """Emit a generated response (its remaining delta and ``response.end``), or, with
+        ``withhold``, a ``response.withheld`` instead; ``extra`` fields ride on the last event."""
+        if withhold:
             self.withheld += 1
             self.emit({"type": "response.withheld", "t": t, "text": extra.get("model_text", text),
-                       "reason": "responder" if extra else "confidence", "confidence": round(confidence, 4),
-                       "total_ms": total_ms, "tokens": len(ids), **extra})
+                       "reason": "responder" if "heard" in extra else "confidence", "confidence": round(confidence, 4),
+                       "total_ms": total_ms, "tokens": tokens, **extra})
             return
         self.responses += 1
-        if hold:
+        if held:
             self.emit({"type": "response.start", "t": t})
             if text:
                 first_ms = total_ms  # the listener hears nothing before the whole response is checked
@@ -300,5 +306,10 @@ class DecisionLoop:
             self.emit({"type": "response.delta", "t": t, "text": text[len(text_sent) :]})
         self.emit({"type": "response.end", "t": t, "text": text,
                    "first_token_ms": round(first_ms, 2) if first_ms is not None else None,
-                   "total_ms": total_ms, "tokens": len(ids),
+                   "total_ms": total_ms, "tokens": tokens,
                    "confidence": round(confidence, 4), **extra})
+
+    def close(self) -> None:
+        """Wait for the responder to finish what it was handed (the stream is ending)."""
+        if self.worker is not None:
+            self.worker.close()

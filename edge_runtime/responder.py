@@ -17,17 +17,21 @@ bundle. ``edge-export responder`` writes one (SmolLM2-135M + the LoRA trained by
 from __future__ import annotations
 
 import json
+import logging
+import queue
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import BundleError
-from .loop import Context
+from .loop import Context, _p_top
 from .model import Bundle
 from .sessions import SessionConfig
 from .whisper_asr import SR, SegmenterOptions, WhisperBundle
 
+log = logging.getLogger(__name__)
 FRAME = 320  # 20 ms at 16 kHz, webrtcvad's frame
 
 
@@ -74,7 +78,13 @@ class SpeechTrail:
 
 
 class Responder:
-    """Shared (sessions, tokenizers); per-stream state is the caller's SpeechTrail."""
+    """Shared (sessions, tokenizers); per-stream state is the caller's SpeechTrail.
+
+    Manifest policy (chosen on the tuning streams, README): ``ask_below``: the responder is asked
+    only when the streaming model's confidence in its own reply is under this (default: always);
+    ``on_silence``: when the LM answers with silence, ``withhold`` the response or say the
+    ``model``'s own reply; ``repeat_instructions``: instructions the LM was trained to answer by
+    repeating what was said (transcription): under them the transcript is said without the LM."""
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -99,6 +109,11 @@ class Responder:
             raise BundleError(f"{mpath}: end_token: {raw['end_token']!r} is not in the LM's tokenizer")
         self.pass_through = set(raw.get("pass_through", []))
         self.max_tokens = int(raw.get("max_tokens", 32))
+        self.ask_below = float(raw.get("ask_below", 1.01))
+        self.repeat_instructions = set(raw.get("repeat_instructions", []))
+        self.on_silence = raw.get("on_silence", "withhold")
+        if self.on_silence not in ("withhold", "model"):
+            raise BundleError(f"{mpath}: on_silence: {self.on_silence!r} is not withhold or model")
         p = self.prompt
         if p.count("{heard}") != 1 or "{instruction}" not in p or p.index("{instruction}") > p.index("{heard}"):
             raise BundleError(f"{mpath}: prompt: needs {{instruction}} before one {{heard}}")
@@ -106,8 +121,12 @@ class Responder:
         self._sink_of: str | None = None
 
     def reply(self, instruction: str, heard: str) -> str:
-        """Greedy reply of the LM to (instruction, transcript); "" is its silence. The prompt up to
-        the transcript is prefilled once per instruction and kept as the cache's sink."""
+        return self.reply_with_confidence(instruction, heard)[0]
+
+    def reply_with_confidence(self, instruction: str, heard: str) -> tuple[str, float]:
+        """Greedy reply of the LM to (instruction, transcript), "" being its silence, and its
+        confidence (the lowest probability of any token it chose, the end token included). The
+        prompt up to the transcript is prefilled once per instruction and kept as the cache's sink."""
         head, tail = self.prompt.replace("{instruction}", instruction).split("{heard}")
         if self._sink_of != head:
             self._ctx.set_sink(self.lm.embed(self.lm.token_ids(head)))
@@ -116,24 +135,65 @@ class Responder:
         self._ctx.blocks.clear()
         logits = self._ctx.feed(self.lm.embed(self.lm.token_ids(_normalize(heard) + tail)))
         ids: list[int] = []
+        confidence = 1.0
         while len(ids) < self.max_tokens:
             nxt = int(np.argmax(logits))
+            confidence = min(confidence, _p_top(logits))
             if nxt == self.end_id:
                 break
             ids.append(nxt)
             logits = self._ctx.feed(self.lm.embed([nxt]))
-        return self.lm.tokenizer.decode(ids).strip()
+        return self.lm.tokenizer.decode(ids).strip(), confidence
 
-    def answer(self, instruction: str, trail: SpeechTrail) -> dict:
-        """-> {"text": what to say ("" for silence), "heard": transcript, "asr_ms", "lm_ms"}."""
-        audio = trail.utterance()
+    def answer(self, instruction: str, audio: np.ndarray | None) -> dict:
+        """The utterance (SpeechTrail.utterance(); None: no speech to answer) ->
+        {"text": what to say ("" for silence), "heard": transcript, "asr_ms", "lm_ms"}."""
         if audio is None:
             return {"text": "", "heard": None, "asr_ms": 0.0, "lm_ms": 0.0}
         t0 = time.monotonic()
-        heard, _ = self.asr.transcribe(audio)
+        heard, info = self.asr.transcribe(audio)
         t1 = time.monotonic()
-        text = self.reply(instruction, heard) if heard.strip() else ""
+        if instruction in self.repeat_instructions:
+            text, confidence = heard.strip(), 1.0
+        else:
+            text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
         if text and text == _normalize(heard):  # it repeats what was said: say it as Whisper wrote it
             text = heard.strip()
+        logprob = info.get("avg_logprob")
         return {"text": text, "heard": heard, "asr_ms": round(1000 * (t1 - t0), 1),
-                "lm_ms": round(1000 * (time.monotonic() - t1), 1)}
+                "lm_ms": round(1000 * (time.monotonic() - t1), 1),
+                "asr_logprob": None if logprob is None else round(float(logprob), 4), "lm_confidence": round(confidence, 4)}
+
+
+class ResponderWorker:
+    """Per stream: one thread that answers the responses the decision loop hands it, in order, so
+    that the loop never waits for Whisper and the LM (FIFO-scheduled asynchronous inference: the
+    streaming model keeps deciding on every chunk meanwhile). ``say`` is DecisionLoop.say."""
+
+    def __init__(self, responder: Responder, say):
+        self.responder, self.say = responder, say
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="edge-responder", daemon=True)
+        self._thread.start()
+
+    def submit(self, t: float, t_decided: float, model_text: str, confidence: float, tokens: int,
+               instruction: str, audio: np.ndarray | None) -> None:
+        self._jobs.put((t, t_decided, model_text, confidence, tokens, instruction, None if audio is None else audio.copy()))
+
+    def close(self, timeout: float = 60.0) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            t, t_decided, model_text, confidence, tokens, instruction, audio = job
+            try:
+                out = self.responder.answer(instruction, audio)
+            except Exception as e:  # say what the model said rather than lose the response
+                log.exception("responder failed")
+                out = {"text": model_text, "heard": None, "error": str(e)}
+            text = out.pop("text")
+            out["said_by"] = "responder" if text else "model" if self.responder.on_silence == "model" else None
+            text = text or (model_text if self.responder.on_silence == "model" else "")
+            self.say(t, text, round(1000 * (time.monotonic() - t_decided), 2), tokens, confidence,
+                     withhold=not text, model_text=model_text, **out)

@@ -48,6 +48,10 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         "license": f"{LICENSE}; LoRA delta trained here: Apache-2.0; Whisper {asr_model}: MIT (OpenAI)",
         "lm": "lm", "asr": "asr", "prompt": meta["prompt"], "end_token": EOS, "max_tokens": 32,
         "pass_through": sorted(sc.SOUND_RESPONSES.values()),
+        # chosen on the tuning streams (README, model card): ask only when the streaming model is
+        # unsure of its reply; when the LM stays silent, say the model's own reply
+        "ask_below": 0.7, "on_silence": "model",
+        "repeat_instructions": sc.INSTRUCTIONS["transcribe"],  # the LM repeats under these: skip it
         "provenance": {"lora": delta, "asr": asr_model},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

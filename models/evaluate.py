@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from . import streams as st
+from .responder import in_digits
 from .scenarios import SOUND_CLASSES
 
 SETS = {  # name: (wording split, mode, kinds override)
@@ -161,6 +162,11 @@ def summarize(scored: list[dict], transcribe: bool = False) -> dict:
         errs = sum(wer_counts(norm(r["event"]["response"]), norm(r["text"])) for r in rows)
         words = sum(len(norm(r["event"]["response"])) for r in rows)
         out["wer"] = round(errs / max(words, 1), 4)
+        # the same with numbers written as digits on both sides ("seventy one" = "71"): Whisper
+        # writes digits, the reference words, and that is not a recognition error
+        digits = lambda text: in_digits(" ".join(norm(text))).split()  # noqa: E731
+        errs = sum(wer_counts(digits(r["event"]["response"]), digits(r["text"])) for r in rows)
+        out["wer_numbers_as_digits"] = round(errs / max(sum(len(digits(r["event"]["response"])) for r in rows), 1), 4)
         out["exact"] = round(sum(r["correct"] for r in rows) / max(len(rows), 1), 4)
         return out
     cats: dict[str, dict] = {}

@@ -9,7 +9,6 @@ import random
 import numpy as np
 import pytest
 
-from conftest import speechlike
 from edge_runtime.listener import Listener, ListenerOptions
 from edge_runtime.loop import LoopOptions, ScriptedDecider
 
@@ -17,8 +16,10 @@ from edge_runtime.loop import LoopOptions, ScriptedDecider
 class StandIn:
     """Answers in turn: a reply, silence, and (third) a reply to pass through unchanged."""
 
-    def __init__(self):
-        self.name, self.calls, self.seen, self.trail_samples = "stand-in", 0, 0, []
+    def __init__(self, ask_below=1.01, on_silence="withhold", passes_third=True):
+        self.name, self.calls, self.seen, self.heard_audio = "stand-in", 0, 0, []
+        self.passes_third = passes_third
+        self.ask_below, self.on_silence = ask_below, on_silence
 
     @property
     def pass_through(self):
@@ -27,27 +28,41 @@ class StandIn:
         class Third:
             def __contains__(self, text):
                 outer.seen += 1
-                return outer.seen == 3
+                return outer.passes_third and outer.seen == 3
 
         return Third()
 
-    def answer(self, instruction, trail):
+    def answer(self, instruction, audio):
         self.calls += 1
-        self.trail_samples.append(len(trail._audio) + len(trail._pending))
+        self.heard_audio.append(audio)
         if self.calls == 1:
             return {"text": "Turning on the kitchen lights.", "heard": "edge turn on the kitchen lights", "asr_ms": 1.0, "lm_ms": 2.0}
         return {"text": "", "heard": "sam pass the salt", "asr_ms": 1.0, "lm_ms": 2.0}
 
 
-def test_loop_says_the_responders_reply_withholds_its_silence_and_passes_sound_replies(tiny_bundle):
-    stand_in = StandIn()
-    decider = ScriptedDecider({3, 8, 12})
-    audio = speechlike(6.0)
-    with Listener(tiny_bundle[0], options=ListenerOptions(loop=LoopOptions(max_response_tokens=6, fifo=False), responder=stand_in),
-                  decider=decider, feed_live=False) as li:
+def _speech_at_1_and_3_s():
+    from edge_models import synth
+
+    rng = random.Random(5)
+    audio = np.zeros(6 * 16000, np.float32)
+    for at, line in ((0.2, "Edge, turn on the lights"), (2.2, "we're out of coffee")):  # end before 1.6 s and 3.6 s
+        x = synth.speak(line, synth.random_voice(rng, "train"))[: int(1.3 * 16000)]
+        audio[int(at * 16000) : int(at * 16000) + len(x)] = x
+    return audio
+
+
+def _run(bundle, stand_in, audio):
+    with Listener(bundle, options=ListenerOptions(loop=LoopOptions(max_response_tokens=6, fifo=False), responder=stand_in),
+                  decider=ScriptedDecider({3, 8, 12}), feed_live=False) as li:
         li.feed(audio)
         li.close_input()
-        events = list(li.events(timeout=60))
+        return list(li.events(timeout=60))
+
+
+def test_loop_says_the_responders_reply_withholds_its_silence_and_passes_sound_replies(tiny_bundle):
+    stand_in = StandIn()
+    audio = _speech_at_1_and_3_s()
+    events = _run(tiny_bundle[0], stand_in, audio)
     ends = [e for e in events if e["type"] == "response.end"]
     held = [e for e in events if e["type"] == "response.withheld"]
     assert [e["t"] for e in ends] == [1.6, 5.2] and [e["t"] for e in held] == [3.6]
@@ -57,10 +72,28 @@ def test_loop_says_the_responders_reply_withholds_its_silence_and_passes_sound_r
     assert held[0]["reason"] == "responder" and held[0]["heard"] == "sam pass the salt"
     assert held[0]["text"] == held[0]["model_text"]  # what the model would have said
     assert "heard" not in third and "model_text" not in third  # passed through: the model's own words
-    # the trail held exactly the audio up to the end of the deciding chunk: nothing from later chunks
-    assert stand_in.trail_samples == [int(16000 * 1.6), int(16000 * 3.6)]
+    # each answer got the last utterance as it was at the deciding chunk's end: nothing later
+    for got, t_end in zip(stand_in.heard_audio, (1.6, 3.6)):
+        end = int(16000 * t_end)
+        assert got is not None and 0.8 * 16000 < len(got) <= end
+        assert np.array_equal(got, audio[end - len(got) : end])
     stats = [e for e in events if e["type"] == "stats"][-1]
     assert stats["responses"] == 2 and stats["withheld"] == 1
+
+
+def test_responder_policy_asks_only_when_the_model_is_unsure_and_can_keep_the_models_reply(tiny_bundle):
+    audio = _speech_at_1_and_3_s()
+    plain = [e for e in _run(tiny_bundle[0], None, audio) if e["type"] == "response.end"]
+    assert len(plain) == 3 and all(e["confidence"] < 0.5 for e in plain)
+    never = StandIn(ask_below=0.0, passes_third=False)  # the model is always sure enough: never asked
+    ends = [e for e in _run(tiny_bundle[0], never, audio) if e["type"] == "response.end"]
+    assert never.calls == 0 and [(e["t"], e["text"]) for e in ends] == [(e["t"], e["text"]) for e in plain]
+    keep = StandIn(ask_below=0.5, on_silence="model", passes_third=False)
+    out = sorted((e for e in _run(tiny_bundle[0], keep, audio) if e["type"].startswith("response.") and "heard" in e),
+                 key=lambda e: e["t"])
+    assert keep.calls == 3 and [e["said_by"] for e in out] == ["responder", "model", "model"]
+    for e, p in zip(out[1:], plain[1:]):  # the LM was silent: the model's own reply instead
+        assert e["model_text"] == p["text"] and (e["text"] == p["text"] or e["type"] == "response.withheld")
 
 
 def test_speech_trail_returns_the_last_voiced_run_and_nothing_once_it_is_old():

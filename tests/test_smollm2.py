@@ -124,3 +124,30 @@ def test_int8_teacher_forced_top1(smol, smol_bundles):
         agree = np.mean([a == b for a, b in zip(tops["fp32"], tops["int8"])])
         assert len(tops["fp32"]) == 40 and agree >= 0.90, (layout, agree)
     assert rep["int8"]["chosen"] == "weight-only", json.dumps(rep["int8"])
+
+
+def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(tmp_path):
+    """edge-train-responder (a few steps: the recipe runs and writes its delta), then edge-export
+    responder on the shipped delta, and the runtime's Responder on text in the training wording."""
+    import hashlib
+
+    from edge_export.responder_export import export_responder
+    from edge_models import scenarios as sc
+    from edge_models.responder import DEFAULT_LORA, main as train_responder
+    from edge_runtime.responder import Responder
+
+    work = tmp_path / "train"
+    assert train_responder(["--work", str(work), "--train", "24", "--test", "2", "--steps", "2", "--batch", "4", "--threads", "2"]) == 0
+    report = json.loads((work / "report.json").read_text())
+    assert report["steps"] == 2 and set(report["check"]) == {"training_wording", "heldout_wording"}
+    assert np.load(work / "responder-lora.npz")["model.layers.0.self_attn.q_proj.A"].shape == (8, 576)
+
+    out = export_responder(DEFAULT_LORA, tmp_path / "responder")
+    m = json.loads((tmp_path / "responder" / "manifest.json").read_text())
+    assert m["kind"] == "responder" and m["provenance"]["lora"]["sha256"] == hashlib.sha256(DEFAULT_LORA.read_bytes()).hexdigest()
+    assert sc.SOUND_RESPONSES["doorbell"] in m["pass_through"] and out["asr_greedy"][0]["identical"]
+    r = Responder(tmp_path / "responder")
+    assert r.reply(sc.DEFAULT_INSTRUCTION, "hey edge turn on the kitchen lights") == "Turning on the kitchen lights."
+    assert r.reply("Answer when someone talks to you.", "sam can you turn on the kitchen lights") == ""
+    assert r.reply("Transcribe what you hear.", "we're out of coffee") == "we're out of coffee"
+    assert r.reply("Tell me if the doorbell goes off.", "edge turn on the kitchen lights") == ""

@@ -162,7 +162,7 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
     for piece in (np.zeros(16000, np.float32), audio, np.zeros(8000, np.float32)):
         for i in range(0, len(piece), 6400):
             trail.push(piece[i : i + 6400])
-    out = r.answer("Answer when someone talks to you.", trail)
+    out = r.answer("Answer when someone talks to you.", trail.utterance())
     assert out["heard"] == r.asr.transcribe(trail.utterance())[0]
     assert wer([ref], [out["heard"]]) <= 0.2 and out["asr_ms"] > 0
     # the cached instruction prefix + the transcript give what the whole prompt gives at once
@@ -178,7 +178,8 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
             logits = ctx.feed(r.lm.embed([ids[-1]]))
         assert got == r.lm.tokenizer.decode(ids).strip()
     trail.push(np.zeros(3 * 16000, np.float32))
-    assert r.answer("Answer when someone talks to you.", trail) == {"text": "", "heard": None, "asr_ms": 0.0, "lm_ms": 0.0}
+    assert trail.utterance() is None
+    assert r.answer("Answer when someone talks to you.", None)["heard"] is None
     for bad, msg in ((lambda m: m.pop("end_token"), "end_token: missing"), (lambda m: m.update(kind="whisper-asr"), "not a responder"),
                      (lambda m: m.update(prompt="{heard} then {instruction}"), "needs .instruction. before"),
                      (lambda m: m.update(end_token="<nope>"), "not in the LM"),
