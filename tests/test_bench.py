@@ -99,3 +99,23 @@ def test_wording_probe_reads_text_as_a_recogniser_writes_it_and_keeps_held_out_l
     assert all((r == SILENT) == (k == "ignore") for _, r, k in train + held)
     heard = as_heard(train, __import__("random").Random(0))
     assert any(any(c.isdigit() for c in t) for t, _, _ in heard) and all(t == t.lower() for t, _, _ in heard)
+
+
+def test_responder_policy_replays_what_each_policy_would_have_said():
+    from edge_bench.responder_policy import apply, policies
+
+    events = [{"type": "ready"},
+              {"type": "response.end", "t": 1.0, "text": "A", "model_text": "B", "confidence": 0.5, "heard": "x", "asr_logprob": -0.1},
+              {"type": "response.withheld", "t": 2.0, "text": "C", "model_text": "C", "confidence": 0.9, "heard": "y", "asr_logprob": -2.0},
+              {"type": "response.end", "t": 3.0, "text": "The doorbell is ringing.", "confidence": 0.99}]
+    p = policies()
+
+    def said(name):
+        return [e["text"] for e in apply(events, p[name]) if e["type"] == "response.end"]
+
+    assert said("model_only") == ["B", "C", "The doorbell is ringing."]
+    assert said("responder") == ["A", "The doorbell is ringing."]  # its silence says nothing
+    assert said("model_unsure<0.7_keep") == ["A", "C", "The doorbell is ringing."]
+    assert said("model_unsure<0.95") == ["A", "The doorbell is ringing."]
+    assert said("asr>=-0.5") == ["A", "C", "The doorbell is ringing."]  # Whisper unsure of "y": the model's reply
+    assert len(p) == 18

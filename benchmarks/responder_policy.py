@@ -1,0 +1,120 @@
+"""When should the responder write the reply? Policies scored on the tuning streams, offline.
+
+One run of the default model with a responder that is asked for *every* speech reply records,
+per response, both replies (``model_text`` and the responder's), the streaming model's confidence
+and Whisper's mean log-probability. Each policy then decides, response by response, what would
+have been said, and the same scoring as ``edge-train-eval`` counts it (held-out voices, tuning
+seeds, never the acceptance streams):
+
+- ``model_only`` / ``responder``: always the one or the other;
+- ``asr>=T``: the responder's reply only when Whisper's mean log-probability is at least T;
+- ``model_unsure<C``: the responder only when the model's confidence is under C; ``_keep``:
+  when the responder is silent, the model's reply is said (the shipped ``on_silence: model``).
+
+    python -m edge_bench.responder_policy BUNDLE RESPONDER --out DUMP.pkl   # run (about 6 min at 24 streams)
+    python -m edge_bench.responder_policy --score DUMP.pkl                  # the policies
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+
+SETS = {"assistant": 24, "assistant-wording": 24, "transcribe": 24}
+
+
+def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict:
+    """{set: [(stream meta, events)]} with the responder asked for every speech reply."""
+    from edge_models import evaluate as E
+    from edge_runtime.model import Bundle
+    from edge_runtime.responder import Responder
+    from edge_runtime.sessions import SessionConfig
+
+    b, r = Bundle(bundle), Responder(responder, SessionConfig(threads=2))
+    r.ask_below, r.on_silence, r.repeat_instructions = 1.01, "withhold", set()  # everything, as it comes
+    out = {}
+    for name, n in streams.items():
+        t0 = time.monotonic()
+        items = E.build_set(name, n, 60.0, E.TUNING_SEED_BASE)
+        out[name] = [(s.to_dict(), E.run_listener(b, s.audio, s.instruction, responder=r)) for s in items]
+        print(f"{name}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    return out
+
+
+def apply(events: list[dict], choose) -> list[dict]:
+    """The events as they would have been under a policy: ``choose(model_text, responder_text, event)``
+    -> what is said ("" for nothing)."""
+    out = []
+    for e in events:
+        if e["type"] not in ("response.end", "response.withheld") or "model_text" not in e:
+            out.append(e)
+            continue
+        said = choose(e["model_text"], e["text"] if e["type"] == "response.end" else "", e)
+        if said:
+            out.append({**e, "type": "response.end", "text": said})
+    return out
+
+
+def policies() -> dict:
+    p = {"model_only": lambda m, r, e: m, "responder": lambda m, r, e: r, "responder_keep": lambda m, r, e: r or m}
+    for t in (-0.2, -0.3, -0.5, -0.7, -1.0):
+        p[f"asr>={t}"] = lambda m, r, e, t=t: r if (e.get("asr_logprob") or -99) >= t else m
+    for c in (0.5, 0.7, 0.8, 0.9, 0.95):
+        p[f"model_unsure<{c}"] = lambda m, r, e, c=c: r if e["confidence"] < c else m
+        p[f"model_unsure<{c}_keep"] = lambda m, r, e, c=c: (r or m) if e["confidence"] < c else m
+    return p
+
+
+def score(dump: dict) -> dict:
+    """{policy: {set: brief numbers, "speech_rule": requests + unknown - false over both wordings}}."""
+    from edge_models import evaluate as E
+
+    out = {}
+    for name, choose in policies().items():
+        row, rule = {}, 0
+        for set_name, items in dump.items():
+            if set_name not in SETS:  # sound replies pass through: the policy cannot change the alerts
+                continue
+            s = E.summarize([E.score_stream(meta, apply(evs, choose)) for meta, evs in items],
+                            transcribe=set_name == "transcribe")
+            if set_name == "transcribe":
+                row[set_name] = {"wer": s["wer"], "recall": s["recall"], "false": s["false_responses"]}
+                continue
+            c = s["by_category"]
+            row[set_name] = {"requests": c["command"]["correct"], "unknown": c["unknown"]["correct"],
+                             "false": s["false_responses"], "recall": s["recall"]}
+            rule += c["command"]["correct"] + c["unknown"]["correct"] - s["false_responses"]
+        out[name] = row | {"speech_rule": rule}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bundle", nargs="?")
+    ap.add_argument("responder", nargs="?")
+    ap.add_argument("--out", help="with BUNDLE RESPONDER: where to keep the run (pickle)")
+    ap.add_argument("--score", metavar="DUMP", help="score the policies on a kept run")
+    ap.add_argument("--report", help="with --score: also write the table (JSON) here")
+    a = ap.parse_args(argv)
+    if a.score:
+        with open(a.score, "rb") as f:
+            table = score(pickle.load(f))
+        for name, row in table.items():
+            print(f"{name:24s} {json.dumps(row)}")
+        if a.report:
+            with open(a.report, "w") as f:
+                json.dump(table, f, indent=1)
+        return 0
+    if not (a.bundle and a.responder and a.out):
+        ap.error("give BUNDLE RESPONDER --out DUMP, or --score DUMP")
+    dump = collect(a.bundle, a.responder)
+    with open(a.out, "wb") as f:
+        pickle.dump(dump, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
