@@ -86,6 +86,8 @@ class Responder:
     ``model``'s own reply; ``repeat_instructions``: instructions the LM was trained to answer by
     repeating what was said (transcription): under them the transcript is said without the LM."""
 
+    POLICY_KEYS = ("ask_below", "on_silence", "repeat_instructions", "pass_through")
+
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
         mpath = root / "manifest.json"

@@ -20,6 +20,16 @@ log = logging.getLogger(__name__)
 
 
 def info(path: str) -> dict:
+    mpath = Path(path) / "manifest.json"
+    peek = json.loads(mpath.read_text()) if mpath.is_file() else {}
+    if isinstance(peek, dict) and peek.get("kind") == "responder":  # two bundles and a policy
+        from edge_runtime.responder import Responder
+
+        parts = {k: info(str(Path(path) / peek[k])) for k in ("lm", "asr") if k in peek}
+        return {"bundle": str(path), "name": peek.get("name"), "version": peek.get("version"), "kind": "responder",
+                "license": peek.get("license"), "provenance": peek.get("provenance"),
+                "policy": {k: peek.get(k) for k in Responder.POLICY_KEYS}, "parts": parts,
+                "total_mb": round(sum(p["total_mb"] for p in parts.values()), 2)}
     root, raw = load_common(path, verify_hashes=False)
     if raw["kind"] == "whisper-asr":
         return {"bundle": str(root), "name": raw.get("name"), "version": raw.get("version"), "kind": raw["kind"],
@@ -42,6 +52,12 @@ def info(path: str) -> dict:
 
 
 def format_info(d: dict) -> str:
+    if d["kind"] == "responder":
+        pol = d["policy"]
+        return "\n".join([f"{d['name']} {d['version']} (responder) at {d['bundle']}, {d['total_mb']} MB", f"  license: {d['license']}",
+                          f"  policy: ask below confidence {pol['ask_below']}, on the LM's silence: {pol['on_silence']}, "
+                          f"{len(pol['repeat_instructions'] or [])} repeat instructions, {len(pol['pass_through'] or [])} replies passed through"]
+                         + [f"  {k}: " + format_info(v).replace("\n", "\n    ") for k, v in d["parts"].items()])
     if d["kind"] == "whisper-asr":
         return "\n".join([f"{d['name']} {d['version']} (whisper-asr) at {d['bundle']}", f"  license: {d['license']}",
                           "  decoder: {n_layers} layers, hidden {hidden_size}, {n_heads} heads, vocab {vocab_size}".format(**d["decoder"]),

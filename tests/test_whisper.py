@@ -180,6 +180,11 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
     trail.push(np.zeros(3 * 16000, np.float32))
     assert trail.utterance() is None
     assert r.answer("Answer when someone talks to you.", None)["heard"] is None
+    from edge_export.check import format_info, info
+
+    d = info(str(rdir))  # edge-export info: the policy and both parts
+    assert d["kind"] == "responder" and set(d["parts"]) == {"lm", "asr"} and d["policy"]["pass_through"] == manifest["pass_through"]
+    assert "(responder)" in format_info(d) and "(whisper-asr)" in format_info(d)
     for bad, msg in ((lambda m: m.pop("end_token"), "end_token: missing"), (lambda m: m.update(kind="whisper-asr"), "not a responder"),
                      (lambda m: m.update(prompt="{heard} then {instruction}"), "needs .instruction. before"),
                      (lambda m: m.update(end_token="<nope>"), "not in the LM"),
