@@ -77,13 +77,15 @@ class ConsoleView:
         k = ev["type"]
         if k == "ready":
             print(f"listening with {ev['bundle']} ({', '.join(ev['providers'])}, {ev['kv_layout']} KV) to "
-                  f"{ev['source']['name']}; instruction: {ev['instruction']!r}", file=self.err)
+                  f"{ev['source']['name']}; instruction: {ev['instruction']!r}"
+                  + (f"; responder {ev['responder']}" if ev.get("responder") else ""), file=self.err)
         elif k == "response.start":
             print(f"[{ev['t']:8.1f}s] ", end="", file=self.out, flush=True)
         elif k == "response.delta":
             print(ev["text"], end="", file=self.out, flush=True)
         elif k == "response.end":
-            print(f"   ({ev['first_token_ms']} ms to first token)", file=self.out, flush=True)
+            by = f", by the responder, which heard {ev['heard']!r}" if ev.get("said_by") == "responder" else ""
+            print(f"   ({ev['first_token_ms']} ms to first token{by})", file=self.out, flush=True)
         elif k == "transcript":
             print(f"[{ev['t_start']:8.1f}s] {ev['text']}", file=self.out, flush=True)
         elif k == "response.withheld":

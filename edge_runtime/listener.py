@@ -187,8 +187,8 @@ class Listener:
             if m.sample_rate != 16000:
                 raise ValueError(f"a responder needs a 16 kHz bundle; {m.name} runs at {m.sample_rate} Hz")
             r = options.responder  # a folder, or a Responder already loaded (shared between streams)
-            self._responder = Responder(r, dataclasses.replace(options.session, threads=options.responder_threads)) \
-                if isinstance(r, (str, Path)) else r
+            self._responder = Responder(resolve_bundle(r), dataclasses.replace(options.session, threads=options.responder_threads)) \
+                if isinstance(r, (str, Path)) else r  # a folder or a name, as for bundles
 
     # ---------------------------------------------------------------- lifecycle
 
