@@ -29,7 +29,7 @@ from .bundle import BundleError
 from .loop import Context, _p_top
 from .model import Bundle
 from .sessions import SessionConfig
-from .whisper_asr import SR, SegmenterOptions, WhisperBundle
+from .whisper_asr import SR, AsrOptions, SegmenterOptions, WhisperBundle
 
 log = logging.getLogger(__name__)
 FRAME = 320  # 20 ms at 16 kHz, webrtcvad's frame
@@ -84,9 +84,10 @@ class Responder:
     only when the streaming model's confidence in its own reply is under this (default: always);
     ``on_silence``: when the LM answers with silence, ``withhold`` the response or say the
     ``model``'s own reply; ``repeat_instructions``: instructions the LM was trained to answer by
-    repeating what was said (transcription): under them the transcript is said without the LM."""
+    repeating what was said (transcription): under them the transcript is said without the LM;
+    ``asr_pad_seconds``: silence after the utterance in Whisper's window (AsrOptions.pad_seconds)."""
 
-    POLICY_KEYS = ("ask_below", "on_silence", "repeat_instructions", "pass_through")
+    POLICY_KEYS = ("ask_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -113,6 +114,7 @@ class Responder:
         self.max_tokens = int(raw.get("max_tokens", 32))
         self.ask_below = float(raw.get("ask_below", 1.01))
         self.repeat_instructions = set(raw.get("repeat_instructions", []))
+        self.asr_options = AsrOptions(pad_seconds=float(raw.get("asr_pad_seconds", AsrOptions.pad_seconds)))
         self.on_silence = raw.get("on_silence", "withhold")
         if self.on_silence not in ("withhold", "model"):
             raise BundleError(f"{mpath}: on_silence: {self.on_silence!r} is not withhold or model")
@@ -153,7 +155,7 @@ class Responder:
         if audio is None:
             return {"text": "", "heard": None, "asr_ms": 0.0, "lm_ms": 0.0}
         t0 = time.monotonic()
-        heard, info = self.asr.transcribe(audio)
+        heard, info = self.asr.transcribe(audio, self.asr_options)
         t1 = time.monotonic()
         if instruction in self.repeat_instructions:
             text, confidence = heard.strip(), 1.0
