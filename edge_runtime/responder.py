@@ -67,14 +67,18 @@ class SpeechTrail:
         self._audio = np.concatenate([self._audio, frames.reshape(-1)])[-self.max_frames * FRAME :]
         self._voiced = np.concatenate([self._voiced, voiced])[-self.max_frames :]
 
-    def utterance(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2) -> np.ndarray | None:
+    def utterance(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2,
+                  tail: float | None = 0.3) -> np.ndarray | None:
+        """The last voiced run from ``preroll`` before it to ``tail`` after its last voiced frame
+        (None: to the end of the trail), or None when no speech ended in the last ``recent`` s."""
         idx = np.flatnonzero(self._voiced)
         if not len(idx) or idx[-1] < len(self._voiced) - recent * SR / FRAME:
             return None
         breaks = np.flatnonzero(np.diff(idx) > gap * SR / FRAME)
         start = idx[breaks[-1] + 1] if len(breaks) else idx[0]
         start = max(0, start - int(preroll * SR / FRAME))
-        return self._audio[start * FRAME :]
+        end = None if tail is None else idx[-1] + 1 + int(tail * SR / FRAME)
+        return self._audio[start * FRAME : None if end is None else end * FRAME]
 
 
 class Responder:

@@ -72,11 +72,12 @@ def test_loop_says_the_responders_reply_withholds_its_silence_and_passes_sound_r
     assert held[0]["reason"] == "responder" and held[0]["heard"] == "sam pass the salt"
     assert held[0]["text"] == held[0]["model_text"]  # what the model would have said
     assert "heard" not in third and "model_text" not in third  # passed through: the model's own words
-    # each answer got the last utterance as it was at the deciding chunk's end: nothing later
-    for got, t_end in zip(stand_in.heard_audio, (1.6, 3.6)):
+    # each answer got the last utterance, cut from the audio heard up to the deciding chunk's end
+    for got, t_end, said_from in zip(stand_in.heard_audio, (1.6, 3.6), (0.2, 2.2)):
         end = int(16000 * t_end)
         assert got is not None and 0.8 * 16000 < len(got) <= end
-        assert np.array_equal(got, audio[end - len(got) : end])
+        starts = [s for s in range(0, end - len(got) + 1, 320) if np.array_equal(got, audio[s : s + len(got)])]
+        assert starts and abs(starts[0] / 16000 - (said_from - 0.2)) < 0.3, starts  # from 0.2 s before the speech
     stats = [e for e in events if e["type"] == "stats"][-1]
     assert stats["responses"] == 2 and stats["withheld"] == 1
 
