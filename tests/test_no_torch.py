@@ -20,6 +20,7 @@ def test_runtime_without_torch(tiny_bundle):
 import numpy as np
 import edge_runtime
 from edge_runtime.model import Bundle, EncoderStream
+from edge_runtime.responder import Responder, ResponderWorker, SpeechTrail  # the responder stage needs no torch either
 from edge_export.check import verify
 b = Bundle({str(tiny_bundle[0])!r})
 s = EncoderStream(b)
