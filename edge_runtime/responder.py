@@ -82,7 +82,8 @@ class SpeechTrail:
 
 
 class Responder:
-    """Shared (sessions, tokenizers); per-stream state is the caller's SpeechTrail.
+    """Sessions, tokenizers and one LM context. Streams may share one (the utterance comes from
+    each stream's SpeechTrail), but it answers one at a time: ``answer`` holds a lock.
 
     Manifest policy (chosen on the tuning streams, README): ``ask_below``: the responder is asked
     only when the streaming model's confidence in its own reply is under this (default: always);
@@ -127,6 +128,7 @@ class Responder:
             raise BundleError(f"{mpath}: prompt: needs {{instruction}} before one {{heard}}")
         self._ctx = Context(self.lm, self.lm.manifest.decoder.max_context, 0.5)
         self._sink_of: str | None = None
+        self._lock = threading.Lock()
 
     def reply(self, instruction: str, heard: str) -> str:
         return self.reply_with_confidence(instruction, heard)[0]
@@ -158,13 +160,14 @@ class Responder:
         {"text": what to say ("" for silence), "heard": transcript, "asr_ms", "lm_ms"}."""
         if audio is None:
             return {"text": "", "heard": None, "asr_ms": 0.0, "lm_ms": 0.0}
-        t0 = time.monotonic()
-        heard, info = self.asr.transcribe(audio, self.asr_options)
-        t1 = time.monotonic()
-        if instruction in self.repeat_instructions:
-            text, confidence = heard.strip(), 1.0
-        else:
-            text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
+        with self._lock:
+            t0 = time.monotonic()
+            heard, info = self.asr.transcribe(audio, self.asr_options)
+            t1 = time.monotonic()
+            if instruction in self.repeat_instructions:
+                text, confidence = heard.strip(), 1.0
+            else:
+                text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
         if text and text == _normalize(heard):  # it repeats what was said: say it as Whisper wrote it
             text = heard.strip()
         logprob = info.get("avg_logprob")
