@@ -73,7 +73,7 @@ class ListenerOptions:
     whole window is quiet (None: as the bundle's manifest says). verbose: emit a ``decision`` event per decoder call.
     responder: a responder bundle (folder, or a loaded Responder): Whisper + a pretrained LM write the reply to speech
     after the model decides to respond (edge_runtime/responder.py); responder_threads: its
-    sessions' intra-op threads (it runs in bursts, while the decoder worker waits for it)."""
+    sessions' intra-op threads (it runs in bursts, on its own thread beside the decoder worker)."""
 
     loop: LoopOptions = LoopOptions()
     session: SessionConfig = SessionConfig()

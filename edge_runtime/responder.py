@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 FRAME = 320  # 20 ms at 16 kHz, webrtcvad's frame
 
 
-def _normalize(text: str) -> str:
+def normalize(text: str) -> str:
+    """What the responder's LM reads (and was trained on, edge_models.responder): lower case,
+    letters, digits and apostrophes only."""
     return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
 
 
@@ -143,7 +145,7 @@ class Responder:
             self._sink_of = head
         self._ctx.cache.truncate(self._ctx.sink_len)
         self._ctx.blocks.clear()
-        logits = self._ctx.feed(self.lm.embed(self.lm.token_ids(_normalize(heard) + tail)))
+        logits = self._ctx.feed(self.lm.embed(self.lm.token_ids(normalize(heard) + tail)))
         ids: list[int] = []
         confidence = 1.0
         while len(ids) < self.max_tokens:
@@ -168,7 +170,7 @@ class Responder:
                 text, confidence = heard.strip(), 1.0
             else:
                 text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
-        if text and text == _normalize(heard):  # it repeats what was said: say it as Whisper wrote it
+        if text and text == normalize(heard):  # it repeats what was said: say it as Whisper wrote it
             text = heard.strip()
         logprob = info.get("avg_logprob")
         return {"text": text, "heard": heard, "asr_ms": round(1000 * (t1 - t0), 1),

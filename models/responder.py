@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.responder import normalize  # the runtime reads transcripts exactly as training did
+
 from . import scenarios as sc
 
 SILENT = ""  # the answer to speech that is not for the assistant: the end token straight away
@@ -44,11 +46,6 @@ DEFAULT_LORA = Path(__file__).resolve().parent / "weights" / "responder-lora.npz
 _UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
          "seventeen eighteen nineteen".split()
 _TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i > 1}
-
-
-def normalize(text: str) -> str:
-    """What the responder reads: lower case, letters, digits and apostrophes only."""
-    return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
 
 
 def in_digits(text: str) -> str:
