@@ -11,6 +11,9 @@ seeds, never the acceptance streams):
 - ``model_unsure<C``: the responder only when the model's confidence is under C; ``_keep``:
   when the responder is silent, the model's reply is said (the shipped ``on_silence: model``).
 
+In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
+``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
+
     python -m edge_bench.responder_policy BUNDLE RESPONDER --out DUMP.pkl   # run (about 6 min at 24 streams)
     python -m edge_bench.responder_policy --score DUMP.pkl                  # the policies
 """
@@ -62,7 +65,7 @@ def policies() -> dict:
     p = {"model_only": lambda m, r, e: m, "responder": lambda m, r, e: r, "responder_keep": lambda m, r, e: r or m}
     for t in (-0.2, -0.3, -0.5, -0.7, -1.0):
         p[f"asr>={t}"] = lambda m, r, e, t=t: r if (e.get("asr_logprob") or -99) >= t else m
-    for c in (0.5, 0.7, 0.8, 0.9, 0.95):
+    for c in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
         p[f"model_unsure<{c}"] = lambda m, r, e, c=c: r if e["confidence"] < c else m
         p[f"model_unsure<{c}_keep"] = lambda m, r, e, c=c: (r or m) if e["confidence"] < c else m
     return p
@@ -78,7 +81,10 @@ def score(dump: dict) -> dict:
         for set_name, items in dump.items():
             if set_name not in SETS:  # sound replies pass through: the policy cannot change the alerts
                 continue
-            s = E.summarize([E.score_stream(meta, apply(evs, choose)) for meta, evs in items],
+            pick = choose
+            if set_name == "transcribe":  # what ships: under these instructions Whisper's transcript is said
+                pick = lambda m, r, e, choose=choose: choose(m, (e.get("heard") or "").strip(), e)  # noqa: E731
+            s = E.summarize([E.score_stream(meta, apply(evs, pick)) for meta, evs in items],
                             transcribe=set_name == "transcribe")
             if set_name == "transcribe":
                 row[set_name] = {"wer": s["wer"], "recall": s["recall"], "false": s["false_responses"]}

@@ -277,8 +277,7 @@ class DecisionLoop:
         else:  # cut short: the last token was not fed yet; it and <end> ride with the next chunk
             self._pending = np.concatenate([self.b.embed([nxt]), self._end])
         text = self.b.tokenizer.decode(ids)
-        r = self.responder
-        if self.worker is not None and text not in r.pass_through and self.opts.min_confidence <= confidence < r.ask_below:
+        if self.worker is not None and confidence >= self.opts.min_confidence and self.responder.asks(self.instruction, text, confidence):
             # the responder writes what is said, on its own thread: the loop goes on deciding
             self.worker.submit(t, t_decided, text, confidence, len(ids), self.instruction, self.trail.utterance())
             return

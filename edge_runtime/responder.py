@@ -54,33 +54,43 @@ class SpeechTrail:
         self.reset()
 
     def reset(self) -> None:
-        self._audio = np.zeros(0, np.float32)  # whole frames only
-        self._voiced = np.zeros(0, bool)
+        # a ring of whole frames: push writes only the new frames, utterance() reads them in order
+        self._audio = np.zeros((self.max_frames, FRAME), np.float32)
+        self._voiced = np.zeros(self.max_frames, bool)
+        self._frames = 0  # frames pushed since reset
         self._pending = np.zeros(0, np.float32)
 
     def push(self, samples: np.ndarray) -> None:
         buf = np.concatenate([self._pending, np.asarray(samples, np.float32)])
         n = len(buf) // FRAME
         self._pending = buf[n * FRAME :]
-        frames = buf[: n * FRAME].reshape(n, FRAME)
+        frames = buf[: n * FRAME].reshape(n, FRAME)[-self.max_frames :]
         rms_db = 10 * np.log10(np.mean(np.square(frames, dtype=np.float64), axis=1) + 1e-24)
         pcm = (np.clip(frames, -1, 1) * 32767).astype("<i2")
-        voiced = [bool(db >= self.floor_dbfs and self.vad.is_speech(f.tobytes(), SR)) for db, f in zip(rms_db, pcm)]
-        self._audio = np.concatenate([self._audio, frames.reshape(-1)])[-self.max_frames * FRAME :]
-        self._voiced = np.concatenate([self._voiced, voiced])[-self.max_frames :]
+        slots = (self._frames + n - len(frames) + np.arange(len(frames))) % self.max_frames
+        self._audio[slots] = frames
+        self._voiced[slots] = [bool(db >= self.floor_dbfs and self.vad.is_speech(f.tobytes(), SR)) for db, f in zip(rms_db, pcm)]
+        self._frames += n
+
+    def _ordered(self) -> tuple[np.ndarray, np.ndarray]:
+        """(frames, voiced flags) held, oldest first."""
+        held = min(self._frames, self.max_frames)
+        order = (self._frames - held + np.arange(held)) % self.max_frames
+        return self._audio[order], self._voiced[order]
 
     def utterance(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2,
                   tail: float | None = 0.3) -> np.ndarray | None:
         """The last voiced run from ``preroll`` before it to ``tail`` after its last voiced frame
         (None: to the end of the trail), or None when no speech ended in the last ``recent`` s."""
-        idx = np.flatnonzero(self._voiced)
-        if not len(idx) or idx[-1] < len(self._voiced) - recent * SR / FRAME:
+        frames, voiced = self._ordered()
+        idx = np.flatnonzero(voiced)
+        if not len(idx) or idx[-1] < len(voiced) - recent * SR / FRAME:
             return None
         breaks = np.flatnonzero(np.diff(idx) > gap * SR / FRAME)
         start = idx[breaks[-1] + 1] if len(breaks) else idx[0]
         start = max(0, start - int(preroll * SR / FRAME))
         end = None if tail is None else idx[-1] + 1 + int(tail * SR / FRAME)
-        return self._audio[start * FRAME : None if end is None else end * FRAME]
+        return frames[start:end].reshape(-1)
 
 
 class Responder:
@@ -91,10 +101,13 @@ class Responder:
     only when the streaming model's confidence in its own reply is under this (default: always);
     ``on_silence``: when the LM answers with silence, ``withhold`` the response or say the
     ``model``'s own reply; ``repeat_instructions``: instructions the LM was trained to answer by
-    repeating what was said (transcription): under them the transcript is said without the LM;
-    ``asr_pad_seconds``: silence after the utterance in Whisper's window (AsrOptions.pad_seconds)."""
+    repeating what was said (transcription): under them the transcript is said without the LM, and
+    the responder is asked only under ``repeat_below`` (default: ``ask_below``);
+    ``asr_pad_seconds``: silence after the utterance in Whisper's window (AsrOptions.pad_seconds);
+    ``asr_prompt``: what Whisper reads as said before the utterance (AsrOptions.prompt)."""
 
-    POLICY_KEYS = ("ask_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds")
+    POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
+                   "asr_prompt")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -121,7 +134,9 @@ class Responder:
         self.max_tokens = int(raw.get("max_tokens", 32))
         self.ask_below = float(raw.get("ask_below", 1.01))
         self.repeat_instructions = set(raw.get("repeat_instructions", []))
-        self.asr_options = AsrOptions(pad_seconds=float(raw.get("asr_pad_seconds", AsrOptions.pad_seconds)))
+        self.repeat_below = float(raw.get("repeat_below", self.ask_below))
+        self.asr_options = AsrOptions(pad_seconds=float(raw.get("asr_pad_seconds", AsrOptions.pad_seconds)),
+                                      prompt=str(raw.get("asr_prompt", "")))
         self.on_silence = raw.get("on_silence", "withhold")
         if self.on_silence not in ("withhold", "model"):
             raise BundleError(f"{mpath}: on_silence: {self.on_silence!r} is not withhold or model")
@@ -131,6 +146,12 @@ class Responder:
         self._ctx = Context(self.lm, self.lm.manifest.decoder.max_context, 0.5)
         self._sink_of: str | None = None
         self._lock = threading.Lock()
+
+    def asks(self, instruction: str, text: str, confidence: float) -> bool:
+        """Is the responder asked to write this reply of the model (of that confidence)?"""
+        if text in self.pass_through:
+            return False
+        return confidence < (self.repeat_below if instruction in self.repeat_instructions else self.ask_below)
 
     def reply(self, instruction: str, heard: str) -> str:
         return self.reply_with_confidence(instruction, heard)[0]

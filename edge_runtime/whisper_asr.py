@@ -65,7 +65,9 @@ class AsrOptions:
     (0 turns partials off). max_tokens_per_second: token budget per second of audio (+8).
     no_speech_threshold / logprob_threshold: drop a segment when p(no speech) is above the first
     AND the mean token log-probability is below the second. compression_ratio_threshold: drop
-    text that compresses better than this (a loop)."""
+    text that compresses better than this (a loop). prompt: text Whisper reads as what was said
+    before the segment (its ``<|startofprev|>`` context), which leans it towards those words:
+    the wake word, the rooms and devices a user has ("" for none)."""
 
     pad_seconds: float = 15.0
     partial_every: float = 0.75
@@ -74,6 +76,7 @@ class AsrOptions:
     logprob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
     min_dynamics_db: float = 4.0
+    prompt: str = ""
 
 
 class WhisperBundle:
@@ -91,6 +94,7 @@ class WhisperBundle:
         self.suppress = np.array(raw.get("suppress_tokens", []), np.int64)
         self.begin_suppress = list(raw.get("begin_suppress_tokens", SUPPRESS_BEGIN_DEFAULT))
         self.tokenizer = Tokenizer.from_file(str(root / raw["tokenizer"]))
+        self.prev = self.tokenizer_id("<|startofprev|>")
         self.encoder = Runner(make_session(root / raw["encoder"]["file"], session))
         self.decoder = Runner(make_session(root / raw["decoder"]["file"], session))
         d = raw["decoder"]
@@ -101,13 +105,26 @@ class WhisperBundle:
         if n_cross != 2 * self.n_layers:
             raise BundleError(f"{root / 'manifest.json'}: decoder.n_layers: {self.n_layers} contradicts encoder.onnx ({n_cross // 2} cross K/V pairs)")
 
+    def tokenizer_id(self, token: str) -> int:
+        i = self.tokenizer.token_to_id(token)
+        if i is None:
+            raise BundleError(f"{self.root / self.raw['tokenizer']}: no {token} token")
+        return i
+
+    def context_ids(self, text: str) -> list[int]:
+        """``<|startofprev|>`` + the tokens of ``text`` (at most 100, the most recent), or [] for none."""
+        if not text.strip():
+            return []
+        return [self.prev] + self.tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids[-100:]
+
     def window_frames(self, n_samples: int, pad_seconds: float = 15.0) -> int:
         seconds = min(30.0, float(np.ceil(n_samples / SR + pad_seconds)))
         return min(self.max_frames, int(seconds * 100))
 
     def greedy(self, feats: np.ndarray, max_tokens: int = 96, prefix: list[int] | None = None,
-               stop_on_loop: bool = True) -> tuple[list[int], dict]:
-        """Greedy decode of one window -> (token ids, {no_speech_prob, avg_logprob, stopped})."""
+               stop_on_loop: bool = True, context: list[int] | None = None) -> tuple[list[int], dict]:
+        """Greedy decode of one window -> (token ids, {no_speech_prob, avg_logprob, stopped}).
+        ``context``: context_ids(), read before ``<|startoftranscript|>``."""
         cross = self.encoder.run({"input_features": feats[None]})
         io_cross = {k: ortvalue(v) for k, v in cross.items()}
         past = [ortvalue(np.zeros((1, self.n_heads, 0, self.head_dim), np.float32)) for _ in range(2 * self.n_layers)]
@@ -130,7 +147,7 @@ class WhisperBundle:
             past = list(outs[1:])
             return outs[0].numpy()[0, -1].astype(np.float64)
 
-        logits = step([self.sot])  # no-speech probability is read right after <|startoftranscript|>
+        logits = step(list(context or []) + [self.sot])  # no-speech probability is read right after <|startoftranscript|>
         p = np.exp(logits - logits.max())
         no_speech = float(p[self.no_speech] / p.sum())
         logits = step(self.prompt_ids[1:] + list(prefix or []))
@@ -168,10 +185,13 @@ class WhisperBundle:
         if dyn < opts.min_dynamics_db:
             return "", {"dropped": "steady sound", "dynamics_db": dyn, "no_speech_prob": None, "avg_logprob": None}
         budget = int(8 + opts.max_tokens_per_second * len(audio) / SR)
-        ids, info = self.greedy(whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds)), budget)
+        context = self.context_ids(opts.prompt)
+        ids, info = self.greedy(whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds)), budget,
+                                context=context)
         info["retried"] = False
         if _suspicious(self.tokenizer.decode(ids), info, opts) and opts.pad_seconds < RETRY_PAD_SECONDS:
-            ids2, info2 = self.greedy(whisper_log_mel(audio, self.window_frames(len(audio), RETRY_PAD_SECONDS)), budget)
+            ids2, info2 = self.greedy(whisper_log_mel(audio, self.window_frames(len(audio), RETRY_PAD_SECONDS)), budget,
+                                      context=context)
             if not _suspicious(self.tokenizer.decode(ids2), info2, opts) or len(ids2) < len(ids):
                 ids, info = ids2, info2
             info["retried"] = True

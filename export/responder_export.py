@@ -52,6 +52,7 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # unsure of its reply; when the LM stays silent, say the model's own reply
         "ask_below": 0.7, "on_silence": "model",
         "repeat_instructions": sc.INSTRUCTIONS["transcribe"],  # the LM repeats under these: skip it
+        "repeat_below": 0.5,  # and say Whisper's transcript only when the model is this unsure
         "provenance": {"lora": delta, "asr": asr_model},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

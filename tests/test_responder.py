@@ -11,6 +11,7 @@ import pytest
 
 from edge_runtime.listener import Listener, ListenerOptions
 from edge_runtime.loop import LoopOptions, ScriptedDecider
+from edge_runtime.responder import Responder
 
 
 class StandIn:
@@ -20,6 +21,9 @@ class StandIn:
         self.name, self.calls, self.seen, self.heard_audio = "stand-in", 0, 0, []
         self.passes_third = passes_third
         self.ask_below, self.on_silence = ask_below, on_silence
+        self.repeat_instructions, self.repeat_below = {"Transcribe what you hear."}, 0.5
+
+    asks = Responder.asks  # the real policy, on the stand-in's settings
 
     @property
     def pass_through(self):
@@ -97,6 +101,14 @@ def test_responder_policy_asks_only_when_the_model_is_unsure_and_can_keep_the_mo
         assert e["model_text"] == p["text"] and (e["text"] == p["text"] or e["type"] == "response.withheld")
 
 
+def test_transcription_instructions_ask_the_responder_under_their_own_threshold():
+    s = StandIn(ask_below=0.7, passes_third=False)
+    assert s.asks("Transcribe what you hear.", "We're out of coffee.", 0.45)
+    assert not s.asks("Transcribe what you hear.", "We're out of coffee.", 0.55)  # repeat_below 0.5
+    assert s.asks("Answer when someone talks to you.", "Checking the time.", 0.55)  # ask_below 0.7
+    assert not s.asks("Answer when someone talks to you.", "Checking the time.", 0.7)
+
+
 def test_speech_trail_returns_the_last_voiced_run_and_nothing_once_it_is_old():
     from edge_models import synth
     from edge_runtime.responder import SpeechTrail
@@ -117,6 +129,27 @@ def test_speech_trail_returns_the_last_voiced_run_and_nothing_once_it_is_old():
     assert trail.utterance() is None  # the last speech ended more than 2.5 s ago
     trail.reset()
     assert trail.utterance() is None
+
+
+def test_speech_trail_ring_returns_the_exact_samples_across_its_wrap():
+    """The trail is a ring of 20 ms frames: after it has wrapped (more audio pushed than it holds),
+    in pieces that do not fall on frame bounds, the utterance is still the exact input samples."""
+    from edge_models import synth
+    from edge_runtime.responder import FRAME, SpeechTrail
+
+    said = synth.speak("Edge, turn on the kitchen lights", synth.random_voice(random.Random(5), "train"))
+    full = np.concatenate([np.zeros(int(2.5 * 16000), np.float32), said, np.zeros(int(0.4 * 16000), np.float32)])
+    trail = SpeechTrail(seconds=len(said) / 16000 + 1.0)
+    assert len(full) > trail.max_frames * FRAME  # it wraps
+    for i in range(0, len(full), 1234):
+        trail.push(full[i : i + 1234])
+    u = trail.utterance()
+    assert u is not None and len(u) % FRAME == 0
+    starts = [k for k in range(len(full) // FRAME) if np.array_equal(full[k * FRAME : k * FRAME + len(u)], u)]
+    assert len(starts) == 1, starts
+    first_voice = 2.5 * 16000
+    assert first_voice - 0.3 * 16000 <= starts[0] * FRAME <= first_voice + 0.3 * 16000
+    assert starts[0] * FRAME + len(u) >= 2.5 * 16000 + len(said) - 0.3 * 16000
 
 
 def test_responder_examples_cover_every_mode_and_keep_held_out_wording_out():

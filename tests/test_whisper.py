@@ -194,3 +194,38 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
         (rdir / "manifest.json").write_text(json.dumps(m))
         with pytest.raises(BundleError, match=msg):
             Responder(rdir)
+
+
+def test_prompt_context_decodes_as_pytorch_and_keeps_the_transcript(tiny, bundles, recordings):
+    """AsrOptions.prompt: ``<|startofprev|>`` + the prompt's tokens before ``<|startoftranscript|>``,
+    decoded greedily by the fp32 bundle exactly as the PyTorch model decodes the same ids. The
+    context is read: a lower-case prompt without punctuation makes Whisper write in that style."""
+    from edge_runtime.whisper_asr import AsrOptions, WhisperBundle, whisper_log_mel
+
+    model, _, _ = tiny
+    root, _ = bundles
+    b = WhisperBundle(root / "fp32")
+    audio, ref = recordings[UTTERANCES[2]]
+    prompt = "hey edge turn on the kitchen lights"
+    ctx = b.context_ids(prompt)
+    assert ctx[0] == b.tokenizer.token_to_id("<|startofprev|>") and b.tokenizer.decode(ctx[1:]).strip() == prompt
+    assert b.context_ids("  ") == []
+    feats = whisper_log_mel(audio, 3000)  # the whole window: the PyTorch encoder takes no other
+    got, _ = b.greedy(feats, 40, context=ctx)
+    ids = ctx + b.prompt_ids
+    with torch.no_grad():
+        enc = model.model.encoder(torch.from_numpy(feats[None])).last_hidden_state
+        want = []
+        while len(want) < 40:
+            logits = model(encoder_outputs=(enc,), decoder_input_ids=torch.tensor([ids + want])).logits[0, -1].double()
+            logits[b.suppress] = -float("inf")
+            if not want:
+                logits[b.begin_suppress] = -float("inf")
+            nxt = int(logits.argmax())
+            if nxt == b.eot:
+                break
+            want.append(nxt)
+    assert got == want
+    plain, styled = b.transcribe(audio)[0], b.transcribe(audio, AsrOptions(prompt=prompt))[0]
+    assert styled != plain and normalize(styled) == normalize(plain), (plain, styled)
+    assert wer([ref], [styled]) <= 0.2, styled
