@@ -140,7 +140,7 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """position_ids (B, T) -> cos, sin (B, 1, T, head_dim), half-split (rotate_half) layout."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim))
     freqs = position_ids.to(torch.float32)[..., None] * inv_freq  # (B, T, hd/2)
     emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
     return emb.cos(), emb.sin()

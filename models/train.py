@@ -51,13 +51,19 @@ DEFAULT_CONFIG = Path(__file__).with_name("recipes") / "default.json"
 # --------------------------------------------------------------------------- config
 
 
+OPTIONAL_FIELDS = {"train.device"}  # settable with --set, absent from the recipes: "auto" (CUDA when torch sees one)
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     cfg = json.loads(Path(path).read_text())
     for key, value in (overrides or {}).items():
         section, name = key.split(".")
-        if name not in cfg[section]:
+        if name not in cfg[section] and key not in OPTIONAL_FIELDS:
             raise ValueError(f"{path}: no field {key}")
         cfg[section][name] = value
+    device = cfg["train"].get("device", "auto")
+    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
+        raise ValueError(f"{path}: train.device must be \"auto\", \"cpu\" or \"cuda[:N]\", got {device!r}")
     chosen = cfg["train"].get("export_checkpoint", "best")
     if chosen not in ("best", "final", "average"):
         raise ValueError(f"{path}: train.export_checkpoint must be \"best\", \"final\" or \"average\", got {chosen!r}")
@@ -365,9 +371,9 @@ def augment_features(chunks: torch.Tensor, noise: float, drop: float, mask: int)
         chunks = F.dropout(chunks, drop)
     if mask > 0:
         N, P, _ = chunks.shape
-        width = torch.randint(0, mask + 1, (N, 1))
-        start = (torch.rand(N, 1) * (P - width + 1)).long()
-        pos = torch.arange(P)[None]
+        width = torch.randint(0, mask + 1, (N, 1), device=chunks.device)
+        start = (torch.rand(N, 1, device=chunks.device) * (P - width + 1)).long()
+        pos = torch.arange(P, device=chunks.device)[None]
         chunks = chunks.masked_fill(((pos >= start) & (pos < start + width))[..., None], 0.0)
     return chunks
 
@@ -403,12 +409,26 @@ class AuxHeads(torch.nn.Module):
         out = {}
         if frames:
             lp = self.ctc(torch.nn.utils.rnn.pad_sequence(frames)).log_softmax(-1)  # (T, U, V + 1)
-            out["ctc"] = F.ctc_loss(lp, torch.cat(targets), torch.tensor([len(f) for f in frames]),
+            out["ctc"] = F.ctc_loss(lp, torch.cat(targets).to(lp.device), torch.tensor([len(f) for f in frames]),
                                     torch.tensor([len(t) for t in targets]), blank=self.blank, zero_infinity=True)
-        labels = torch.from_numpy(np.concatenate([e.sound for e in exs]))
+        labels = torch.from_numpy(np.concatenate([e.sound for e in exs])).to(proj.device)
         out["sound"] = F.cross_entropy(self.sound(proj.mean(1)), labels)
         total = sum(self.weights[k] * v for k, v in out.items())
         return total, {f"loss_{k}": float(v.detach()) for k, v in out.items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def train_device(name: str = "auto") -> torch.device:
+    """``train.device``: "cpu", "cuda" (or "cuda:N"), or "auto" (CUDA when torch sees a GPU)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device: {name!r}, but this torch ({torch.__version__}) sees no CUDA device")
+    return dev
 
 
 def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool, augment: dict | None = None,
@@ -430,16 +450,18 @@ def batch_loss(model: AudioInteractionModel, exs: list[Example], bf16: bool, aug
         if key_weight != 1.0:  # decision positions come in chunk order
             pos = np.flatnonzero(e.decision)
             weight[b, pos] = torch.from_numpy(np.where(e.key[: len(pos)], key_weight, 1.0).astype(np.float32))
-    chunks = torch.from_numpy(np.concatenate([e.chunks for e in exs]).astype(np.float32))
+    dev = model_device(model)  # the batch is built on the CPU and moved once; augmented where it trains
+    chunks = torch.from_numpy(np.concatenate([e.chunks for e in exs]).astype(np.float32)).to(dev)
     if augment:
         chunks = augment_features(chunks, augment.get("feat_noise", 0.0), augment.get("feat_dropout", 0.0),
                                   int(augment.get("feat_mask", 0)))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    ids, audio, target, dec, weight = (x.to(dev) for x in (ids, audio, target, dec, weight))
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         proj = model.chunk_encoder.projector(chunks)  # (N, tokens, H)
         emb = model.lm.embed(ids)
         emb = emb.masked_scatter(audio[..., None], proj.reshape(-1, proj.shape[-1]).to(emb.dtype))
-        pos = torch.arange(T)[None].expand(B, T)
-        hidden, _ = model.lm(emb, torch.ones(B, T, dtype=torch.long), pos)
+        pos = torch.arange(T, device=dev)[None].expand(B, T)
+        hidden, _ = model.lm(emb, torch.ones(B, T, dtype=torch.long, device=dev), pos)
         sel = target >= 0
         logits = model.lm.logits(hidden[sel]).float()
     tgt, is_dec, w = target[sel], dec[sel], weight[sel]
@@ -472,7 +494,7 @@ def fit_aux_heads(aux: AuxHeads, model: AudioInteractionModel, exs: list[Example
         exs_b = rng.sample(exs, min(batch, len(exs)))
         with torch.no_grad():
             chunks = torch.from_numpy(np.concatenate([e.chunks for e in exs_b]).astype(np.float32))
-            proj = model.chunk_encoder.projector(chunks)  # (N, tokens, H)
+            proj = model.chunk_encoder.projector(chunks.to(model_device(model)))  # (N, tokens, H)
         loss, stats = aux.loss(proj, exs_b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -527,11 +549,14 @@ def train(cfg: dict, work: Path, model: AudioInteractionModel, tok, paths: dict[
         init, _, _ = load_checkpoint(t["init"])
         model.load_state_dict(init.state_dict())
         print(f"train: initialised from {t['init']}", file=sys.stderr)
+    dev = train_device(t.get("device", "auto"))
+    model.to(dev)
+    print(f"train: on {dev}", file=sys.stderr)
     aux = None
     if t.get("ctc") or t.get("sound_aux"):
         st = model.cfg.stream
         aux = AuxHeads(model.lm.model.embed_tokens.weight.detach(), t.get("ctc", 0.0), t.get("sound_aux", 0.0),
-                       st.tokens_per_chunk // (1 + st.revisit_chunks))
+                       st.tokens_per_chunk // (1 + st.revisit_chunks)).to(dev)
         init_aux = Path(t["init"]).with_name(Path(t["init"]).stem + "_aux.pt") if t.get("init") else None
         if not last.exists() and init_aux is not None and init_aux.exists():  # the heads the init was trained with
             aux.load_state_dict(torch.load(init_aux, map_location="cpu"))

@@ -541,3 +541,64 @@ def test_fresh_heads_fit_alone_without_moving_the_model():
     last = fit_aux_heads(heads, model, exs, 40, 4, 1e-2, 0)
     assert last["loss_ctc"] < 0.75 * first["loss_ctc"]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _toy_examples(model, tok, n: int = 3, chunks: int = 6) -> list:
+    """Examples in the training layout (each chunk's audio slots, then its decision), random features."""
+    from edge_models.train import Example
+
+    cfg, rng = model.cfg, np.random.default_rng(1)
+    tpc, silent = cfg.stream.tokens_per_chunk, tok.token_to_id("<|silent|>")
+    out = []
+    for _ in range(n):
+        audio = np.tile(np.r_[np.ones(tpc, bool), False], chunks)
+        ids = np.where(audio, 0, silent).astype(np.int64)
+        target = np.full(len(ids), -100, np.int64)
+        target[np.flatnonzero(audio)[tpc - 1 :: tpc]] = silent  # the last audio slot of a chunk predicts its decision
+        feats = rng.standard_normal((chunks, cfg.stream.projector_positions, cfg.encoder.d_model)).astype(np.float16)
+        out.append(Example(ids, audio, target, target == silent, feats, [(1, 4, tok.encode("turn on the lights").ids)],
+                           np.zeros(chunks, np.int64), np.zeros(chunks, bool)))
+    return out
+
+
+def test_train_device_is_cpu_here_and_a_missing_gpu_is_a_clear_error():
+    torch = pytest.importorskip("torch")
+    from edge_models.train import DEFAULT_CONFIG, load_config, train_device
+
+    assert train_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert train_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            train_device("cuda")
+    assert load_config(DEFAULT_CONFIG, {"train.device": "cuda:1"})["train"]["device"] == "cuda:1"
+    with pytest.raises(ValueError, match="train.device must be"):
+        load_config(DEFAULT_CONFIG, {"train.device": "gpu"})
+
+
+def test_training_loss_and_gradients_are_the_same_on_cuda():
+    """Where torch sees a GPU (the lent device machine; CI has none): one batch's loss, the
+    training-only heads' included, and its gradients on CUDA match the CPU's in fp32."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    import copy
+
+    from edge_models.train import AuxHeads, batch_loss
+    from edge_models.zoo import tiny
+
+    model, tok, _ = tiny()
+    exs = _toy_examples(model, tok)
+    got = {}
+    for dev in ("cpu", "cuda"):
+        m = copy.deepcopy(model).to(dev).train()
+        torch.manual_seed(0)
+        aux = AuxHeads(m.lm.model.embed_tokens.weight.detach(), 1.0, 0.1).to(dev)
+        loss, stats = batch_loss(m, exs, bf16=False, aux=aux)
+        loss.backward()
+        grads = {n: p.grad.cpu() for n, p in m.named_parameters() if p.grad is not None}
+        got[dev] = (loss.item(), stats, grads)
+    (l_cpu, s_cpu, g_cpu), (l_gpu, s_gpu, g_gpu) = got["cpu"], got["cuda"]
+    assert abs(l_cpu - l_gpu) < 1e-3 * max(1.0, abs(l_cpu)), (s_cpu, s_gpu)
+    assert g_cpu.keys() == g_gpu.keys() and len(g_cpu) > 10
+    for n in g_cpu:
+        assert torch.allclose(g_cpu[n], g_gpu[n], rtol=1e-2, atol=1e-4), n
