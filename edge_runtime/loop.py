@@ -31,6 +31,12 @@ class LoopOptions:
     sensitivity: 0..1; respond when p(<respond>) >= 1 - sensitivity (0.5: the more likely of the two).
     max_response_tokens: a response is cut (and closed with <end>) after this many tokens.
     fifo: prefill every queued chunk in one call (True) or one call per chunk (False).
+    decide_each_up_to: with fifo, a backlog of up to this many chunks is still decided chunk by
+        chunk (one call each), so that no chunk where a response is due is passed over with a
+        forced <silent>; only a longer backlog (real overload) is prefilled in one call and decided
+        once. For a small decoder a call costs a fraction of a millisecond against the encoder's
+        ~15 ms per chunk, so short backlogs (CPU contention, a responder's Whisper) cost next to
+        nothing to decide exactly.
     context: tokens the KV cache may hold (None: the bundle's max_context).
     evict_fraction: share of the window (after the sink) dropped per eviction.
     min_confidence: 0..1; when above 0 a response is generated whole before any of it is emitted,
@@ -41,6 +47,7 @@ class LoopOptions:
     sensitivity: float = 0.5
     max_response_tokens: int = 48
     fifo: bool = True
+    decide_each_up_to: int = 4
     context: int | None = None
     evict_fraction: float = 0.5
     min_confidence: float = 0.0
@@ -54,6 +61,8 @@ class LoopOptions:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
         if not 0.05 <= self.evict_fraction <= 0.95:
             raise ValueError(f"evict_fraction must be in [0.05, 0.95], got {self.evict_fraction}")
+        if self.decide_each_up_to < 1:
+            raise ValueError(f"decide_each_up_to must be >= 1, got {self.decide_each_up_to}")
         if self.context is not None and self.context < 64:
             raise ValueError(f"context must be >= 64 tokens, got {self.context}")
 
@@ -220,7 +229,16 @@ class DecisionLoop:
             self.trail.reset()
 
     def process(self, chunks: list[Chunk]) -> None:
-        """Prefill ``chunks`` (a FIFO backlog) in one call and decide once, after the last."""
+        """Decide on ``chunks`` (the backlog the queue handed over): chunk by chunk up to
+        ``decide_each_up_to`` of them, else in one call with one decision after the last (FIFO)."""
+        if 1 < len(chunks) <= self.opts.decide_each_up_to:
+            for c in chunks:
+                self._prefill_and_decide([c])
+        else:
+            self._prefill_and_decide(chunks)
+
+    def _prefill_and_decide(self, chunks: list[Chunk]) -> None:
+        """Prefill ``chunks`` in one call and decide once, after the last."""
         parts = [] if self._pending is None else [self._pending]
         for i, c in enumerate(chunks):
             if i:

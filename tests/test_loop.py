@@ -109,7 +109,7 @@ def test_fifo_catches_up_and_matches_a_run_without_backlog(slow_bundle, tmp_path
     audio = speechlike(16.0)
     wav = tmp_path / "a.wav"
     sf.write(wav, audio, 16000)
-    opts = LoopOptions(max_response_tokens=40)
+    opts = LoopOptions(max_response_tokens=40, decide_each_up_to=1)  # every backlog in one call
     b = Bundle(slow_bundle, SessionConfig(threads=1))
     # live-paced at 16x real time: a 40-token response takes longer than several 25 ms chunks
     fifo = Listener(b, FileSource(wav, speed=16.0), ListenerOptions(loop=opts, verbose=True),
@@ -127,6 +127,40 @@ def test_fifo_catches_up_and_matches_a_run_without_backlog(slow_bundle, tmp_path
         assert abs(e["p_respond"] - ref[e["t"]]) < 1e-4, (e, ref[e["t"]])
     # caught up: the last decisions are one chunk each again
     assert all(e["chunks"] == 1 for e in dec_f[-5:])
+
+
+def test_short_backlogs_are_decided_chunk_by_chunk_so_a_due_response_is_not_passed_over(tiny_bundle):
+    """A backlog of 3 chunks whose middle one is where a response is due: decided chunk by chunk
+    (the default up to 4), the response comes at that chunk, with the decisions a backlog-free
+    run takes; prefilled in one call (decide_each_up_to=1), it comes one chunk late."""
+    from edge_runtime.loop import Chunk, DecisionLoop
+
+    b = Bundle(tiny_bundle[0])
+    m = b.manifest
+    rng = np.random.default_rng(2)
+    embeds = [(0.02 * rng.standard_normal((m.encoder.tokens_per_chunk, m.decoder.hidden_size))).astype(np.float32)
+              for _ in range(6)]
+    chunks = [Chunk(i, 0.4 * (i + 1), e, 0.0, 1.0) for i, e in enumerate(embeds)]
+
+    def run(each_up_to, batches):
+        events = []
+        loop = DecisionLoop(b, LoopOptions(max_response_tokens=3, decide_each_up_to=each_up_to), events.append,
+                            decider=ScriptedDecider({3}), verbose=True)
+        for batch in batches:
+            loop.process([chunks[i] for i in batch])
+        return events
+
+    alone = run(4, [[0], [1], [2], [3], [4], [5]])
+    exact = run(4, [[0], [1], [2, 3, 4], [5]])
+    fifo = run(1, [[0], [1], [2, 3, 4], [5]])
+    start = lambda ev: [e["t"] for e in ev if e["type"] == "response.start"]  # noqa: E731
+    assert start(alone) == start(exact) == [1.6] and start(fifo) == [2.0]
+    assert [(e["t"], e["chunks"]) for e in exact if e["type"] == "decision"] == [(round(0.4 * (i + 1), 3), 1) for i in range(6)]
+    for x, y in zip(_decisions(alone), _decisions(exact)):
+        assert x[0] == y[0] and abs(x[1] - y[1]) < 1e-5
+    assert [e["chunks"] for e in fifo if e["type"] == "decision"] == [1, 1, 3, 1]
+    with pytest.raises(ValueError, match="decide_each_up_to"):
+        LoopOptions(decide_each_up_to=0)
 
 
 def test_backlog_stays_bounded_under_repeated_responses(slow_bundle, tmp_path):
