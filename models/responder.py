@@ -48,6 +48,11 @@ _UNITS = "zero one two three four five six seven eight nine ten eleven twelve th
 _TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i > 1}
 
 
+# what Whisper reads as said before each utterance (a responder manifest's ``asr_prompt``): the
+# wake word and the training wording's words lean it towards what is said to an assistant
+ASR_PROMPT = "Hey Edge, turn on the kitchen lights. Edge, set a timer for ten minutes."
+
+
 def in_digits(text: str) -> str:
     """Number words as digits ("twenty five minutes" -> "25 minutes"), as a recogniser writes them."""
     out, words, i = [], text.split(), 0
@@ -84,10 +89,12 @@ def as_heard(items: list, rng: random.Random | None = None) -> list:
     return [(in_digits(normalize(t)) if rng and rng.random() < 0.5 else normalize(t), *rest) for t, *rest in items]
 
 
-def speak_and_transcribe(texts: list[str], bundle_path: str, seed: int, voices: str) -> tuple[list[str], dict]:
+def speak_and_transcribe(texts: list[str], bundle_path: str, seed: int, voices: str,
+                         asr_prompt: str = "") -> tuple[list[str], dict]:
     """Each text spoken in a voice of ``voices`` (heldout, train) and transcribed by a whisper-asr
-    bundle -> (normalised transcripts, {utterances, wer, examples})."""
-    from edge_runtime.whisper_asr import WhisperBundle
+    bundle (with ``asr_prompt`` as Whisper's context, as a responder manifest's ``asr_prompt``)
+    -> (normalised transcripts, {utterances, wer, examples})."""
+    from edge_runtime.whisper_asr import AsrOptions, WhisperBundle
 
     from . import synth
     from .evaluate import wer_counts
@@ -96,7 +103,7 @@ def speak_and_transcribe(texts: list[str], bundle_path: str, seed: int, voices: 
     pad = np.zeros(int(0.3 * synth.SR), np.float32)
     for i, text in enumerate(texts):
         audio = np.concatenate([pad, synth.speak(text, synth.random_voice(rng, voices)), pad])
-        heard.append(normalize(asr.transcribe(audio)[0]))
+        heard.append(normalize(asr.transcribe(audio, AsrOptions(prompt=asr_prompt))[0]))
         wrong += wer_counts(in_digits(normalize(text)).split(), in_digits(heard[-1]).split())
         if (i + 1) % 250 == 0:
             print(f"  transcribed {i + 1}/{len(texts)}", file=sys.stderr)
@@ -297,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=int, default=4000, help="text pairs (train++ wording)")
     ap.add_argument("--asr", metavar="BUNDLE", help="a whisper-asr bundle: add pairs as it hears them in training voices")
     ap.add_argument("--heard", type=int, default=1500, help="with --asr: how many heard pairs")
+    ap.add_argument("--asr-prompt", default="", help="with --asr: Whisper's context while it hears them (manifest asr_prompt)")
     ap.add_argument("--test", type=int, default=120, help="text pairs per check set (tuning seeds, not the acceptance streams)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
@@ -316,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"train_pairs": a.train, "steps": a.steps, "batch": a.batch, "lr": a.lr, "rank": a.rank}
     if a.asr:
         items = examples(6, a.heard, "train++")
-        heard, report["asr_train"] = speak_and_transcribe([s for _, s, _, _ in items], a.asr, 7, voices="train")
+        heard, report["asr_train"] = speak_and_transcribe([s for _, s, _, _ in items], a.asr, 7, voices="train",
+                                                          asr_prompt=a.asr_prompt)
+        report["asr_prompt"] = a.asr_prompt
         data += read_as(items, heard)
         print(f"edge-train-responder: Whisper WER on {a.heard} training-voice utterances {report['asr_train']['wer']:.3f}",
               file=sys.stderr)
