@@ -24,20 +24,13 @@ def _spin() -> None:
 
 def run(bundle_path: str, each: int, n: int = 36) -> dict:
     from edge_models import evaluate as E
-    from edge_runtime.listener import Listener, ListenerOptions
-    from edge_runtime.loop import LoopOptions
     from edge_runtime.model import Bundle
 
     b = Bundle(bundle_path)
     scored, backlog = [], []
     t0 = time.monotonic()
     for s in E.build_set("alerts", n, 60.0, E.TUNING_SEED_BASE):
-        events: list[dict] = []
-        opts = ListenerOptions(loop=LoopOptions(instruction=s.instruction, decide_each_up_to=each))
-        with Listener(b, callback=events.append, feed_live=False, options=opts) as li:
-            li.feed(s.audio)
-            li.close_input()
-            li.join(600)
+        events = E.run_listener(b, s.audio, s.instruction, decide_each_up_to=each)
         backlog.append(max([e.get("backlog_max", 0) for e in events if e["type"] == "stats"] or [0]))
         scored.append(E.score_stream(s.to_dict(), events))
     r = E.summarize(scored)

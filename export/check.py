@@ -55,7 +55,7 @@ def format_info(d: dict) -> str:
     if d["kind"] == "responder":
         pol = d["policy"]
         return "\n".join([f"{d['name']} {d['version']} (responder) at {d['bundle']}, {d['total_mb']} MB", f"  license: {d['license']}",
-                          f"  policy: ask below confidence {pol['ask_below']} (transcription: {pol['repeat_below'] or pol['ask_below']}), "
+                          f"  policy: ask below confidence {pol['ask_below']} (transcription: {pol['ask_below'] if pol['repeat_below'] is None else pol['repeat_below']}), "
                           f"on the LM's silence: {pol['on_silence']}, "
                           f"{len(pol['repeat_instructions'] or [])} repeat instructions, {len(pol['pass_through'] or [])} replies passed through"]
                          + [f"  {k}: " + format_info(v).replace("\n", "\n    ") for k, v in d["parts"].items()])

@@ -70,13 +70,14 @@ def wer_counts(ref: list[str], hyp: list[str]) -> int:
 
 
 def run_listener(bundle, audio: np.ndarray, instruction: str, sensitivity: float = 0.5,
-                 min_confidence: float = 0.0, responder=None) -> list[dict]:
+                 min_confidence: float = 0.0, responder=None, **loop_options) -> list[dict]:
+    """The events of one stream through the Listener (``loop_options``: more LoopOptions fields)."""
     from edge_runtime.listener import Listener, ListenerOptions
     from edge_runtime.loop import LoopOptions
 
     events: list[dict] = []
     opts = ListenerOptions(loop=LoopOptions(instruction=instruction, sensitivity=sensitivity,
-                                                 min_confidence=min_confidence), responder=responder)
+                                            min_confidence=min_confidence, **loop_options), responder=responder)
     with Listener(bundle, callback=events.append, feed_live=False, options=opts) as li:
         li.feed(audio)
         li.close_input()
