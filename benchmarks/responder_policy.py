@@ -9,7 +9,11 @@ seeds, never the acceptance streams):
 - ``model_only`` / ``responder``: always the one or the other;
 - ``asr>=T``: the responder's reply only when Whisper's mean log-probability is at least T;
 - ``model_unsure<C``: the responder only when the model's confidence is under C; ``_keep``:
-  when the responder is silent, the model's reply is said (the shipped ``on_silence: model``).
+  when the responder is silent, the model's reply is said (the shipped ``on_silence: model``);
+- ``POLICY+rescue>=R``: as POLICY, and speech the model passed over with p(<respond>) of at
+  least R gets the responder's reply (manifest ``rescue_above``; the run arms at the lowest R,
+  so every higher one is a subset of its second chances); ``+name``: only when Whisper heard the
+  assistant's name in it (manifest ``rescue_words``). Without ``+rescue`` they are dropped.
 
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
@@ -27,6 +31,7 @@ import sys
 import time
 
 SETS = {"assistant": 24, "assistant-wording": 24, "transcribe": 24}
+RESCUE = (0.03, 0.05, 0.1, 0.15, 0.2, 0.3)  # rescue_above values scored (the run arms at the first)
 
 
 def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict:
@@ -38,6 +43,7 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
 
     b, r = Bundle(bundle), Responder(responder, SessionConfig(threads=2))
     r.ask_below, r.on_silence, r.repeat_instructions = 1.01, "withhold", set()  # everything, as it comes
+    r.rescue_above = RESCUE[0]
     out = {}
     for name, n in streams.items():
         t0 = time.monotonic()
@@ -47,11 +53,20 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
     return out
 
 
-def apply(events: list[dict], choose) -> list[dict]:
+def apply(events: list[dict], choose, rescue_above: float | None = None, rescue_words: tuple = ()) -> list[dict]:
     """The events as they would have been under a policy: ``choose(model_text, responder_text, event)``
-    -> what is said ("" for nothing)."""
+    -> what is said ("" for nothing); second chances are kept only from ``rescue_above`` up, and
+    with ``rescue_words`` only when one of them was heard."""
+    from edge_runtime.responder import normalize
+
     out = []
     for e in events:
+        if "rescue" in e:
+            heard = f" {normalize(e.get('heard') or '')} "
+            if rescue_above is not None and e["rescue"] >= rescue_above and \
+                    (not rescue_words or any(f" {w} " in heard for w in rescue_words)):
+                out.append(e)
+            continue
         if e["type"] not in ("response.end", "response.withheld") or "model_text" not in e:
             out.append(e)
             continue
@@ -74,9 +89,15 @@ def policies() -> dict:
 def score(dump: dict) -> dict:
     """{policy: {set: brief numbers, "speech_rule": requests + unknown - false over both wordings}}."""
     from edge_models import evaluate as E
+    from edge_models.scenarios import NAME
 
     out = {}
-    for name, choose in policies().items():
+    base = policies()
+    runs = [(name, choose, None, ()) for name, choose in base.items()]
+    if any("rescue" in e for items in dump.values() for _, evs in items for e in evs):
+        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], r, w) for name in ("model_unsure<0.7_keep", "responder")
+                 for w in ((), (NAME.lower(),)) for r in RESCUE]
+    for name, choose, rescue_above, words in runs:
         row, rule = {}, 0
         for set_name, items in dump.items():
             if set_name not in SETS:  # sound replies pass through: the policy cannot change the alerts
@@ -84,7 +105,8 @@ def score(dump: dict) -> dict:
             pick = choose
             if set_name == "transcribe":  # what ships: under these instructions Whisper's transcript is said
                 pick = lambda m, r, e, choose=choose: choose(m, (e.get("heard") or "").strip(), e)  # noqa: E731
-            s = E.summarize([E.score_stream(meta, apply(evs, pick)) for meta, evs in items],
+            keep = None if set_name == "transcribe" else rescue_above  # no second chances under repeat instructions
+            s = E.summarize([E.score_stream(meta, apply(evs, pick, keep, words)) for meta, evs in items],
                             transcribe=set_name == "transcribe")
             if set_name == "transcribe":
                 row[set_name] = {"wer": s["wer"], "recall": s["recall"], "false": s["false_responses"]}

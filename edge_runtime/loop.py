@@ -225,6 +225,9 @@ class DecisionLoop:
         self.first_token_ms = Samples()
         self.responses = 0
         self.withheld = 0
+        self.rescues = 0  # utterances handed to the responder for a second chance
+        self._near: tuple[float, float] | None = None  # (armed at, highest p) of a narrowly passed-over utterance
+        self._heard_upto = -1  # trail frame up to which speech was answered or handed over (never a second time)
         if self.trail is not None:
             self.trail.reset()
 
@@ -258,10 +261,29 @@ class DecisionLoop:
         self.decisions += 1
         if self.verbose:
             self.emit({"type": "decision", "t": round(last.t_end, 3), "p_respond": round(p, 4), "chunks": len(chunks)})
-        if self.decider.respond(p, last):
+        responds = self.decider.respond(p, last)
+        if self.worker is not None and self.responder.rescues(self.instruction):
+            self._second_chance(p, last.t_end, responds, t1)
+        if responds:
             self._respond_to(last, t1)
         else:
             self._pending = self._silent
+
+    def _second_chance(self, p: float, t: float, responds: bool, t_decided: float) -> None:
+        """Arm when p(<respond>) reaches the responder's ``rescue_above`` without a response; once the
+        speech has ended (``rescue_wait`` s unvoiced, or 5 s after arming), hand the utterance to the
+        responder, which says a reply only if its LM writes one. A response disarms."""
+        if responds:
+            self._near, self._heard_upto = None, self.trail.frames
+            return
+        if p >= self.responder.rescue_above:
+            self._near = (self._near[0], max(p, self._near[1])) if self._near else (t, p)
+        if self._near and (self.trail.quiet_seconds() >= self.responder.rescue_wait or t - self._near[0] >= 5.0):
+            if self.trail.last_voiced >= self._heard_upto:  # speech since the last answer
+                self.rescues += 1
+                self.worker.submit(round(t, 3), t_decided, "", self._near[1], 0, self.instruction,
+                                   self.trail.utterance(), rescue=self._near[1])
+            self._near, self._heard_upto = None, self.trail.frames
 
     def _respond_to(self, chunk: Chunk, t_decided: float) -> None:
         """Generate greedily after <respond>. Streamed delta by delta, or, with ``min_confidence``,

@@ -57,7 +57,8 @@ class SpeechTrail:
         # a ring of whole frames: push writes only the new frames, utterance() reads them in order
         self._audio = np.zeros((self.max_frames, FRAME), np.float32)
         self._voiced = np.zeros(self.max_frames, bool)
-        self._frames = 0  # frames pushed since reset
+        self.frames = 0  # frames pushed since reset
+        self.last_voiced = -1  # the index (in frames since reset) of the last voiced frame; -1: none yet
         self._pending = np.zeros(0, np.float32)
 
     def push(self, samples: np.ndarray) -> None:
@@ -67,15 +68,22 @@ class SpeechTrail:
         frames = buf[: n * FRAME].reshape(n, FRAME)[-self.max_frames :]
         rms_db = 10 * np.log10(np.mean(np.square(frames, dtype=np.float64), axis=1) + 1e-24)
         pcm = (np.clip(frames, -1, 1) * 32767).astype("<i2")
-        slots = (self._frames + n - len(frames) + np.arange(len(frames))) % self.max_frames
+        slots = (self.frames + n - len(frames) + np.arange(len(frames))) % self.max_frames
         self._audio[slots] = frames
-        self._voiced[slots] = [bool(db >= self.floor_dbfs and self.vad.is_speech(f.tobytes(), SR)) for db, f in zip(rms_db, pcm)]
-        self._frames += n
+        voiced = [bool(db >= self.floor_dbfs and self.vad.is_speech(f.tobytes(), SR)) for db, f in zip(rms_db, pcm)]
+        self._voiced[slots] = voiced
+        if any(voiced):
+            self.last_voiced = self.frames + n - len(frames) + max(i for i, v in enumerate(voiced) if v)
+        self.frames += n
+
+    def quiet_seconds(self) -> float:
+        """Seconds of the trail (whole frames) since its last voiced frame (all of it when none)."""
+        return (self.frames - 1 - self.last_voiced) * FRAME / SR
 
     def _ordered(self) -> tuple[np.ndarray, np.ndarray]:
         """(frames, voiced flags) held, oldest first."""
-        held = min(self._frames, self.max_frames)
-        order = (self._frames - held + np.arange(held)) % self.max_frames
+        held = min(self.frames, self.max_frames)
+        order = (self.frames - held + np.arange(held)) % self.max_frames
         return self._audio[order], self._voiced[order]
 
     def utterance(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2,
@@ -104,10 +112,15 @@ class Responder:
     repeating what was said (transcription): under them the transcript is said without the LM, and
     the responder is asked only under ``repeat_below`` (default: ``ask_below``);
     ``asr_pad_seconds``: silence after the utterance in Whisper's window (AsrOptions.pad_seconds);
-    ``asr_prompt``: what Whisper reads as said before the utterance (AsrOptions.prompt)."""
+    ``asr_prompt``: what Whisper reads as said before the utterance (AsrOptions.prompt);
+    ``rescue_above``: a second chance for speech the model passed over narrowly: when its
+    p(<respond>) reached this (but not its threshold) and it stayed silent, the utterance goes to the
+    responder once ``rescue_wait`` seconds of the trail are unvoiced, and a reply is said only
+    when the LM writes one and Whisper heard one of ``rescue_words`` (the assistant's name; none
+    listed: any) (0, the default: never; not under repeat instructions)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
-                   "asr_prompt")
+                   "asr_prompt", "rescue_above", "rescue_wait", "rescue_words")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -137,6 +150,10 @@ class Responder:
         self.repeat_below = float(raw.get("repeat_below", self.ask_below))
         self.asr_options = AsrOptions(pad_seconds=float(raw.get("asr_pad_seconds", AsrOptions.pad_seconds)),
                                       prompt=str(raw.get("asr_prompt", "")))
+        self.rescue_above, self.rescue_wait = float(raw.get("rescue_above", 0.0)), float(raw.get("rescue_wait", 0.5))
+        self.rescue_words = [normalize(w) for w in raw.get("rescue_words", [])]
+        if not 0.0 <= self.rescue_above < 1.0 or self.rescue_wait < 0:
+            raise BundleError(f"{mpath}: rescue_above must be in [0, 1) and rescue_wait >= 0")
         self.on_silence = raw.get("on_silence", "withhold")
         if self.on_silence not in ("withhold", "model"):
             raise BundleError(f"{mpath}: on_silence: {self.on_silence!r} is not withhold or model")
@@ -152,6 +169,15 @@ class Responder:
         if text in self.pass_through:
             return False
         return confidence < (self.repeat_below if instruction in self.repeat_instructions else self.ask_below)
+
+    def rescues(self, instruction: str) -> bool:
+        """Does speech the model passed over narrowly get a second chance under this instruction?"""
+        return self.rescue_above > 0 and instruction not in self.repeat_instructions
+
+    def confirms(self, heard: str | None) -> bool:
+        """Did Whisper hear one of ``rescue_words`` (whole words) in a second chance's utterance?"""
+        said = f" {normalize(heard or '')} "
+        return not self.rescue_words or any(f" {w} " in said for w in self.rescue_words)
 
     def reply(self, instruction: str, heard: str) -> str:
         return self.reply_with_confidence(instruction, heard)[0]
@@ -211,8 +237,11 @@ class ResponderWorker:
         self._thread.start()
 
     def submit(self, t: float, t_decided: float, model_text: str, confidence: float, tokens: int,
-               instruction: str, audio: np.ndarray | None) -> None:
-        self._jobs.put((t, t_decided, model_text, confidence, tokens, instruction, None if audio is None else audio.copy()))
+               instruction: str, audio: np.ndarray | None, rescue: float | None = None) -> None:
+        """``rescue``: the job is a second chance (Responder.rescue_above) with this highest p(<respond>);
+        there is no reply of the model's, and the LM's silence says nothing at all."""
+        self._jobs.put((t, t_decided, model_text, confidence, tokens, instruction,
+                        None if audio is None else audio.copy(), rescue))
 
     def close(self, timeout: float = 60.0) -> None:
         self._jobs.put(None)
@@ -220,13 +249,18 @@ class ResponderWorker:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            t, t_decided, model_text, confidence, tokens, instruction, audio = job
+            t, t_decided, model_text, confidence, tokens, instruction, audio, rescue = job
             try:
                 out = self.responder.answer(instruction, audio)
             except Exception as e:  # say what the model said rather than lose the response
                 log.exception("responder failed")
                 out = {"text": model_text, "heard": None, "error": str(e)}
             text = out.pop("text")
+            if rescue is not None:
+                if text and self.responder.confirms(out.get("heard")):  # the model stayed silent: only the LM's reply
+                    self.say(t, text, round(1000 * (time.monotonic() - t_decided), 2), 0, out.get("lm_confidence", 1.0),
+                             model_text="", rescue=round(rescue, 4), said_by="responder", **out)
+                continue
             out["said_by"] = "responder" if text else "model" if self.responder.on_silence == "model" else None
             text = text or (model_text if self.responder.on_silence == "model" else "")
             self.say(t, text, round(1000 * (time.monotonic() - t_decided), 2), tokens, confidence,

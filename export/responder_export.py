@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
-                     version: str = "0.2.0") -> dict:
+                     version: str = "0.3.0") -> dict:
     from edge_models import scenarios as sc
     from edge_models.responder import ASR_PROMPT
     from edge_models.smollm2 import EOS, LICENSE, provenance
@@ -55,6 +55,9 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         "repeat_instructions": sc.INSTRUCTIONS["transcribe"],  # the LM repeats under these: skip it
         "repeat_below": 0.5,  # and say Whisper's transcript only when the model is this unsure
         "asr_prompt": ASR_PROMPT,  # tuning streams: Whisper's transcripts 35% -> 29% WER with it
+        # a second chance for speech the model passed over narrowly (p(<respond>) >= 0.05): the LM's
+        # reply is said when Whisper heard the name (tuning streams: held-out-wording recall 80% -> 91%)
+        "rescue_above": 0.05, "rescue_wait": 0.5, "rescue_words": [sc.NAME.lower()],
         "provenance": {"lora": delta, "asr": asr_model},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -17,13 +17,15 @@ from edge_runtime.responder import Responder
 class StandIn:
     """Answers in turn: a reply, silence, and (third) a reply to pass through unchanged."""
 
-    def __init__(self, ask_below=1.01, on_silence="withhold", passes_third=True):
+    def __init__(self, ask_below=1.01, on_silence="withhold", passes_third=True, rescue_above=0.0):
         self.name, self.calls, self.seen, self.heard_audio = "stand-in", 0, 0, []
         self.passes_third = passes_third
         self.ask_below, self.on_silence = ask_below, on_silence
         self.repeat_instructions, self.repeat_below = {"Transcribe what you hear."}, 0.5
+        self.rescue_above, self.rescue_wait, self.rescue_words = rescue_above, 0.5, ["edge"]
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
+    rescues, confirms = Responder.rescues, Responder.confirms
 
     @property
     def pass_through(self):
@@ -55,9 +57,10 @@ def _speech_at_1_and_3_s():
     return audio
 
 
-def _run(bundle, stand_in, audio):
-    with Listener(bundle, options=ListenerOptions(loop=LoopOptions(max_response_tokens=6, fifo=False), responder=stand_in),
-                  decider=ScriptedDecider({3, 8, 12}), feed_live=False) as li:
+def _run(bundle, stand_in, audio, respond_at=(3, 8, 12), instruction=None):
+    loop = LoopOptions(max_response_tokens=6, fifo=False, instruction=instruction)
+    with Listener(bundle, options=ListenerOptions(loop=loop, responder=stand_in),
+                  decider=ScriptedDecider(respond_at), feed_live=False) as li:
         li.feed(audio)
         li.close_input()
         return list(li.events(timeout=60))
@@ -99,6 +102,40 @@ def test_responder_policy_asks_only_when_the_model_is_unsure_and_can_keep_the_mo
     assert keep.calls == 3 and [e["said_by"] for e in out] == ["responder", "model", "model"]
     for e, p in zip(out[1:], plain[1:]):  # the LM was silent: the model's own reply instead
         assert e["model_text"] == p["text"] and (e["text"] == p["text"] or e["type"] == "response.withheld")
+
+
+def test_speech_passed_over_narrowly_gets_a_second_chance_once_it_has_ended(tiny_bundle):
+    """rescue_above: the model answers the first utterance and stays silent on the second; with
+    every p(<respond>) above a tiny rescue_above, the second (only) goes to the responder after it
+    ends, and its reply is said; the first, already answered, is never handed over again."""
+    audio = _speech_at_1_and_3_s()
+    off = StandIn(passes_third=False)
+    events = _run(tiny_bundle[0], off, audio, respond_at={3})
+    assert off.calls == 1 and not any("rescue" in e for e in events)  # rescue_above 0: never
+    on = StandIn(passes_third=False, rescue_above=1e-12)
+    on.answer = lambda instruction, audio: (on.heard_audio.append(audio), {
+        "text": "Sorry, I can't do that yet." if len(on.heard_audio) == 2 else "", "heard": "edge call mum"})[1]
+    events = _run(tiny_bundle[0], on, audio, respond_at={3})
+    rescued = [e for e in events if "rescue" in e]
+    assert len(on.heard_audio) == 2 and len(rescued) == 1, [e for e in events if e["type"].startswith("response")]
+    r = rescued[0]
+    assert r["type"] == "response.end" and r["text"] == "Sorry, I can't do that yet." and r["said_by"] == "responder"
+    assert r["model_text"] == "" and r["tokens"] == 0 and 0 < r["rescue"] <= 1
+    assert 3.6 <= r["t"] <= 4.8  # after the second utterance ended (by 3.5 s) and 0.5 s of quiet
+    got = on.heard_audio[1]  # the second utterance, from 0.2 s before it
+    starts = [s for s in range(0, len(audio) - len(got) + 1, 320) if np.array_equal(got, audio[s : s + len(got)])]
+    assert starts and abs(starts[0] / 16000 - 2.0) < 0.3, starts
+    assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 1
+    # silence from the LM on a second chance says nothing at all, nor does a reply to an utterance
+    # in which Whisper did not hear the assistant's name (rescue_words); repeat instructions get none
+    for heard, text in (("edge call mum", ""), ("and call mum", "Sorry, I can't do that yet.")):
+        quiet = StandIn(passes_third=False, rescue_above=1e-12)
+        quiet.answer = lambda instruction, audio, heard=heard, text=text: {"text": text, "heard": heard}
+        events = _run(tiny_bundle[0], quiet, audio, respond_at={3})
+        assert not any("rescue" in e or e["type"] == "response.withheld" for e in events if e.get("t", 0) > 2.0)
+        assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 1
+    events = _run(tiny_bundle[0], on, audio, respond_at={3}, instruction="Transcribe what you hear.")
+    assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 0
 
 
 def test_transcription_instructions_ask_the_responder_under_their_own_threshold():
