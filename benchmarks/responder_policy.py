@@ -13,7 +13,9 @@ seeds, never the acceptance streams):
 - ``POLICY+rescue>=R``: as POLICY, and speech the model passed over with p(<respond>) of at
   least R gets the responder's reply (manifest ``rescue_above``; the run arms at the lowest R,
   so every higher one is a subset of its second chances); ``+name``: only when Whisper heard the
-  assistant's name in it (manifest ``rescue_words``). Without ``+rescue`` they are dropped.
+  assistant's name in it (manifest ``name_words``). Without ``+rescue`` they are dropped;
+- ``...+confirm``: the model's "Sorry, I can't do that yet." is withheld unless Whisper heard the
+  name (manifest ``confirm_replies``).
 
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
@@ -53,24 +55,29 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
     return out
 
 
-def apply(events: list[dict], choose, rescue_above: float | None = None, rescue_words: tuple = ()) -> list[dict]:
+def apply(events: list[dict], choose, rescue_above: float | None = None, name_words: tuple = (),
+          confirm: tuple = ()) -> list[dict]:
     """The events as they would have been under a policy: ``choose(model_text, responder_text, event)``
     -> what is said ("" for nothing); second chances are kept only from ``rescue_above`` up, and
-    with ``rescue_words`` only when one of them was heard."""
+    they and the model's ``confirm`` replies only when one of ``name_words`` was heard."""
     from edge_runtime.responder import normalize
+
+    def named(e: dict) -> bool:
+        heard = f" {normalize(e.get('heard') or '')} "
+        return not name_words or any(f" {w} " in heard for w in name_words)
 
     out = []
     for e in events:
         if "rescue" in e:
-            heard = f" {normalize(e.get('heard') or '')} "
-            if rescue_above is not None and e["rescue"] >= rescue_above and \
-                    (not rescue_words or any(f" {w} " in heard for w in rescue_words)):
+            if rescue_above is not None and e["rescue"] >= rescue_above and named(e):
                 out.append(e)
             continue
         if e["type"] not in ("response.end", "response.withheld") or "model_text" not in e:
             out.append(e)
             continue
         said = choose(e["model_text"], e["text"] if e["type"] == "response.end" else "", e)
+        if e["model_text"] in confirm and not named(e):
+            said = ""
         if said:
             out.append({**e, "type": "response.end", "text": said})
     return out
@@ -89,15 +96,17 @@ def policies() -> dict:
 def score(dump: dict) -> dict:
     """{policy: {set: brief numbers, "speech_rule": requests + unknown - false over both wordings}}."""
     from edge_models import evaluate as E
-    from edge_models.scenarios import NAME
+    from edge_models.scenarios import NAME, SORRY
 
     out = {}
     base = policies()
-    runs = [(name, choose, None, ()) for name, choose in base.items()]
+    runs = [(name, choose, None, (), ()) for name, choose in base.items()]
     if any("rescue" in e for items in dump.values() for _, evs in items for e in evs):
-        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], r, w) for name in ("model_unsure<0.7_keep", "responder")
+        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], r, w, ()) for name in ("model_unsure<0.7_keep", "responder")
                  for w in ((), (NAME.lower(),)) for r in RESCUE]
-    for name, choose, rescue_above, words in runs:
+        runs += [(f"model_unsure<0.7_keep+rescue>={r}+name+confirm", base["model_unsure<0.7_keep"], r, (NAME.lower(),), (SORRY,))
+                 for r in RESCUE]
+    for name, choose, rescue_above, words, confirm in runs:
         row, rule = {}, 0
         for set_name, items in dump.items():
             if set_name not in SETS:  # sound replies pass through: the policy cannot change the alerts
@@ -106,7 +115,7 @@ def score(dump: dict) -> dict:
             if set_name == "transcribe":  # what ships: under these instructions Whisper's transcript is said
                 pick = lambda m, r, e, choose=choose: choose(m, (e.get("heard") or "").strip(), e)  # noqa: E731
             keep = None if set_name == "transcribe" else rescue_above  # no second chances under repeat instructions
-            s = E.summarize([E.score_stream(meta, apply(evs, pick, keep, words)) for meta, evs in items],
+            s = E.summarize([E.score_stream(meta, apply(evs, pick, keep, words, confirm)) for meta, evs in items],
                             transcribe=set_name == "transcribe")
             if set_name == "transcribe":
                 row[set_name] = {"wer": s["wer"], "recall": s["recall"], "false": s["false_responses"]}

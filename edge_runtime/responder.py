@@ -116,11 +116,13 @@ class Responder:
     ``rescue_above``: a second chance for speech the model passed over narrowly: when its
     p(<respond>) reached this (but not its threshold) and it stayed silent, the utterance goes to the
     responder once ``rescue_wait`` seconds of the trail are unvoiced, and a reply is said only
-    when the LM writes one and Whisper heard one of ``rescue_words`` (the assistant's name; none
-    listed: any) (0, the default: never; not under repeat instructions)."""
+    when the LM writes one and Whisper heard one of ``name_words`` (the assistant's name; none
+    listed: any) (0, the default: never; not under repeat instructions); ``confirm_replies``:
+    replies of the model that Whisper always hears out (the LM still only under ``ask_below``)
+    and that are withheld when it did not hear one of ``name_words`` in the utterance."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
-                   "asr_prompt", "rescue_above", "rescue_wait", "rescue_words")
+                   "asr_prompt", "rescue_above", "rescue_wait", "name_words", "confirm_replies")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -151,7 +153,8 @@ class Responder:
         self.asr_options = AsrOptions(pad_seconds=float(raw.get("asr_pad_seconds", AsrOptions.pad_seconds)),
                                       prompt=str(raw.get("asr_prompt", "")))
         self.rescue_above, self.rescue_wait = float(raw.get("rescue_above", 0.0)), float(raw.get("rescue_wait", 0.5))
-        self.rescue_words = [normalize(w) for w in raw.get("rescue_words", [])]
+        self.name_words = [normalize(w) for w in raw.get("name_words", [])]
+        self.confirm_replies = set(raw.get("confirm_replies", []))
         if not 0.0 <= self.rescue_above < 1.0 or self.rescue_wait < 0:
             raise BundleError(f"{mpath}: rescue_above must be in [0, 1) and rescue_wait >= 0")
         self.on_silence = raw.get("on_silence", "withhold")
@@ -175,9 +178,9 @@ class Responder:
         return self.rescue_above > 0 and instruction not in self.repeat_instructions
 
     def confirms(self, heard: str | None) -> bool:
-        """Did Whisper hear one of ``rescue_words`` (whole words) in a second chance's utterance?"""
+        """Did Whisper hear one of ``name_words`` (whole words) in the utterance?"""
         said = f" {normalize(heard or '')} "
-        return not self.rescue_words or any(f" {w} " in said for w in self.rescue_words)
+        return not self.name_words or any(f" {w} " in said for w in self.name_words)
 
     def reply(self, instruction: str, heard: str) -> str:
         return self.reply_with_confidence(instruction, heard)[0]
@@ -204,16 +207,19 @@ class Responder:
             logits = self._ctx.feed(self.lm.embed([nxt]))
         return self.lm.tokenizer.decode(ids).strip(), confidence
 
-    def answer(self, instruction: str, audio: np.ndarray | None) -> dict:
+    def answer(self, instruction: str, audio: np.ndarray | None, lm: bool = True) -> dict:
         """The utterance (SpeechTrail.utterance(); None: no speech to answer) ->
-        {"text": what to say ("" for silence), "heard": transcript, "asr_ms", "lm_ms"}."""
+        {"text": what to say ("" for silence), "heard": transcript, "asr_ms", "lm_ms"}; with
+        ``lm`` False only Whisper runs (its transcript is in "heard", "text" is "")."""
         if audio is None:
             return {"text": "", "heard": None, "asr_ms": 0.0, "lm_ms": 0.0}
         with self._lock:
             t0 = time.monotonic()
             heard, info = self.asr.transcribe(audio, self.asr_options)
             t1 = time.monotonic()
-            if instruction in self.repeat_instructions:
+            if not lm:
+                text, confidence = "", 1.0
+            elif instruction in self.repeat_instructions:
                 text, confidence = heard.strip(), 1.0
             else:
                 text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
@@ -237,31 +243,38 @@ class ResponderWorker:
         self._thread.start()
 
     def submit(self, t: float, t_decided: float, model_text: str, confidence: float, tokens: int,
-               instruction: str, audio: np.ndarray | None, rescue: float | None = None) -> None:
-        """``rescue``: the job is a second chance (Responder.rescue_above) with this highest p(<respond>);
-        there is no reply of the model's, and the LM's silence says nothing at all."""
+               instruction: str, audio: np.ndarray | None, ask: bool = True, check: bool = False,
+               rescue: float | None = None) -> None:
+        """``ask``: the LM writes the reply (else Whisper only); ``check``: said only when Whisper
+        heard the name (Responder.confirm_replies); ``rescue``: a second chance
+        (Responder.rescue_above) with this highest p(<respond>): there is no reply of the model's,
+        and the LM's silence says nothing at all."""
         self._jobs.put((t, t_decided, model_text, confidence, tokens, instruction,
-                        None if audio is None else audio.copy(), rescue))
+                        None if audio is None else audio.copy(), ask, check, rescue))
 
     def close(self, timeout: float = 60.0) -> None:
         self._jobs.put(None)
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        r = self.responder
         while (job := self._jobs.get()) is not None:
-            t, t_decided, model_text, confidence, tokens, instruction, audio, rescue = job
+            t, t_decided, model_text, confidence, tokens, instruction, audio, ask, check, rescue = job
             try:
-                out = self.responder.answer(instruction, audio)
+                out = r.answer(instruction, audio, lm=ask)
             except Exception as e:  # say what the model said rather than lose the response
                 log.exception("responder failed")
-                out = {"text": model_text, "heard": None, "error": str(e)}
+                out, check = {"text": model_text, "heard": None, "error": str(e)}, False
             text = out.pop("text")
+            total_ms = round(1000 * (time.monotonic() - t_decided), 2)
             if rescue is not None:
-                if text and self.responder.confirms(out.get("heard")):  # the model stayed silent: only the LM's reply
-                    self.say(t, text, round(1000 * (time.monotonic() - t_decided), 2), 0, out.get("lm_confidence", 1.0),
-                             model_text="", rescue=round(rescue, 4), said_by="responder", **out)
+                if text and r.confirms(out.get("heard")):  # the model stayed silent: only the LM's reply
+                    self.say(t, text, total_ms, 0, out.get("lm_confidence", 1.0), model_text="",
+                             rescue=round(rescue, 4), said_by="responder", **out)
                 continue
-            out["said_by"] = "responder" if text else "model" if self.responder.on_silence == "model" else None
-            text = text or (model_text if self.responder.on_silence == "model" else "")
-            self.say(t, text, round(1000 * (time.monotonic() - t_decided), 2), tokens, confidence,
-                     withhold=not text, model_text=model_text, **out)
+            keep = r.on_silence == "model" or not ask  # the model's reply when the LM is silent or not asked
+            out["said_by"] = "responder" if text else "model" if keep else None
+            text = text or (model_text if keep else "")
+            if check and not r.confirms(out.get("heard")):
+                text, out["said_by"] = "", None
+            self.say(t, text, total_ms, tokens, confidence, withhold=not text, model_text=model_text, **out)

@@ -54,12 +54,13 @@ def info(path: str) -> dict:
 def format_info(d: dict) -> str:
     if d["kind"] == "responder":
         pol = d["policy"]
-        heard = f", when {' or '.join(map(repr, pol['rescue_words']))} is heard" if pol["rescue_words"] else ""
+        heard = f", when {' or '.join(map(repr, pol['name_words']))} is heard" if pol["name_words"] else ""
         chance = f"second chance from p {pol['rescue_above']} ({pol['rescue_wait'] or 0.5} s after the speech{heard})" \
             if pol["rescue_above"] else "no second chances"
         return "\n".join([f"{d['name']} {d['version']} (responder) at {d['bundle']}, {d['total_mb']} MB", f"  license: {d['license']}",
                           f"  policy: ask below confidence {pol['ask_below']} (transcription: {pol['ask_below'] if pol['repeat_below'] is None else pol['repeat_below']}), "
                           f"on the LM's silence: {pol['on_silence']}, {chance}, "
+                          f"{len(pol['confirm_replies'] or [])} replies said only when the name is heard, "
                           f"{len(pol['repeat_instructions'] or [])} repeat instructions, {len(pol['pass_through'] or [])} replies passed through"]
                          + [f"  {k}: " + format_info(v).replace("\n", "\n    ") for k, v in d["parts"].items()])
     if d["kind"] == "whisper-asr":

@@ -56,8 +56,9 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         "repeat_below": 0.5,  # and say Whisper's transcript only when the model is this unsure
         "asr_prompt": ASR_PROMPT,  # tuning streams: Whisper's transcripts 35% -> 29% WER with it
         # a second chance for speech the model passed over narrowly (p(<respond>) >= 0.05): the LM's
-        # reply is said when Whisper heard the name (tuning streams: held-out-wording recall 80% -> 91%)
-        "rescue_above": 0.05, "rescue_wait": 0.5, "rescue_words": [sc.NAME.lower()],
+        # reply is said when Whisper heard the name (tuning streams: held-out-wording recall 80% -> 91%);
+        # the model's "Sorry" (its answer to speech it cannot place) only when Whisper heard the name
+        "rescue_above": 0.05, "rescue_wait": 0.5, "name_words": [sc.NAME.lower()], "confirm_replies": [sc.SORRY],
         "provenance": {"lora": delta, "asr": asr_model},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -22,7 +22,7 @@ class StandIn:
         self.passes_third = passes_third
         self.ask_below, self.on_silence = ask_below, on_silence
         self.repeat_instructions, self.repeat_below = {"Transcribe what you hear."}, 0.5
-        self.rescue_above, self.rescue_wait, self.rescue_words = rescue_above, 0.5, ["edge"]
+        self.rescue_above, self.rescue_wait, self.name_words, self.confirm_replies = rescue_above, 0.5, ["edge"], set()
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
     rescues, confirms = Responder.rescues, Responder.confirms
@@ -38,7 +38,7 @@ class StandIn:
 
         return Third()
 
-    def answer(self, instruction, audio):
+    def answer(self, instruction, audio, lm=True):
         self.calls += 1
         self.heard_audio.append(audio)
         if self.calls == 1:
@@ -113,7 +113,7 @@ def test_speech_passed_over_narrowly_gets_a_second_chance_once_it_has_ended(tiny
     events = _run(tiny_bundle[0], off, audio, respond_at={3})
     assert off.calls == 1 and not any("rescue" in e for e in events)  # rescue_above 0: never
     on = StandIn(passes_third=False, rescue_above=1e-12)
-    on.answer = lambda instruction, audio: (on.heard_audio.append(audio), {
+    on.answer = lambda instruction, audio, lm=True: (on.heard_audio.append(audio), {
         "text": "Sorry, I can't do that yet." if len(on.heard_audio) == 2 else "", "heard": "edge call mum"})[1]
     events = _run(tiny_bundle[0], on, audio, respond_at={3})
     rescued = [e for e in events if "rescue" in e]
@@ -130,12 +130,36 @@ def test_speech_passed_over_narrowly_gets_a_second_chance_once_it_has_ended(tiny
     # in which Whisper did not hear the assistant's name (rescue_words); repeat instructions get none
     for heard, text in (("edge call mum", ""), ("and call mum", "Sorry, I can't do that yet.")):
         quiet = StandIn(passes_third=False, rescue_above=1e-12)
-        quiet.answer = lambda instruction, audio, heard=heard, text=text: {"text": text, "heard": heard}
+        quiet.answer = lambda instruction, audio, lm=True, heard=heard, text=text: {"text": text, "heard": heard}
         events = _run(tiny_bundle[0], quiet, audio, respond_at={3})
         assert not any("rescue" in e or e["type"] == "response.withheld" for e in events if e.get("t", 0) > 2.0)
         assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 1
     events = _run(tiny_bundle[0], on, audio, respond_at={3}, instruction="Transcribe what you hear.")
     assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 0
+
+
+def test_confirm_replies_are_said_only_when_whisper_heard_the_name(tiny_bundle):
+    """confirm_replies: Whisper hears out such a reply of the model even when the LM is not asked
+    (ask_below 0: the model is sure); it is said when the name was heard and withheld when not."""
+    from edge_runtime.responder import ResponderWorker
+
+    class Every:
+        def __contains__(self, text):
+            return True
+
+    s = StandIn(ask_below=0.0, passes_third=False)
+    s.confirm_replies, lms = Every(), []
+    hearings = iter(["Edge, turn on the lights.", "Sam, pass the salt.", "hedge"] * 2)
+    s.answer = lambda instruction, audio, lm=True: (lms.append(lm), {"text": "", "heard": next(hearings)})[1]
+    events = _run(tiny_bundle[0], s, _speech_at_1_and_3_s())
+    assert lms == [False, False, False]  # the loop hands each reply over for Whisper only: the model was sure
+    assert [e["t"] for e in events if e["type"] in ("response.end", "response.withheld")] == [1.6, 3.6, 5.2]
+    said = []
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold, kw["said_by"])))
+    for t in (1.0, 2.0, 3.0):
+        worker.submit(t, 0.0, "Turning on the lights.", 0.9, 6, "Answer when someone talks to you.", None, ask=False, check=True)
+    worker.close()
+    assert said == [(1.0, "Turning on the lights.", False, "model"), (2.0, "", True, None), (3.0, "", True, None)]
 
 
 def test_transcription_instructions_ask_the_responder_under_their_own_threshold():
