@@ -45,7 +45,7 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
 
     b, r = Bundle(bundle), Responder(responder, SessionConfig(threads=2))
     r.ask_below, r.on_silence, r.repeat_instructions = 1.01, "withhold", set()  # everything, as it comes
-    r.rescue_above = RESCUE[0]
+    r.rescue_above, r.name_words, r.confirm_replies = RESCUE[0], [], set()  # every second chance, nothing checked
     out = {}
     for name, n in streams.items():
         t0 = time.monotonic()

@@ -119,3 +119,14 @@ def test_responder_policy_replays_what_each_policy_would_have_said():
     assert said("model_unsure<0.95") == ["A", "The doorbell is ringing."]
     assert said("asr>=-0.5") == ["A", "C", "The doorbell is ringing."]  # Whisper unsure of "y": the model's reply
     assert len(p) == 3 + 5 + 2 * 8  # always one or the other, 5 Whisper thresholds, 8 confidences with and without _keep
+    # second chances (no reply of the model's) count only from rescue_above up, and with name
+    # words only when one was heard; a confirmed reply is dropped when the name was not heard
+    sorry = "Sorry, I can't do that yet."
+    events += [{"type": "response.end", "t": 4.0, "text": "D", "model_text": "", "rescue": 0.08, "heard": "Edge, do D."},
+               {"type": "response.end", "t": 5.0, "text": "E", "model_text": "", "rescue": 0.2, "heard": "and do E"},
+               {"type": "response.end", "t": 6.0, "text": sorry, "model_text": sorry, "confidence": 0.9, "heard": "hedge"}]
+    keep = p["model_unsure<0.7_keep"]
+    assert said("model_only") == ["B", "C", "The doorbell is ringing.", sorry]
+    assert [e["text"] for e in apply(events, keep, 0.1) if e["type"] == "response.end"] == ["A", "C", "The doorbell is ringing.", "E", sorry]
+    assert [e["text"] for e in apply(events, keep, 0.05, ("edge",), (sorry,)) if e["type"] == "response.end"] == \
+        ["A", "C", "The doorbell is ringing.", "D"]
