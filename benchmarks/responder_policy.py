@@ -15,7 +15,8 @@ seeds, never the acceptance streams):
   so every higher one is a subset of its second chances); ``+name``: only when Whisper heard the
   assistant's name in it (manifest ``name_words``). Without ``+rescue`` they are dropped;
 - ``...+confirm``: the model's "Sorry, I can't do that yet." is withheld unless Whisper heard the
-  name (manifest ``confirm_replies``).
+  name (manifest ``confirm_replies``); ``+forms``: and a responder's reply of no form the device
+  acts on is said as that Sorry (manifest ``reply_forms``).
 
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
@@ -56,11 +57,18 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
 
 
 def apply(events: list[dict], choose, rescue_above: float | None = None, name_words: tuple = (),
-          confirm: tuple = ()) -> list[dict]:
+          confirm: tuple = (), forms: tuple = ()) -> list[dict]:
     """The events as they would have been under a policy: ``choose(model_text, responder_text, event)``
     -> what is said ("" for nothing); second chances are kept only from ``rescue_above`` up, and
-    they and the model's ``confirm`` replies only when one of ``name_words`` was heard."""
-    from edge_runtime.responder import normalize
+    they and the model's ``confirm`` replies only when one of ``name_words`` was heard; with
+    ``forms`` (reply templates) a responder's reply of none of them is said as the Sorry."""
+    from edge_models.scenarios import SORRY
+    from edge_runtime.responder import normalize, reply_form
+
+    fits = [reply_form(f) for f in forms]
+
+    def fit(text: str) -> str:  # what the runtime makes of a responder's reply
+        return SORRY if text and fits and not any(f.fullmatch(text) for f in fits) else text
 
     def named(e: dict) -> bool:
         heard = f" {normalize(e.get('heard') or '')} "
@@ -70,12 +78,12 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
     for e in events:
         if "rescue" in e:
             if rescue_above is not None and e["rescue"] >= rescue_above and named(e):
-                out.append(e)
+                out.append({**e, "text": fit(e["text"])})
             continue
         if e["type"] not in ("response.end", "response.withheld") or "model_text" not in e:
             out.append(e)
             continue
-        said = choose(e["model_text"], e["text"] if e["type"] == "response.end" else "", e)
+        said = choose(e["model_text"], fit(e["text"]) if e["type"] == "response.end" else "", e)
         if e["model_text"] in confirm and not named(e):
             said = ""
         if said:
@@ -96,17 +104,17 @@ def policies() -> dict:
 def score(dump: dict) -> dict:
     """{policy: {set: brief numbers, "speech_rule": requests + unknown - false over both wordings}}."""
     from edge_models import evaluate as E
-    from edge_models.scenarios import NAME, SORRY
+    from edge_models.scenarios import NAME, SORRY, reply_forms
 
     out = {}
     base = policies()
-    runs = [(name, choose, None, (), ()) for name, choose in base.items()]
+    runs = [(name, choose, None, (), (), ()) for name, choose in base.items()]
     if any("rescue" in e for items in dump.values() for _, evs in items for e in evs):
-        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], r, w, ()) for name in ("model_unsure<0.7_keep", "responder")
+        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], r, w, (), ()) for name in ("model_unsure<0.7_keep", "responder")
                  for w in ((), (NAME.lower(),)) for r in RESCUE]
-        runs += [(f"model_unsure<0.7_keep+rescue>={r}+name+confirm", base["model_unsure<0.7_keep"], r, (NAME.lower(),), (SORRY,))
-                 for r in RESCUE]
-    for name, choose, rescue_above, words, confirm in runs:
+        runs += [(f"model_unsure<0.7_keep+rescue>={r}+name+confirm{'+forms' if f else ''}", base["model_unsure<0.7_keep"],
+                  r, (NAME.lower(),), (SORRY,), f) for f in ((), tuple(reply_forms())) for r in RESCUE]
+    for name, choose, rescue_above, words, confirm, forms in runs:
         row, rule = {}, 0
         for set_name, items in dump.items():
             if set_name not in SETS:  # sound replies pass through: the policy cannot change the alerts
@@ -114,8 +122,9 @@ def score(dump: dict) -> dict:
             pick = choose
             if set_name == "transcribe":  # what ships: under these instructions Whisper's transcript is said
                 pick = lambda m, r, e, choose=choose: choose(m, (e.get("heard") or "").strip(), e)  # noqa: E731
-            keep = None if set_name == "transcribe" else rescue_above  # no second chances under repeat instructions
-            s = E.summarize([E.score_stream(meta, apply(evs, pick, keep, words, confirm)) for meta, evs in items],
+            repeat = set_name == "transcribe"  # no second chances or reply forms under repeat instructions
+            s = E.summarize([E.score_stream(meta, apply(evs, pick, None if repeat else rescue_above, words, confirm,
+                                                        () if repeat else forms)) for meta, evs in items],
                             transcribe=set_name == "transcribe")
             if set_name == "transcribe":
                 row[set_name] = {"wer": s["wer"], "recall": s["recall"], "false": s["false_responses"]}

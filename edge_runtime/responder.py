@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from pathlib import Path
@@ -39,6 +40,11 @@ def normalize(text: str) -> str:
     """What the responder's LM reads (and was trained on, edge_models.responder): lower case,
     letters, digits and apostrophes only."""
     return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
+
+
+def reply_form(template: str) -> re.Pattern:
+    """A reply template ("Turning on the {room} lights.") as a pattern: each ``{slot}`` is any words."""
+    return re.compile(re.sub(r"\\\{\w+\\\}", "(.+)", re.escape(template)))
 
 
 class SpeechTrail:
@@ -119,10 +125,14 @@ class Responder:
     when the LM writes one and Whisper heard one of ``name_words`` (the assistant's name; none
     listed: any) (0, the default: never; not under repeat instructions); ``confirm_replies``:
     replies of the model that Whisper always hears out (the LM still only under ``ask_below``)
-    and that are withheld when it did not hear one of ``name_words`` in the utterance."""
+    and that are withheld when it did not hear one of ``name_words`` in the utterance;
+    ``reply_forms``: the replies the device can act on ("Turning on the {room} lights.", a ``{slot}``
+    is any words): an LM reply of no such form is replaced by ``unknown_reply`` (it cannot do
+    that), so the LM never announces an action the device does not have (none listed: any reply)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
-                   "asr_prompt", "rescue_above", "rescue_wait", "name_words", "confirm_replies")
+                   "asr_prompt", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
+                   "unknown_reply")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -155,6 +165,10 @@ class Responder:
         self.rescue_above, self.rescue_wait = float(raw.get("rescue_above", 0.0)), float(raw.get("rescue_wait", 0.5))
         self.name_words = [normalize(w) for w in raw.get("name_words", [])]
         self.confirm_replies = set(raw.get("confirm_replies", []))
+        self.reply_forms = [reply_form(f) for f in raw.get("reply_forms", [])]
+        self.unknown_reply = str(raw.get("unknown_reply", ""))
+        if self.reply_forms and not self.unknown_reply:
+            raise BundleError(f"{mpath}: reply_forms needs an unknown_reply")
         if not 0.0 <= self.rescue_above < 1.0 or self.rescue_wait < 0:
             raise BundleError(f"{mpath}: rescue_above must be in [0, 1) and rescue_wait >= 0")
         self.on_silence = raw.get("on_silence", "withhold")
@@ -225,8 +239,12 @@ class Responder:
                 text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
         if text and text == normalize(heard):  # it repeats what was said: say it as Whisper wrote it
             text = heard.strip()
+        extra = {}
+        if text and lm and instruction not in self.repeat_instructions and self.reply_forms \
+                and not any(f.fullmatch(text) for f in self.reply_forms):
+            extra, text = {"lm_text": text}, self.unknown_reply  # an action the device does not have
         logprob = info.get("avg_logprob")
-        return {"text": text, "heard": heard, "asr_ms": round(1000 * (t1 - t0), 1),
+        return {"text": text, **extra, "heard": heard, "asr_ms": round(1000 * (t1 - t0), 1),
                 "lm_ms": round(1000 * (time.monotonic() - t1), 1),
                 "asr_logprob": None if logprob is None else round(float(logprob), 4), "lm_confidence": round(confidence, 4)}
 

@@ -61,6 +61,7 @@ def format_info(d: dict) -> str:
                           f"  policy: ask below confidence {pol['ask_below']} (transcription: {pol['ask_below'] if pol['repeat_below'] is None else pol['repeat_below']}), "
                           f"on the LM's silence: {pol['on_silence']}, {chance}, "
                           f"{len(pol['confirm_replies'] or [])} replies said only when the name is heard, "
+                          f"{len(pol['reply_forms'] or []) or 'any'} reply forms, "
                           f"{len(pol['repeat_instructions'] or [])} repeat instructions, {len(pol['pass_through'] or [])} replies passed through"]
                          + [f"  {k}: " + format_info(v).replace("\n", "\n    ") for k, v in d["parts"].items()])
     if d["kind"] == "whisper-asr":

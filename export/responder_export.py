@@ -59,6 +59,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # reply is said when Whisper heard the name (tuning streams: held-out-wording recall 80% -> 91%);
         # the model's "Sorry" (its answer to speech it cannot place) only when Whisper heard the name
         "rescue_above": 0.05, "rescue_wait": 0.5, "name_words": [sc.NAME.lower()], "confirm_replies": [sc.SORRY],
+        # what the device can do: an LM reply of another form ("Checking the stock price.") is the honest Sorry
+        "reply_forms": sc.reply_forms(), "unknown_reply": sc.SORRY,
         "provenance": {"lora": delta, "asr": asr_model},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

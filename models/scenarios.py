@@ -411,6 +411,11 @@ TEMPERATURES["train++"] = TEMPERATURES["train+"]
 WORDINGS = ("train", "train+", "train++", "heldout")
 
 
+def reply_forms() -> list[str]:
+    """Every reply template an assistant request gets ("Turning on the {room} lights."), and the Sorry."""
+    return sorted({reply for _, _, reply in INTENTS.values()} | {SORRY})
+
+
 def join_names(names: list[str]) -> str:
     if len(names) == 1:
         return names[0]

@@ -130,3 +130,7 @@ def test_responder_policy_replays_what_each_policy_would_have_said():
     assert [e["text"] for e in apply(events, keep, 0.1) if e["type"] == "response.end"] == ["A", "C", "The doorbell is ringing.", "E", sorry]
     assert [e["text"] for e in apply(events, keep, 0.05, ("edge",), (sorry,)) if e["type"] == "response.end"] == \
         ["A", "C", "The doorbell is ringing.", "D"]
+    # with reply forms, the responder's replies of no form ("A", "D") are said as the Sorry; the model's stay
+    forms = ("Turning on the {room} lights.", sorry)
+    assert [e["text"] for e in apply(events, keep, 0.05, ("edge",), (sorry,), forms) if e["type"] == "response.end"] == \
+        [sorry, "C", "The doorbell is ringing.", sorry]

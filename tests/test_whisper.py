@@ -177,6 +177,18 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
             ids.append(int(np.argmax(logits)))
             logits = ctx.feed(r.lm.embed([ids[-1]]))
         assert got == r.lm.tokenizer.decode(ids).strip()
+    # reply_forms: an LM reply of no form the device acts on becomes the unknown reply
+    (rdir / "manifest.json").write_text(json.dumps(manifest | {"reply_forms": ["Turning on the {room} lights.", "Checking the time."],
+                                                               "unknown_reply": "Sorry, I can't do that yet.",
+                                                               "repeat_instructions": ["Transcribe what you hear."]}))
+    formed = Responder(rdir)
+    for lm_says, said in (("Turning on the guest room lights.", "Turning on the guest room lights."),
+                          ("Checking the stock price.", "Sorry, I can't do that yet."),
+                          ("Checking the time. Turning on the lights.", "Sorry, I can't do that yet."), ("", "")):
+        formed.reply_with_confidence = lambda instruction, heard, lm_says=lm_says: (lm_says, 0.9)
+        out = formed.answer("Answer when someone talks to you.", trail.utterance())
+        assert out["text"] == said and out.get("lm_text") == (lm_says if said != lm_says else None), out
+    assert formed.answer("Transcribe what you hear.", trail.utterance())["text"] == out["heard"].strip()  # repeats are not forms
     trail.push(np.zeros(3 * 16000, np.float32))
     assert trail.utterance() is None
     assert r.answer("Answer when someone talks to you.", None)["heard"] is None
@@ -188,7 +200,8 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
     for bad, msg in ((lambda m: m.pop("end_token"), "end_token: missing"), (lambda m: m.update(kind="whisper-asr"), "not a responder"),
                      (lambda m: m.update(prompt="{heard} then {instruction}"), "needs .instruction. before"),
                      (lambda m: m.update(end_token="<nope>"), "not in the LM"),
-                     (lambda m: m.update(prompt="{heard}"), "needs .instruction. before")):
+                     (lambda m: m.update(prompt="{heard}"), "needs .instruction. before"),
+                     (lambda m: m.update(reply_forms=["Checking the time."]), "reply_forms needs an unknown_reply")):
         m = dict(manifest)
         bad(m)
         (rdir / "manifest.json").write_text(json.dumps(m))
