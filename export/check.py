@@ -55,7 +55,8 @@ def format_info(d: dict) -> str:
     if d["kind"] == "responder":
         pol = d["policy"]
         heard = f", when {' or '.join(map(repr, pol['name_words']))} is heard" if pol["name_words"] else ""
-        chance = f"second chance from p {pol['rescue_above']} ({pol['rescue_wait'] or 0.5} s after the speech{heard})" \
+        wait = 0.5 if pol["rescue_wait"] is None else pol["rescue_wait"]  # the Responder's default
+        chance = f"second chance from p {pol['rescue_above']} ({wait} s after the speech{heard})" \
             if pol["rescue_above"] else "no second chances"
         return "\n".join([f"{d['name']} {d['version']} (responder) at {d['bundle']}, {d['total_mb']} MB", f"  license: {d['license']}",
                           f"  policy: ask below confidence {pol['ask_below']} (transcription: {pol['ask_below'] if pol['repeat_below'] is None else pol['repeat_below']}), "
