@@ -34,7 +34,7 @@ import sys
 import time
 
 SETS = {"assistant": 24, "assistant-wording": 24, "transcribe": 24}
-RESCUE = (0.03, 0.05, 0.1, 0.15, 0.2, 0.3)  # rescue_above values scored (the run arms at the first)
+RESCUE = (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3)  # rescue_above values scored (the run arms at the first)
 
 
 def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict:
@@ -46,7 +46,7 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
 
     b, r = Bundle(bundle), Responder(responder, SessionConfig(threads=2))
     r.ask_below, r.on_silence, r.repeat_instructions = 1.01, "withhold", set()  # everything, as it comes
-    r.rescue_above, r.name_words, r.confirm_replies = RESCUE[0], [], set()  # every second chance, nothing checked
+    r.rescue_above, r.name_words, r.confirm_replies, r.reply_forms = RESCUE[0], [], set(), []  # all, nothing checked
     out = {}
     for name, n in streams.items():
         t0 = time.monotonic()

@@ -13,6 +13,7 @@ stream that began with the kept tokens.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -203,7 +204,8 @@ class DecisionLoop:
         if responder is not None:
             from .responder import ResponderWorker, SpeechTrail
 
-            self.trail, self.worker = SpeechTrail(), ResponderWorker(responder, self.say)
+            self.trail = SpeechTrail()
+            self.worker = ResponderWorker(responder, self.say, answered=lambda voiced: voiced in self._answered)
         self.decider = decider or ThresholdDecider(1.0 - opts.sensitivity)
         self.should_stop, self.verbose = should_stop, verbose
         m = bundle.manifest
@@ -228,6 +230,8 @@ class DecisionLoop:
         self.rescues = 0  # utterances handed to the responder for a second chance
         self._near: tuple[float, float] | None = None  # (armed at, highest p) of a narrowly passed-over utterance
         self._heard_upto = -1  # trail frame up to which speech was answered or handed over (never a second time)
+        self._handed = -2  # the last voiced trail frame of the utterance last handed over for a second chance
+        self._answered: collections.deque = collections.deque(maxlen=64)  # ... of those the model then answered itself
         if self.trail is not None:
             self.trail.reset()
 
@@ -274,6 +278,8 @@ class DecisionLoop:
         speech has ended (``rescue_wait`` s unvoiced, or 5 s after arming), hand the utterance to the
         responder, which says a reply only if its LM writes one. A response disarms."""
         if responds:
+            if self.trail.last_voiced == self._handed:  # no speech since: it answers that utterance
+                self._answered.append(self._handed)
             self._near, self._heard_upto = None, self.trail.frames
             return
         if p >= self.responder.rescue_above:
@@ -281,8 +287,9 @@ class DecisionLoop:
         if self._near and (self.trail.quiet_seconds() >= self.responder.rescue_wait or t - self._near[0] >= 5.0):
             if self.trail.last_voiced >= self._heard_upto:  # speech since the last answer
                 self.rescues += 1
+                self._handed = self.trail.last_voiced
                 self.worker.submit(round(t, 3), t_decided, "", self._near[1], 0, self.instruction,
-                                   self.trail.utterance(), rescue=self._near[1])
+                                   self.trail.utterance(), rescue=self._near[1], voiced=self._handed)
             self._near, self._heard_upto = None, self.trail.frames
 
     def _respond_to(self, chunk: Chunk, t_decided: float) -> None:

@@ -254,21 +254,23 @@ class ResponderWorker:
     that the loop never waits for Whisper and the LM (FIFO-scheduled asynchronous inference: the
     streaming model keeps deciding on every chunk meanwhile). ``say`` is DecisionLoop.say."""
 
-    def __init__(self, responder: Responder, say):
+    def __init__(self, responder: Responder, say, answered=lambda voiced: False):
         self.responder, self.say = responder, say
+        self.answered = answered  # did the model answer the utterance that ended at this trail frame itself?
         self._jobs: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="edge-responder", daemon=True)
         self._thread.start()
 
     def submit(self, t: float, t_decided: float, model_text: str, confidence: float, tokens: int,
                instruction: str, audio: np.ndarray | None, ask: bool = True, check: bool = False,
-               rescue: float | None = None) -> None:
+               rescue: float | None = None, voiced: int = -1) -> None:
         """``ask``: the LM writes the reply (else Whisper only); ``check``: said only when Whisper
         heard the name (Responder.confirm_replies); ``rescue``: a second chance
-        (Responder.rescue_above) with this highest p(<respond>): there is no reply of the model's,
-        and the LM's silence says nothing at all."""
+        (Responder.rescue_above) with this highest p(<respond>), for the utterance whose last voiced
+        trail frame is ``voiced``: there is no reply of the model's, the LM's silence says nothing
+        at all, and neither does its reply once the model has answered that utterance itself."""
         self._jobs.put((t, t_decided, model_text, confidence, tokens, instruction,
-                        None if audio is None else audio.copy(), ask, check, rescue))
+                        None if audio is None else audio.copy(), ask, check, rescue, voiced))
 
     def close(self, timeout: float = 60.0) -> None:
         self._jobs.put(None)
@@ -277,7 +279,7 @@ class ResponderWorker:
     def _run(self) -> None:
         r = self.responder
         while (job := self._jobs.get()) is not None:
-            t, t_decided, model_text, confidence, tokens, instruction, audio, ask, check, rescue = job
+            t, t_decided, model_text, confidence, tokens, instruction, audio, ask, check, rescue, voiced = job
             try:
                 out = r.answer(instruction, audio, lm=ask)
             except Exception as e:  # say what the model said rather than lose the response
@@ -286,7 +288,7 @@ class ResponderWorker:
             text = out.pop("text")
             total_ms = round(1000 * (time.monotonic() - t_decided), 2)
             if rescue is not None:
-                if text and r.confirms(out.get("heard")):  # the model stayed silent: only the LM's reply
+                if text and r.confirms(out.get("heard")) and not self.answered(voiced):  # only the LM's reply
                     self.say(t, text, total_ms, 0, out.get("lm_confidence", 1.0), model_text="",
                              rescue=round(rescue, 4), said_by="responder", **out)
                 continue

@@ -55,10 +55,10 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         "repeat_instructions": sc.INSTRUCTIONS["transcribe"],  # the LM repeats under these: skip it
         "repeat_below": 0.5,  # and say Whisper's transcript only when the model is this unsure
         "asr_prompt": ASR_PROMPT,  # tuning streams: Whisper's transcripts 35% -> 29% WER with it
-        # a second chance for speech the model passed over narrowly (p(<respond>) >= 0.05): the LM's
-        # reply is said when Whisper heard the name (tuning streams: held-out-wording recall 80% -> 91%);
-        # the model's "Sorry" (its answer to speech it cannot place) only when Whisper heard the name
-        "rescue_above": 0.05, "rescue_wait": 0.5, "name_words": [sc.NAME.lower()], "confirm_replies": [sc.SORRY],
+        # a second chance for speech the model passed over narrowly (p(<respond>) >= 0.01), 0.3 s after
+        # it: the LM's reply is said when Whisper heard the name (tuning streams: held-out-wording recall
+        # 80% -> 94%); the model's "Sorry" (its answer to speech it cannot place) only when it heard the name
+        "rescue_above": 0.01, "rescue_wait": 0.3, "name_words": [sc.NAME.lower()], "confirm_replies": [sc.SORRY],
         # what the device can do: an LM reply of another form ("Checking the stock price.") is the honest Sorry
         "reply_forms": sc.reply_forms(), "unknown_reply": sc.SORRY,
         "provenance": {"lora": delta, "asr": asr_model},

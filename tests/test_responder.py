@@ -138,6 +138,24 @@ def test_speech_passed_over_narrowly_gets_a_second_chance_once_it_has_ended(tiny
     assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 0
 
 
+def test_a_second_chance_is_not_said_when_the_model_answers_that_utterance_itself_meanwhile(tiny_bundle):
+    """The second utterance is handed over (by 4.4 s) and the model then answers it itself at 5.2 s,
+    with no speech in between, while the responder is still busy: only the model's answer is said."""
+    import time as _time
+
+    s = StandIn(ask_below=0.0, passes_third=False, rescue_above=1e-12)  # the model's replies are its own
+
+    def answer(instruction, audio, lm=True):
+        _time.sleep(1.0)  # the loop decides the rest of the stream meanwhile
+        return {"text": "Sorry, I can't do that yet.", "heard": "edge call mum"}
+
+    s.answer = answer
+    events = _run(tiny_bundle[0], s, _speech_at_1_and_3_s(), respond_at={3, 12})
+    said = [e["t"] for e in events if e["type"] in ("response.end", "response.withheld")]
+    assert said == [1.6, 5.2] and not any("rescue" in e for e in events), said
+    assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 1
+
+
 def test_confirm_replies_are_said_only_when_whisper_heard_the_name(tiny_bundle):
     """confirm_replies: Whisper hears out such a reply of the model even when the LM is not asked
     (ask_below 0: the model is sure); it is said when the name was heard and withheld when not."""
