@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="0..1: say a response only if every token it chose had probability >= P; the rest are "
                          "withheld (a response.withheld event). Default 0: say everything, token by token")
     ap.add_argument("--responder", metavar="DIR", help="a responder bundle (edge-export responder): Whisper + a pretrained "
-                    "LM write the reply to speech after the model decides to respond")
+                    "LM write the reply to speech after the model decides to respond, and answer speech it passed "
+                    "over narrowly (its policy: edge-export info DIR)")
     ap.add_argument("--max-response-tokens", type=int, default=48)
     ap.add_argument("--context", type=int, default=None, help="KV cache tokens (default: the bundle's max)")
     ap.add_argument("--no-fifo", action="store_true", help="decode chunk by chunk instead of prefilling the backlog at once")
@@ -85,6 +86,7 @@ class ConsoleView:
             print(ev["text"], end="", file=self.out, flush=True)
         elif k == "response.end":
             by = f", by the responder, which heard {ev['heard']!r}" if ev.get("said_by") == "responder" else ""
+            by += ", a second chance" if "rescue" in ev else ""
             print(f"   ({ev['first_token_ms']} ms to first token{by})", file=self.out, flush=True)
         elif k == "transcript":
             print(f"[{ev['t_start']:8.1f}s] {ev['text']}", file=self.out, flush=True)
