@@ -63,16 +63,15 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
     they and the model's ``confirm`` replies only when one of ``name_words`` was heard; with
     ``forms`` (reply templates) a responder's reply of none of them is said as the Sorry."""
     from edge_models.scenarios import SORRY
-    from edge_runtime.responder import normalize, reply_form
+    from edge_runtime.responder import formed, heard_any, reply_form
 
     fits = [reply_form(f) for f in forms]
 
     def fit(text: str) -> str:  # what the runtime makes of a responder's reply
-        return SORRY if text and fits and not any(f.fullmatch(text) for f in fits) else text
+        return formed(text, fits, SORRY)
 
     def named(e: dict) -> bool:
-        heard = f" {normalize(e.get('heard') or '')} "
-        return not name_words or any(f" {w} " in heard for w in name_words)
+        return heard_any(list(name_words), e.get("heard"))
 
     out = []
     for e in events:
@@ -132,8 +131,15 @@ def score(dump: dict) -> dict:
             c = s["by_category"]
             row[set_name] = {"requests": c["command"]["correct"], "unknown": c["unknown"]["correct"],
                              "false": s["false_responses"], "recall": s["recall"]}
+            if rescue_above is not None:  # the second chances said, scored alone: their latency from the utterance's end
+                alone = E.summarize([E.score_stream(meta, [e for e in apply(evs, pick, rescue_above, words, confirm, forms)
+                                                           if "rescue" in e or e["type"] == "stats"]) for meta, evs in items])
+                row[set_name]["second_chance_latency_p50"] = alone["latency_s_p50"]
             rule += c["command"]["correct"] + c["unknown"]["correct"] - s["false_responses"]
         out[name] = row | {"speech_rule": rule}
+    handed = {set_name: sum(([e for e in evs if e["type"] == "stats"] or [{}])[-1].get("rescues", 0) for _, evs in items)
+              for set_name, items in dump.items()}
+    out["second_chances_handed_over"] = handed  # by the run, armed at its lowest threshold (all sets, 24 min each)
     return out
 
 

@@ -276,7 +276,8 @@ class DecisionLoop:
     def _second_chance(self, p: float, t: float, responds: bool, t_decided: float) -> None:
         """Arm when p(<respond>) reaches the responder's ``rescue_above`` without a response; once the
         speech has ended (``rescue_wait`` s unvoiced, or 5 s after arming), hand the utterance to the
-        responder, which says a reply only if its LM writes one. A response disarms."""
+        responder, which says a reply only if its LM writes one, Whisper heard the name, and the
+        model has not answered that utterance itself meanwhile (``_answered``). A response disarms."""
         if responds:
             if self.trail.last_voiced == self._handed:  # no speech since: it answers that utterance
                 self._answered.append(self._handed)

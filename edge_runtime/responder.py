@@ -47,6 +47,17 @@ def reply_form(template: str) -> re.Pattern:
     return re.compile(re.sub(r"\\\{\w+\\\}", "(.+)", re.escape(template)))
 
 
+def formed(text: str, forms: list[re.Pattern], unknown_reply: str) -> str:
+    """``text``, or ``unknown_reply`` when forms are given and it fits none of them."""
+    return unknown_reply if text and forms and not any(f.fullmatch(text) for f in forms) else text
+
+
+def heard_any(words: list[str], heard: str | None) -> bool:
+    """Is one of ``words`` (normalized; none: True) a whole word or phrase of what was heard?"""
+    said = f" {normalize(heard or '')} "
+    return not words or any(f" {w} " in said for w in words)
+
+
 class SpeechTrail:
     """Per stream: the last ``seconds`` of 16 kHz audio and a voiced flag per 20 ms frame, so that a
     response can find the utterance it answers: the last voiced run (gaps under ``gap`` seconds
@@ -193,8 +204,7 @@ class Responder:
 
     def confirms(self, heard: str | None) -> bool:
         """Did Whisper hear one of ``name_words`` (whole words) in the utterance?"""
-        said = f" {normalize(heard or '')} "
-        return not self.name_words or any(f" {w} " in said for w in self.name_words)
+        return heard_any(self.name_words, heard)
 
     def reply(self, instruction: str, heard: str) -> str:
         return self.reply_with_confidence(instruction, heard)[0]
@@ -240,8 +250,7 @@ class Responder:
         if text and text == normalize(heard):  # it repeats what was said: say it as Whisper wrote it
             text = heard.strip()
         extra = {}
-        if text and lm and instruction not in self.repeat_instructions and self.reply_forms \
-                and not any(f.fullmatch(text) for f in self.reply_forms):
+        if lm and instruction not in self.repeat_instructions and text != formed(text, self.reply_forms, self.unknown_reply):
             extra, text = {"lm_text": text}, self.unknown_reply  # an action the device does not have
         logprob = info.get("avg_logprob")
         return {"text": text, **extra, "heard": heard, "asr_ms": round(1000 * (t1 - t0), 1),

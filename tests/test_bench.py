@@ -134,3 +134,21 @@ def test_responder_policy_replays_what_each_policy_would_have_said():
     forms = ("Turning on the {room} lights.", sorry)
     assert [e["text"] for e in apply(events, keep, 0.05, ("edge",), (sorry,), forms) if e["type"] == "response.end"] == \
         [sorry, "C", "The doorbell is ringing.", sorry]
+
+
+def test_near_misses_counts_the_highest_p_of_each_unanswered_utterance():
+    from edge_bench.near_misses import near, score
+
+    meta = {"events": [
+        {"kind": "speech", "start": 1.0, "end": 2.0, "meta": {"addressed": True}},
+        {"kind": "speech", "start": 4.0, "end": 5.0, "meta": {"addressed": True}},
+        {"kind": "sound", "start": 6.0, "end": 7.0, "meta": {}},
+        {"kind": "speech", "start": 8.0, "end": 9.0, "meta": {"addressed": False, "intent": "near_miss"}}]}
+    events = [{"type": "decision", "t": t, "p_respond": p} for t, p in
+              ((1.6, 0.02), (2.4, 0.9), (4.4, 0.03), (5.2, 0.07), (6.4, 0.5), (8.8, 0.2), (10.4, 0.6))]
+    events.append({"type": "response.end", "t": 2.4, "text": "Checking the time."})
+    rows = near(meta, events)
+    assert rows == [("addressed", True, 0.9), ("addressed", False, 0.07), ("near_miss", False, 0.2)]  # 10.4 s is too late
+    s = score({"assistant": [(meta, events)]})["assistant"]
+    assert s["addressed_missed"] == 1 and s["not_addressed_unanswered"] == 1
+    assert s["p>=0.05"] == {"addressed_missed": 1, "not_addressed": 1} and s["p>=0.1"] == {"addressed_missed": 0, "not_addressed": 1}
