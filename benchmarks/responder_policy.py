@@ -33,6 +33,8 @@ import pickle
 import sys
 import time
 
+import numpy as np
+
 SETS = {"assistant": 24, "assistant-wording": 24, "transcribe": 24}
 RESCUE = (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3)  # rescue_above values scored (the run arms at the first)
 
@@ -140,6 +142,8 @@ def score(dump: dict) -> dict:
     handed = {set_name: sum(([e for e in evs if e["type"] == "stats"] or [{}])[-1].get("rescues", 0) for _, evs in items)
               for set_name, items in dump.items()}
     out["second_chances_handed_over"] = handed  # by the run, armed at its lowest threshold (all sets, 24 min each)
+    out["whisper_ms_p50"] = {set_name: float(np.median([e["asr_ms"] for _, evs in items for e in evs if e.get("asr_ms")] or [np.nan]))
+                             for set_name, items in dump.items()}  # per utterance heard, with the run's padding
     return out
 
 
