@@ -74,7 +74,7 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return errs / max(1, sum(len(normalize(r)) for r in refs))
 
 
-def run_one(system: str, target: str, threads: int, limit: int | None, pad: float) -> dict:
+def run_one(system: str, target: str, threads: int, limit: int | None, pad: float, beam: int = 1) -> dict:
     import resource
 
     items = asterisk_items(limit)
@@ -83,7 +83,7 @@ def run_one(system: str, target: str, threads: int, limit: int | None, pad: floa
         from edge_runtime.whisper_asr import AsrOptions, WhisperBundle
 
         b = WhisperBundle(target, SessionConfig(threads=threads), verify_hashes=False)
-        opts = AsrOptions(pad_seconds=pad)
+        opts = AsrOptions(pad_seconds=pad, beam_size=beam)
         b.transcribe(items[0][1], opts)  # warm-up
         fn = lambda a: b.transcribe(a, opts)[0]  # noqa: E731
     else:
@@ -92,7 +92,7 @@ def run_one(system: str, target: str, threads: int, limit: int | None, pad: floa
         m = WhisperModel(target, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
 
         def fn(a):
-            segs, _ = m.transcribe(a, beam_size=1, language="en", without_timestamps=True,
+            segs, _ = m.transcribe(a, beam_size=beam, language="en", without_timestamps=True,
                                    condition_on_previous_text=False, vad_filter=False)
             return " ".join(s.text.strip() for s in segs)
 
@@ -106,7 +106,7 @@ def run_one(system: str, target: str, threads: int, limit: int | None, pad: floa
         ms.append(1000 * (time.perf_counter() - t0))
     wall = time.perf_counter() - t_all
     refs = [r for _, _, r in items]
-    return {"system": system, "target": str(target), "threads": threads, "pad_seconds": pad if system == "ours" else 30.0,
+    return {"system": system, "target": str(target), "threads": threads, "pad_seconds": pad if system == "ours" else 30.0, "beam": beam,
             "utterances": len(items), "audio_s": round(audio_s, 1), "wer": round(wer(refs, hyps), 4),
             "latency_ms_p50": round(float(np.percentile(ms, 50)), 1), "latency_ms_p95": round(float(np.percentile(ms, 95)), 1),
             "rtf": round(wall / audio_s, 4), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -114,10 +114,10 @@ def run_one(system: str, target: str, threads: int, limit: int | None, pad: floa
             "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]}
 
 
-def compare(configs: list[tuple[str, str, float]], threads: int, limit: int | None) -> list[dict]:
+def compare(configs: list[tuple[str, str, float]], threads: int, limit: int | None, beam: int = 1) -> list[dict]:
     rows = []
     for system, target, pad in configs:
-        cmd = [sys.executable, "-m", "edge_bench.asr", system, target, str(threads), str(limit or 0), str(pad)]
+        cmd = [sys.executable, "-m", "edge_bench.asr", system, target, str(threads), str(limit or 0), str(pad), str(beam)]
         if system == "faster-whisper":
             ensure_ct2_vocabulary(Path(target))
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -151,7 +151,8 @@ def markdown(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['system']} | {Path(r['target']).name} | failed: {r['error']} | | | | |")
             continue
-        who = "edge-runtime (ONNX)" if r["system"] == "ours" else "faster-whisper (CT2 int8, greedy)"
+        search = "greedy" if r.get("beam", 1) == 1 else f"beam {r['beam']}"
+        who = f"edge-runtime (ONNX, {search})" if r["system"] == "ours" else f"faster-whisper (CT2 int8, {search})"
         window = "30 s (padded)" if r["system"] != "ours" else f"segment + {r['pad_seconds']:g} s"
         lines.append(f"| {who} | {Path(r['target']).name} | {window} | {100 * r['wer']:.1f}% | "
                      f"{r['latency_ms_p50']:.0f} / {r['latency_ms_p95']:.0f} | {r['rtf']:.3f} | {r['peak_rss_mb']:.0f} |")
@@ -162,5 +163,5 @@ def markdown(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    system, target, threads, limit, pad = sys.argv[1:6]
-    print(json.dumps(run_one(system, target, int(threads), int(limit) or None, float(pad))))
+    system, target, threads, limit, pad, beam = sys.argv[1:7]
+    print(json.dumps(run_one(system, target, int(threads), int(limit) or None, float(pad), int(beam))))

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--pad", type=float, action="append", default=[], help="pad seconds per --bundle (default: the runtime default)")
     a.add_argument("--faster-whisper", action="append", default=[], help="a CTranslate2 model folder (repeatable)")
     a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--beam", type=int, default=1, help="beam size for every system (1: greedy)")
     a.add_argument("--limit", type=int, default=0, help="first N utterances only (0: all)")
     a.add_argument("--out", default=None, help="write JSON and Markdown here (e.g. benchmarks/results/asr)")
     args = ap.parse_args(argv)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pads = args.pad + [AsrOptions().pad_seconds] * (len(args.bundle) - len(args.pad))
         configs = [("ours", b, p) for b, p in zip(args.bundle, pads)] + [("faster-whisper", m, 30.0) for m in args.faster_whisper]
-        rows = compare(configs, args.threads, args.limit or None)
+        rows = compare(configs, args.threads, args.limit or None, args.beam)
         md = markdown(rows)
         print(md)
         if args.out:

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "LM write the reply to speech after the model decides to respond, and answer speech it passed "
                     "over narrowly (its policy: edge-export info DIR)")
     ap.add_argument("--max-response-tokens", type=int, default=48)
+    ap.add_argument("--beam", type=int, default=1, help="whisper-asr bundles: beam size of final transcripts (default 1: greedy)")
     ap.add_argument("--context", type=int, default=None, help="KV cache tokens (default: the bundle's max)")
     ap.add_argument("--no-fifo", action="store_true", help="decode chunk by chunk instead of prefilling the backlog at once")
     ap.add_argument("--vad-gate", choices=["auto", "on", "off"], default="auto", help="skip the encoder on quiet chunks")
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         except AudioInputError as e:
             return _fail(EXIT_NO_MIC, str(e))
         return EXIT_OK
+    if args.beam < 1:
+        return _fail(EXIT_INPUT, f"--beam must be at least 1 (got {args.beam})")
     try:
         from .listener import Listener, ListenerOptions
         from .loop import LoopOptions
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             session=SessionConfig(provider=args.provider, threads=args.threads, strict=args.strict_provider),
             decoder_threads=args.decoder_threads, stats_interval=args.stats_interval,
             vad_gate={"auto": None, "on": True, "off": False}[args.vad_gate], verbose=args.verbose,
-            responder=args.responder)
+            responder=args.responder, asr_beam=args.beam)
         try:
             source = _make_source(args)
         except NoMicrophoneError as e:

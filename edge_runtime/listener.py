@@ -73,7 +73,8 @@ class ListenerOptions:
     whole window is quiet (None: as the bundle's manifest says). verbose: emit a ``decision`` event per decoder call.
     responder: a responder bundle (folder, or a loaded Responder): Whisper + a pretrained LM write the reply to speech
     after the model decides to respond (edge_runtime/responder.py); responder_threads: its
-    sessions' intra-op threads (it runs in bursts, on its own thread beside the decoder worker)."""
+    sessions' intra-op threads (it runs in bursts, on its own thread beside the decoder worker).
+    asr_beam: with a ``whisper-asr`` bundle, the beam size of final transcripts (1: greedy)."""
 
     loop: LoopOptions = LoopOptions()
     session: SessionConfig = SessionConfig()
@@ -86,10 +87,11 @@ class ListenerOptions:
     verbose: bool = False
     responder: object = None  # str | Path | edge_runtime.responder.Responder
     responder_threads: int = 2
+    asr_beam: int = 1
 
     def __post_init__(self) -> None:
-        if self.stats_interval <= 0 or self.ring_seconds <= 0 or self.max_backlog < 1:
-            raise ValueError("stats_interval and ring_seconds must be > 0, max_backlog >= 1")
+        if self.stats_interval <= 0 or self.ring_seconds <= 0 or self.max_backlog < 1 or self.asr_beam < 1:
+            raise ValueError("stats_interval and ring_seconds must be > 0, max_backlog and asr_beam >= 1")
 
 
 class ChunkQueue:
@@ -431,10 +433,10 @@ class _AsrMode:
     encoder and decoder workers; same capture, ring, resampling, events and stop handling."""
 
     def _init_asr(self, bundle, source, callback, feed_rate, feed_live):
-        from .whisper_asr import Transcriber, WhisperBundle
+        from .whisper_asr import AsrOptions, Transcriber, WhisperBundle
 
         self.asr = WhisperBundle(bundle, self.options.session)
-        self.transcriber = Transcriber(self.asr)
+        self.transcriber = Transcriber(self.asr, AsrOptions(beam_size=self.options.asr_beam))
         self.source = source or FeedSource(feed_rate or 16000, live=feed_live)
         self._callback = callback
         self._events = queue.Queue()

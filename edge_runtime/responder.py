@@ -130,6 +130,7 @@ class Responder:
     the responder is asked only under ``repeat_below`` (default: ``ask_below``);
     ``asr_pad_seconds``: silence after the utterance in Whisper's window (AsrOptions.pad_seconds);
     ``asr_prompt``: what Whisper reads as said before the utterance (AsrOptions.prompt);
+    ``asr_beam``: Whisper's beam size (AsrOptions.beam_size; 1, the default: greedy);
     ``rescue_above``: a second chance for speech the model passed over narrowly: when its
     p(<respond>) reached this (but not its threshold) and it stayed silent, the utterance goes to the
     responder once ``rescue_wait`` seconds of the trail are unvoiced, and a reply is said only
@@ -142,7 +143,7 @@ class Responder:
     that), so the LM never announces an action the device does not have (none listed: any reply)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
-                   "asr_prompt", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
+                   "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
                    "unknown_reply")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
@@ -172,7 +173,9 @@ class Responder:
         self.repeat_instructions = set(raw.get("repeat_instructions", []))
         self.repeat_below = float(raw.get("repeat_below", self.ask_below))
         self.asr_options = AsrOptions(pad_seconds=float(raw.get("asr_pad_seconds", AsrOptions.pad_seconds)),
-                                      prompt=str(raw.get("asr_prompt", "")))
+                                      prompt=str(raw.get("asr_prompt", "")), beam_size=int(raw.get("asr_beam", 1)))
+        if self.asr_options.beam_size < 1:
+            raise BundleError(f"{mpath}: asr_beam must be at least 1")
         self.rescue_above, self.rescue_wait = float(raw.get("rescue_above", 0.0)), float(raw.get("rescue_wait", 0.5))
         self.name_words = [normalize(w) for w in raw.get("name_words", [])]
         self.confirm_replies = set(raw.get("confirm_replies", []))

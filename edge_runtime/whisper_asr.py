@@ -67,7 +67,8 @@ class AsrOptions:
     AND the mean token log-probability is below the second. compression_ratio_threshold: drop
     text that compresses better than this (a loop). prompt: text Whisper reads as what was said
     before the segment (its ``<|startofprev|>`` context), which leans it towards those words:
-    the wake word, the rooms and devices a user has ("" for none)."""
+    the wake word, the rooms and devices a user has ("" for none). beam_size: 1 decodes
+    greedily; more searches that many hypotheses (final decodes only: partials stay greedy)."""
 
     pad_seconds: float = 15.0
     partial_every: float = 0.75
@@ -77,6 +78,7 @@ class AsrOptions:
     compression_ratio_threshold: float = 2.4
     min_dynamics_db: float = 4.0
     prompt: str = ""
+    beam_size: int = 1
 
 
 class WhisperBundle:
@@ -121,18 +123,16 @@ class WhisperBundle:
         seconds = min(30.0, float(np.ceil(n_samples / SR + pad_seconds)))
         return min(self.max_frames, int(seconds * 100))
 
-    def greedy(self, feats: np.ndarray, max_tokens: int = 96, prefix: list[int] | None = None,
-               stop_on_loop: bool = True, context: list[int] | None = None) -> tuple[list[int], dict]:
-        """Greedy decode of one window -> (token ids, {no_speech_prob, avg_logprob, stopped}).
-        ``context``: context_ids(), read before ``<|startoftranscript|>``."""
+    def _start(self, feats: np.ndarray, prefix: list[int] | None, context: list[int] | None):
+        """Encode one window and read the prompt -> (step, logits after it, its cache, p(no speech)).
+        ``step(ids, past)`` -> (next-token logits, the cache with ``ids`` appended); a cache is
+        never changed in place, so hypotheses of a beam may share one."""
         cross = self.encoder.run({"input_features": feats[None]})
         io_cross = {k: ortvalue(v) for k, v in cross.items()}
-        past = [ortvalue(np.zeros((1, self.n_heads, 0, self.head_dim), np.float32)) for _ in range(2 * self.n_layers)]
         past_names = [f"past_key_values.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
         present_names = [f"present.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
 
-        def step(ids: list[int]) -> np.ndarray:
-            nonlocal past
+        def step(ids: list[int], past: list) -> tuple[np.ndarray, list]:
             io = self.decoder.binding()
             io.bind_cpu_input("input_ids", np.array([ids], np.int64))
             for n, v in zip(past_names, past):
@@ -144,20 +144,31 @@ class WhisperBundle:
                 io.bind_output(n, "cpu")
             self.decoder.run_binding(io)
             outs = io.get_outputs()
-            past = list(outs[1:])
-            return outs[0].numpy()[0, -1].astype(np.float64)
+            return outs[0].numpy()[0, -1].astype(np.float64), list(outs[1:])
 
-        logits = step(list(context or []) + [self.sot])  # no-speech probability is read right after <|startoftranscript|>
+        empty = [ortvalue(np.zeros((1, self.n_heads, 0, self.head_dim), np.float32)) for _ in range(2 * self.n_layers)]
+        logits, past = step(list(context or []) + [self.sot], empty)  # p(no speech) is read right after <|startoftranscript|>
         p = np.exp(logits - logits.max())
         no_speech = float(p[self.no_speech] / p.sum())
-        logits = step(self.prompt_ids[1:] + list(prefix or []))
+        logits, past = step(self.prompt_ids[1:] + list(prefix or []), past)
+        return step, logits, past, no_speech
+
+    def _log_probs(self, logits: np.ndarray, first: bool) -> np.ndarray:
+        logits = logits.copy()
+        logits[self.suppress] = -np.inf
+        if first:
+            logits[self.begin_suppress] = -np.inf
+        lp = logits - logits.max()
+        return lp - np.log(np.exp(lp).sum())
+
+    def greedy(self, feats: np.ndarray, max_tokens: int = 96, prefix: list[int] | None = None,
+               stop_on_loop: bool = True, context: list[int] | None = None) -> tuple[list[int], dict]:
+        """Greedy decode of one window -> (token ids, {no_speech_prob, avg_logprob, stopped}).
+        ``context``: context_ids(), read before ``<|startoftranscript|>``."""
+        step, logits, past, no_speech = self._start(feats, prefix, context)
         out, logprobs, stopped = list(prefix or []), [], "eot"
         while True:
-            logits[self.suppress] = -np.inf
-            if not out:
-                logits[self.begin_suppress] = -np.inf
-            lp = logits - logits.max()
-            lp -= np.log(np.exp(lp).sum())
+            lp = self._log_probs(logits, not out)
             nxt = int(lp.argmax())
             if nxt == self.eot:
                 break
@@ -169,9 +180,21 @@ class WhisperBundle:
             if stop_on_loop and _looping(out):
                 stopped = "loop"
                 break
-            logits = step([nxt])
+            logits, past = step([nxt], past)
         return out, {"no_speech_prob": no_speech, "avg_logprob": float(np.mean(logprobs)) if logprobs else 0.0,
                      "stopped": stopped}
+
+    def beam(self, feats: np.ndarray, beam_size: int, max_tokens: int = 96, prefix: list[int] | None = None,
+             stop_on_loop: bool = True, context: list[int] | None = None) -> tuple[list[int], dict]:
+        """Beam search of one window (``beam_search``), returned as ``greedy`` returns its decode."""
+        step, logits, past, no_speech = self._start(feats, prefix, context)
+        toks, info = beam_search(step, logits, past, self._log_probs, self.eot, beam_size, max_tokens, prefix, stop_on_loop)
+        return toks, {"no_speech_prob": no_speech, **info}
+
+    def decode(self, feats: np.ndarray, max_tokens: int, context: list[int] | None, beam_size: int = 1) -> tuple[list[int], dict]:
+        if beam_size > 1:
+            return self.beam(feats, beam_size, max_tokens, context=context)
+        return self.greedy(feats, max_tokens, context=context)
 
     def transcribe(self, audio: np.ndarray, opts: AsrOptions = AsrOptions()) -> tuple[str, dict]:
         """One segment -> (text or "" when dropped, info).
@@ -186,12 +209,12 @@ class WhisperBundle:
             return "", {"dropped": "steady sound", "dynamics_db": dyn, "no_speech_prob": None, "avg_logprob": None}
         budget = int(8 + opts.max_tokens_per_second * len(audio) / SR)
         context = self.context_ids(opts.prompt)
-        ids, info = self.greedy(whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds)), budget,
-                                context=context)
+        ids, info = self.decode(whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds)), budget,
+                                context, opts.beam_size)
         info["retried"] = False
         if _suspicious(self.tokenizer.decode(ids), info, opts) and opts.pad_seconds < RETRY_PAD_SECONDS:
-            ids2, info2 = self.greedy(whisper_log_mel(audio, self.window_frames(len(audio), RETRY_PAD_SECONDS)), budget,
-                                      context=context)
+            ids2, info2 = self.decode(whisper_log_mel(audio, self.window_frames(len(audio), RETRY_PAD_SECONDS)), budget,
+                                      context, opts.beam_size)
             if not _suspicious(self.tokenizer.decode(ids2), info2, opts) or len(ids2) < len(ids):
                 ids, info = ids2, info2
             info["retried"] = True
@@ -206,6 +229,48 @@ class WhisperBundle:
         elif text and compression_ratio(text) > opts.compression_ratio_threshold:
             info["dropped"] = "repetitive"
         return ("" if info["dropped"] else text), info
+
+
+def beam_search(step, logits: np.ndarray, state, log_probs, eot: int, beam_size: int, max_tokens: int = 96,
+                prefix: list[int] | None = None, stop_on_loop: bool = True) -> tuple[list[int], dict]:
+    """Beam search from ``logits`` (after the prompt) and its decoder ``state``:
+    ``step([token], state)`` -> (logits, new state), never changing ``state`` (hypotheses share
+    it); ``log_probs(logits, first)`` -> next-token log-probabilities, suppressions applied.
+
+    Each step extends every live hypothesis by its ``beam_size`` + 1 likeliest tokens and keeps
+    the ``beam_size`` best continuations by total log-probability; one ending among them (end of
+    text, the token budget, a loop) is finished instead. It stops when ``beam_size`` are finished,
+    and the finished one with the highest mean log-probability per token wins (the end token
+    counted, so a hypothesis cut short pays for it) -> (tokens, {avg_logprob, stopped}).
+    """
+    live = [(list(prefix or []), 0.0, [], logits, state)]  # tokens, total log-prob, their log-probs, logits, state
+    done: list[tuple[list[int], float, list[float], str]] = []
+    while live and len(done) < beam_size:
+        cands = []
+        for h, (toks, total, _, lg, _) in enumerate(live):
+            lp = log_probs(lg, not toks)
+            for t in np.argpartition(-lp, beam_size)[: beam_size + 1]:
+                cands.append((total + float(lp[t]), h, int(t), float(lp[t])))
+        cands.sort(key=lambda c: -c[0])
+        kept, slots = [], 0
+        for total, h, t, lp_t in cands:
+            toks, _, lps, _, st = live[h]
+            if t == eot:
+                done.append((toks, total, lps + [lp_t], "eot"))
+                continue
+            new, lps = toks + [t], lps + [lp_t]
+            end = "budget" if len(new) >= max_tokens else "loop" if stop_on_loop and _looping(new) else None
+            if end:
+                done.append((new, total, lps, end))
+            else:
+                kept.append((new, total, lps, st))
+            slots += 1
+            if slots == beam_size:
+                break
+        live = [(toks, total, lps, *step([toks[-1]], st)) for toks, total, lps, st in kept]
+    toks, _, lps, stopped = max(done, key=lambda d: d[1] / len(d[2]))
+    words = lps[:-1] if stopped == "eot" else lps  # as greedy's: the end token's log-prob is no word's
+    return toks, {"avg_logprob": float(np.mean(words)) if words else 0.0, "stopped": stopped}
 
 
 RETRY_PAD_SECONDS = 30.0
@@ -367,7 +432,7 @@ class Transcriber:
     def _partial(self) -> list[dict]:
         audio = self.segmenter.active_audio
         t0 = time.perf_counter()
-        text, info = self.b.transcribe(audio, self.opts)
+        text, info = self.b.transcribe(audio, dataclasses.replace(self.opts, beam_size=1))
         self.decode_ms.append(1000 * (time.perf_counter() - t0))
         if info["dropped"] or not text:
             return []

@@ -18,8 +18,12 @@ Scoring, per stream, from the events the runtime emits:
   that event's window (speech: from its start to 2 s after it ends; a sound: from its onset to
   2.5 s after); anything else is a *false response*, counted by what was heard then
   (``false_by_cause``: a repeat, an unwatched sound, a distractor, other speech, background);
-- recall = matched / events that asked for a response; correctness = matched with the exact
-  expected text (commands: intent and slots; alerts: the class; unknown: the honest answer);
+- recall = matched / events that asked for a response; correctness = matched with the expected
+  intent and slots: the reply fits the same reply template as the expected one with the same
+  slot values, read as a recogniser would write them (case, spaces and hyphens aside, numbers
+  as digits, "a" as one: "backyard" = "back yard", "one minute and a half" = "a minute and a
+  half"); replies of no template (alerts, the honest answer, transcripts) must match exactly.
+  ``exact`` counts the replies whose text is exactly the expected one;
 - false responses per hour are counted over the audio that asked for no response;
 - response latency = (decision chunk end - utterance end or sound onset) + the chunk's measured
   compute + first token time: the wait for the chunk to fill is included;
@@ -57,6 +61,26 @@ TUNING_SEED_BASE = 700000  # streams for choosing runtime settings (the same set
 
 def norm(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def meaning(text: str) -> tuple | str:
+    """A reply as (its template, its slot values as read), or its text when it fits no template."""
+    global _FORMS
+    if _FORMS is None:
+        from edge_runtime.responder import reply_form
+
+        from .scenarios import reply_forms
+        _FORMS = [reply_form(f) for f in reply_forms()]
+    text = text.strip()
+    for i, form in enumerate(_FORMS):
+        m = form.fullmatch(text)
+        if m:
+            return (i, *("".join("1" if w in ("a", "one") else w for w in in_digits(" ".join(norm(v))).split())
+                         for v in m.groups()))
+    return text
+
+
+_FORMS = None
 
 
 def wer_counts(ref: list[str], hyp: list[str]) -> int:
@@ -115,7 +139,8 @@ def score_stream(stream_meta: dict, events: list[dict]) -> dict:
         ev = wanted[hit]
         ref_t = ev["end"] if ev["kind"] == "speech" else ev["start"]
         lat = (t - ref_t) + compute_s + (r.get("first_token_ms") or 0.0) / 1000
-        rows.append({"event": ev, "text": r["text"], "correct": r["text"].strip() == ev["response"],
+        rows.append({"event": ev, "text": r["text"], "correct": meaning(r["text"]) == meaning(ev["response"]),
+                     "exact": r["text"].strip() == ev["response"],
                      "latency_s": round(lat, 3), "confidence": r.get("confidence")})
     missed = [ev for i, ev in enumerate(wanted) if not used[i]]
     quiet_s = stream_meta["duration"] - sum(ev["end"] - ev["start"] for ev in wanted)
@@ -168,17 +193,18 @@ def summarize(scored: list[dict], transcribe: bool = False) -> dict:
         digits = lambda text: in_digits(" ".join(norm(text))).split()  # noqa: E731
         errs = sum(wer_counts(digits(r["event"]["response"]), digits(r["text"])) for r in rows)
         out["wer_numbers_as_digits"] = round(errs / max(sum(len(digits(r["event"]["response"])) for r in rows), 1), 4)
-        out["exact"] = round(sum(r["correct"] for r in rows) / max(len(rows), 1), 4)
+        out["exact"] = round(sum(r["exact"] for r in rows) / max(len(rows), 1), 4)
         return out
     cats: dict[str, dict] = {}
     for s in scored:
         for ev, row in [*((r["event"], r) for r in s["matched"]), *((ev, None) for ev in s["missed"])]:
             names = [category(ev)] + ([f"sound:{ev['what']}"] if ev["kind"] == "sound" else [])
             for name in names:  # sounds: also per class
-                c = cats.setdefault(name, {"events": 0, "matched": 0, "correct": 0})
+                c = cats.setdefault(name, {"events": 0, "matched": 0, "correct": 0, "exact": 0})
                 c["events"] += 1
                 c["matched"] += row is not None
                 c["correct"] += bool(row and row["correct"])
+                c["exact"] += bool(row and row["exact"])
     for k, c in cats.items():
         c["recall"] = round(c["matched"] / c["events"], 4)
         c["correct_of_events"] = round(c["correct"] / c["events"], 4)
@@ -214,7 +240,8 @@ def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: 
         responder_path, responder = responder, Responder(responder, SessionConfig(threads=2))
     report = {"bundle": str(bundle_path), "streams_per_set": n, "stream_seconds": seconds,
               "sensitivity": sensitivity, "seed_base": seed_base, "voices": voices,
-              "min_confidence": min_confidence, "responder": responder_path if responder else None, "sets": {}}
+              "min_confidence": min_confidence, "responder": responder_path if responder else None,
+              "correct_means": "intent and slots (by_category: correct; exact: the exact text)", "sets": {}}
     for name in sets or list(SETS):
         t0 = time.monotonic()
         streams = build_set(name, n, seconds, seed_base, voices)

@@ -13,7 +13,7 @@ import pytest
 
 from edge_models import scenarios as sc
 from edge_models import streams as st
-from edge_models.evaluate import score_stream, summarize, wer_counts
+from edge_models.evaluate import meaning, score_stream, summarize, wer_counts
 
 
 def test_stream_labels_follow_the_events():
@@ -102,13 +102,36 @@ def test_scoring_matches_false_and_latency():
     assert out["recall"] == pytest.approx(2 / 3, abs=1e-4)
     assert out["false_by_cause"] == {"background": 1, "distractor:water": 1, "repeat": 1, "speech:near_miss": 1,
                                      "unwatched:phone": 1}
-    assert out["by_category"]["sound"] == {"events": 1, "matched": 1, "correct": 0, "recall": 1.0, "correct_of_events": 0.0}
+    assert out["by_category"]["sound"] == {"events": 1, "matched": 1, "correct": 0, "exact": 0, "recall": 1.0,
+                                           "correct_of_events": 0.0}
     assert out["by_category"]["sound:doorbell"] == out["by_category"]["sound"]  # and per sound class
     assert out["by_category"]["unknown"]["recall"] == 0.0
     assert out["confidence"] == {"correct": {"n": 1, "p10": 0.99, "p25": 0.99, "p50": 0.99},
                                  "wrong": {"n": 1, "p10": 0.4, "p25": 0.4, "p50": 0.4},
                                  "false": {"n": 1, "p10": 0.7, "p25": 0.7, "p50": 0.7}}  # events without one left out
     assert wer_counts("a b c".split(), "a x c d".split()) == 2
+
+
+def test_a_command_reply_is_correct_by_its_intent_and_slots_not_its_spelling():
+    same = [("Turning on the backyard lights.", "Turning on the back yard lights."),
+            ("Setting a timer for one minute and a half.", "Setting a timer for a minute and a half."),
+            ("Setting a timer for 35 seconds.", "Setting a timer for thirty five seconds."),
+            ("Setting the temperature to 69 degrees.", "Setting the temperature to 69 degrees.")]
+    other = [("Setting the temperature to 68 degrees.", "Setting the temperature to 69 degrees."),
+             ("Turning off the back yard lights.", "Turning on the back yard lights."),  # the intent
+             ("Turning on the back lights.", "Turning on the back yard lights."),
+             ("Setting a timer for minute and a half.", "Setting a timer for a minute and a half."),
+             ("Playing hip hop music.", "Playing pop music."),
+             ("The smoke alarm is going off!", "The smoke alarm is going off."),  # no template: exact text
+             ("sorry, I can't do that yet.", sc.SORRY)]
+    assert all(meaning(a) == meaning(b) for a, b in same)
+    assert not any(meaning(a) == meaning(b) for a, b in other)
+    meta = {"duration": 10.0, "events": [{"kind": "speech", "start": 1.0, "end": 2.0, "what": "Edge, light up the back yard",
+                                          "response": "Turning on the back yard lights.", "due": 2.25,
+                                          "meta": {"intent": "lights_on", "addressed": True}}]}
+    s = score_stream(meta, [{"type": "response.end", "t": 2.6, "text": "Turning on the backyard lights."}])
+    assert summarize([s])["by_category"]["command"] == {"events": 1, "matched": 1, "correct": 1, "exact": 0,
+                                                        "recall": 1.0, "correct_of_events": 1.0}
 
 
 def test_choice_rule_counts_correct_answers_minus_false_ones_and_reads_reports(tmp_path, capsys):

@@ -93,19 +93,23 @@ def test_export_transcripts_identical_to_pytorch(bundles, recordings):
     assert sizes["fp32"] < 160e6 and sizes["int8"] < 55e6  # the 51864 x 384 embedding is stored once
 
 
-def _listen(bundle, wav):
+def _listen(bundle, wav, *more, code=0):
     r = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "--bundle", str(bundle), "--input", str(wav),
-                        "--fast", "--jsonl"], capture_output=True, text=True, env=subprocess_env(), timeout=300)
-    assert r.returncode == 0, r.stderr
-    return [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+                        "--fast", "--jsonl", *more], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert r.returncode == code, r.stderr
+    return [json.loads(x) for x in r.stdout.splitlines() if x.strip()] if code == 0 else r.stderr
 
 
-def test_edge_listen_transcribes_real_speech_with_consistent_partials(bundles, recordings, tmp_path):
+@pytest.mark.parametrize("beam", [1, 3])
+def test_edge_listen_transcribes_real_speech_with_consistent_partials(bundles, recordings, tmp_path, beam):
     root, _ = bundles
     gap = np.zeros(16000, np.float32)
     wav = tmp_path / "speech.wav"
     sf.write(wav, np.concatenate([gap] + [x for k in UTTERANCES for x in (recordings[k][0], gap)]), 16000)
-    evs = _listen(root / "int8", wav)
+    evs = _listen(root / "int8", wav, "--beam", str(beam))
+    if beam == 1:
+        err = _listen(root / "int8", wav, "--beam", "0", code=2)
+        assert err.strip().count("\n") == 0 and "--beam must be at least 1" in err, err
     finals = [e for e in evs if e["type"] == "transcript" and e["final"]]
     assert len(finals) == len(UTTERANCES), finals
     assert wer([recordings[k][1] for k in UTTERANCES], [e["text"] for e in finals]) <= 0.15
@@ -201,7 +205,8 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
                      (lambda m: m.update(prompt="{heard} then {instruction}"), "needs .instruction. before"),
                      (lambda m: m.update(end_token="<nope>"), "not in the LM"),
                      (lambda m: m.update(prompt="{heard}"), "needs .instruction. before"),
-                     (lambda m: m.update(reply_forms=["Checking the time."]), "reply_forms needs an unknown_reply")):
+                     (lambda m: m.update(reply_forms=["Checking the time."]), "reply_forms needs an unknown_reply"),
+                     (lambda m: m.update(asr_beam=0), "asr_beam must be at least 1")):
         m = dict(manifest)
         bad(m)
         (rdir / "manifest.json").write_text(json.dumps(m))
@@ -242,3 +247,76 @@ def test_prompt_context_decodes_as_pytorch_and_keeps_the_transcript(tiny, bundle
     plain, styled = b.transcribe(audio)[0], b.transcribe(audio, AsrOptions(prompt=prompt))[0]
     assert styled != plain and normalize(styled) == normalize(plain), (plain, styled)
     assert wer([ref], [styled]) <= 0.2, styled
+
+
+def _toy_lm(seed: int, vocab: int = 6):
+    """A toy decoder over ``vocab`` tokens (the last is the end): next-token logits are a fixed
+    random function of the whole prefix, and the state is the prefix itself. As in speech, the
+    end is unlikely until the prefix is 4 tokens long and likely after."""
+    eot = vocab - 1
+
+    def logits_of(prefix: tuple) -> np.ndarray:
+        lg = np.random.default_rng([seed, *prefix]).normal(0, 2.5, vocab)
+        lg[eot] += 5.0 if len(prefix) >= 4 else -5.0
+        return lg
+
+    def step(ids, state):
+        state = state + tuple(ids)
+        return logits_of(state), state
+
+    def log_probs(logits, first):
+        lp = logits - logits.max()
+        return lp - np.log(np.exp(lp).sum())
+
+    return logits_of, step, log_probs, eot
+
+
+def test_beam_search_keeps_each_hypothesis_on_its_own_state():
+    """Beam 1 is greedy; a wider beam returns a hypothesis whose reported log-probability is
+    that of its own tokens, each read on its own prefix (no state crossed between hypotheses)."""
+    from edge_runtime.whisper_asr import beam_search
+
+    differs = 0
+    for seed in range(40):
+        logits_of, step, log_probs, eot = _toy_lm(seed)
+        greedy = []
+        while len(greedy) < 8:  # greedy, by hand
+            t = int(log_probs(logits_of(tuple(greedy)), not greedy).argmax())
+            if t == eot:
+                break
+            greedy.append(t)
+        one, _ = beam_search(step, logits_of(()), (), log_probs, eot, 1, 8, stop_on_loop=False)
+        assert one == greedy
+        toks, info = beam_search(step, logits_of(()), (), log_probs, eot, 4, 8, stop_on_loop=False)
+        path = [log_probs(logits_of(tuple(toks[:i])), i == 0)[t] for i, t in enumerate(toks)]
+        assert info["stopped"] in ("eot", "budget") and info["avg_logprob"] == pytest.approx(np.mean(path))
+        differs += toks != greedy
+    assert differs >= 5  # the search is not greedy in disguise
+
+
+def test_beam_decode_matches_the_same_search_driven_by_pytorch(tiny, bundles, recordings):
+    """The bundle's beam (sharing ONNX caches between hypotheses) against the same search over the
+    PyTorch model without a cache; beam 1 is the greedy decode; the transcripts read right."""
+    from edge_runtime.whisper_asr import AsrOptions, WhisperBundle, beam_search, whisper_log_mel
+
+    model, _, _ = tiny
+    root, _ = bundles
+    b = WhisperBundle(root / "fp32")
+    audio, ref = recordings[UTTERANCES[2]]
+    feats = whisper_log_mel(audio, 3000)
+    got, info = b.beam(feats, 4, 40)
+    assert b.beam(feats, 1, 40)[0] == b.greedy(feats, 40)[0]
+    with torch.no_grad():
+        enc = model.model.encoder(torch.from_numpy(feats[None])).last_hidden_state
+
+        def step(ids, state):
+            state = state + tuple(ids)
+            out = model(encoder_outputs=(enc,), decoder_input_ids=torch.tensor([list(state)])).logits[0, -1]
+            return out.double().numpy(), state
+
+        start = tuple(b.prompt_ids)
+        want, want_info = beam_search(step, step([], start)[0], start, b._log_probs, b.eot, 4, 40)
+    assert got == want and info["avg_logprob"] == pytest.approx(want_info["avg_logprob"], abs=1e-3)
+    assert wer([ref], [b.tokenizer.decode(got)]) <= 0.2
+    text, info = b.transcribe(audio, AsrOptions(beam_size=4))
+    assert normalize(text) == normalize(b.tokenizer.decode(got)) and info["dropped"] is None
