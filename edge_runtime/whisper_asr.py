@@ -13,7 +13,9 @@ is dropped; the token budget scales with the segment's duration.
 The encoder window is the segment plus ``pad_seconds`` of silence (not Whisper's fixed 30 s), so
 its cost follows the utterance's length. Measured on 326 real utterances (tiny.en int8, WER):
 pad 1 s 32%, 2 s 24%, 5 s 13.5%, 8 s 10.9%, 10 s 10.3%, 15 s 9.5%, 30 s 9.3%; 15 s keeps the
-30 s accuracy at about 40% of its latency (README, ``edge-bench asr``).
+30 s accuracy at about 40% of its latency (README, ``edge-bench asr``; measured while one 45 s
+prompt was still cut at the 30 s window, which cost every column about 3 points: 15 s now gives
+6.4%). Audio longer than 25 s is transcribed in pieces cut at its pauses.
 """
 
 from __future__ import annotations
@@ -203,7 +205,11 @@ class WhisperBundle:
         speech swings 13-27 dB between syllables and pauses (Asterisk set), white and pink noise
         and synthetic music 0.3-4.8 dB. A short window sometimes makes Whisper loop ("Thank you.
         Thank you. ..."): then it is decoded once more in a window padded by RETRY_PAD_SECONDS,
-        and if that loops too, the repeats are cut."""
+        and if that loops too, the repeats are cut. Audio longer than MAX_PIECE_SECONDS (Whisper
+        sees at most 30 s) is cut at its quietest moments and transcribed piece by piece
+        (``info["pieces"]``), so nothing past the window is lost."""
+        if len(audio) > MAX_PIECE_SECONDS * SR:
+            return self._transcribe_pieces(audio, opts)
         dyn = dynamics_db(audio)
         if dyn < opts.min_dynamics_db:
             return "", {"dropped": "steady sound", "dynamics_db": dyn, "no_speech_prob": None, "avg_logprob": None}
@@ -230,9 +236,35 @@ class WhisperBundle:
             info["dropped"] = "repetitive"
         return ("" if info["dropped"] else text), info
 
+    def _transcribe_pieces(self, audio: np.ndarray, opts: AsrOptions) -> tuple[str, dict]:
+        outs = [self.transcribe(piece, opts) for piece in split_long(audio, MAX_PIECE_SECONDS)]
+        text = " ".join(t for t, _ in outs if t)
+        kept = [i for t, i in outs if t]
+        info = {"pieces": len(outs), "dropped": None if text else outs[0][1]["dropped"],
+                "no_speech_prob": min((i["no_speech_prob"] for _, i in outs if i["no_speech_prob"] is not None), default=None),
+                "avg_logprob": float(np.mean([i["avg_logprob"] for i in kept])) if kept else None,
+                "retried": any(i.get("retried") for _, i in outs)}
+        return text, info
+
+
+MAX_PIECE_SECONDS = 25.0  # as SegmenterOptions.max_segment: longer audio is transcribed in pieces
+
+
+def split_long(audio: np.ndarray, max_seconds: float = MAX_PIECE_SECONDS, search_seconds: float = 5.0) -> list[np.ndarray]:
+    """``audio`` in consecutive pieces of at most ``max_seconds``, each cut at the quietest 20 ms
+    frame of its last ``search_seconds`` (a pause between words, where there is one)."""
+    pieces, start, n_max = [], 0, int(max_seconds * SR)
+    while len(audio) - start > n_max:
+        lo, hi = start + n_max - int(search_seconds * SR), start + n_max
+        frames = np.asarray(audio[lo:hi], np.float64)[: (hi - lo) // 320 * 320].reshape(-1, 320)
+        cut = lo + 320 * int(np.argmin((frames**2).mean(axis=1))) + 160
+        pieces.append(audio[start:cut])
+        start = cut
+    return pieces + [audio[start:]]
+
 
 def beam_search(step, logits: np.ndarray, state, log_probs, eot: int, beam_size: int, max_tokens: int = 96,
-                prefix: list[int] | None = None, stop_on_loop: bool = True) -> tuple[list[int], dict]:
+                prefix: list[int] | None = None, stop_on_loop: bool = True, patience: float = 1.0) -> tuple[list[int], dict]:
     """Beam search from ``logits`` (after the prompt) and its decoder ``state``:
     ``step([token], state)`` -> (logits, new state), never changing ``state`` (hypotheses share
     it); ``log_probs(logits, first)`` -> next-token log-probabilities, suppressions applied.
@@ -245,7 +277,7 @@ def beam_search(step, logits: np.ndarray, state, log_probs, eot: int, beam_size:
     """
     live = [(list(prefix or []), 0.0, [], logits, state)]  # tokens, total log-prob, their log-probs, logits, state
     done: list[tuple[list[int], float, list[float], str]] = []
-    while live and len(done) < beam_size:
+    while live and len(done) < beam_size * patience:
         cands = []
         for h, (toks, total, _, lg, _) in enumerate(live):
             lp = log_probs(lg, not toks)

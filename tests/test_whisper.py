@@ -320,3 +320,22 @@ def test_beam_decode_matches_the_same_search_driven_by_pytorch(tiny, bundles, re
     assert wer([ref], [b.tokenizer.decode(got)]) <= 0.2
     text, info = b.transcribe(audio, AsrOptions(beam_size=4))
     assert normalize(text) == normalize(b.tokenizer.decode(got)) and info["dropped"] is None
+
+
+def test_audio_longer_than_the_window_is_transcribed_in_pieces_not_cut(bundles, recordings):
+    """Whisper sees 30 s at most: a longer clip is cut at its pauses and every piece is heard."""
+    from edge_runtime.whisper_asr import MAX_PIECE_SECONDS, WhisperBundle, split_long
+
+    root, _ = bundles
+    b = WhisperBundle(root / "int8")
+    gap = np.zeros(16000, np.float32)
+    order = UTTERANCES * 3  # 46 s
+    clip = np.concatenate([x for k in order for x in (recordings[k][0], gap)])
+    assert len(clip) > 30 * 16000
+    pieces = split_long(clip)
+    assert np.array_equal(np.concatenate(pieces), clip) and all(len(p) <= MAX_PIECE_SECONDS * 16000 for p in pieces)
+    edges = np.cumsum([len(p) for p in pieces])[:-1]
+    assert all(np.abs(clip[e - 160 : e + 160]).max() == 0 for e in edges)  # cut in a pause
+    text, info = b.transcribe(clip)
+    assert info["pieces"] == len(pieces) >= 2 and info["dropped"] is None
+    assert wer([" ".join(recordings[k][1] for k in order)], [text]) <= 0.15, text
