@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import threading
 import time
 from typing import Callable, Protocol
 
@@ -199,6 +200,7 @@ class DecisionLoop:
                  decider: Decider | None = None, should_stop: Callable[[], bool] = lambda: False,
                  verbose: bool = False, responder=None):
         self.b, self.opts, self.emit = bundle, opts, emit
+        self._saying = threading.Lock()  # the loop and the responder's thread both say: one response's events stay together
         self.responder = responder  # edge_runtime.responder.Responder: rewrites speech replies
         self.trail = self.worker = None
         if responder is not None:
@@ -337,7 +339,14 @@ class DecisionLoop:
     def say(self, t: float, text: str, total_ms: float, tokens: int, confidence: float, withhold: bool = False,
             held: bool = True, first_ms: float | None = None, text_sent: str = "", **extra) -> None:
         """Emit a generated response (its remaining delta and ``response.end``), or, with
-        ``withhold``, a ``response.withheld`` instead; ``extra`` fields ride on the last event."""
+        ``withhold``, a ``response.withheld`` instead; ``extra`` fields ride on the last event.
+        With a responder, a reply it writes is said from its thread when it is ready, so a later
+        reply the loop says itself (an alert, a sure reply) may come first: events are in the
+        order they are said, each response's start, delta and end together, ``t`` its chunk."""
+        with self._saying:
+            self._say(t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra)
+
+    def _say(self, t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra) -> None:
         if withhold:
             self.withheld += 1
             self.emit({"type": "response.withheld", "t": t, "text": extra.get("model_text", text),

@@ -70,9 +70,14 @@ def test_loop_says_the_responders_reply_withholds_its_silence_and_passes_sound_r
     stand_in = StandIn()
     audio = _speech_at_1_and_3_s()
     events = _run(tiny_bundle[0], stand_in, audio)
-    ends = [e for e in events if e["type"] == "response.end"]
+    # the responder's replies are said from its thread when ready: in stream order only by t
+    ends = sorted((e for e in events if e["type"] == "response.end"), key=lambda e: e["t"])
     held = [e for e in events if e["type"] == "response.withheld"]
     assert [e["t"] for e in ends] == [1.6, 5.2] and [e["t"] for e in held] == [3.6]
+    for i, e in enumerate(events):  # and each response's events stay together
+        if e["type"] == "response.start":
+            j = next(j for j in range(i + 1, len(events)) if events[j]["type"] == "response.end")
+            assert all(x["type"] == "response.delta" and x["t"] == e["t"] for x in events[i + 1 : j]) and events[j]["t"] == e["t"]
     first, third = ends
     assert first["text"] == "Turning on the kitchen lights." and first["heard"] == "edge turn on the kitchen lights"
     assert first["model_text"] != first["text"] and first["first_token_ms"] == first["total_ms"]
@@ -151,7 +156,7 @@ def test_a_second_chance_is_not_said_when_the_model_answers_that_utterance_itsel
 
     s.answer = answer
     events = _run(tiny_bundle[0], s, _speech_at_1_and_3_s(), respond_at={3, 12})
-    said = [e["t"] for e in events if e["type"] in ("response.end", "response.withheld")]
+    said = sorted(e["t"] for e in events if e["type"] in ("response.end", "response.withheld"))
     assert said == [1.6, 5.2] and not any("rescue" in e for e in events), said
     assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 1
 
@@ -171,7 +176,7 @@ def test_confirm_replies_are_said_only_when_whisper_heard_the_name(tiny_bundle):
     s.answer = lambda instruction, audio, lm=True: (lms.append(lm), {"text": "", "heard": next(hearings)})[1]
     events = _run(tiny_bundle[0], s, _speech_at_1_and_3_s())
     assert lms == [False, False, False]  # the loop hands each reply over for Whisper only: the model was sure
-    assert [e["t"] for e in events if e["type"] in ("response.end", "response.withheld")] == [1.6, 3.6, 5.2]
+    assert sorted(e["t"] for e in events if e["type"] in ("response.end", "response.withheld")) == [1.6, 3.6, 5.2]
     said = []
     worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold, kw["said_by"])))
     for t in (1.0, 2.0, 3.0):
