@@ -194,6 +194,7 @@ class WhisperBundle:
         return toks, {"no_speech_prob": no_speech, **info}
 
     def decode(self, feats: np.ndarray, max_tokens: int, context: list[int] | None, beam_size: int = 1) -> tuple[list[int], dict]:
+        """``greedy`` for a beam of 1, else ``beam``."""
         if beam_size > 1:
             return self.beam(feats, beam_size, max_tokens, context=context)
         return self.greedy(feats, max_tokens, context=context)

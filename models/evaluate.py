@@ -36,6 +36,7 @@ Scoring, per stream, from the events the runtime emits:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -65,14 +66,8 @@ def norm(text: str) -> list[str]:
 
 def meaning(text: str) -> tuple | str:
     """A reply as (its template, its slot values as read), or its text when it fits no template."""
-    global _FORMS
-    if _FORMS is None:
-        from edge_runtime.responder import reply_form
-
-        from .scenarios import reply_forms
-        _FORMS = [reply_form(f) for f in reply_forms()]
     text = text.strip()
-    for i, form in enumerate(_FORMS):
+    for i, form in enumerate(_reply_patterns()):
         m = form.fullmatch(text)
         if m:
             return (i, *("".join("1" if w in ("a", "one") else w for w in in_digits(" ".join(norm(v))).split())
@@ -80,7 +75,12 @@ def meaning(text: str) -> tuple | str:
     return text
 
 
-_FORMS = None
+@functools.lru_cache(maxsize=1)
+def _reply_patterns() -> list:
+    from edge_runtime.responder import reply_form
+
+    from .scenarios import reply_forms
+    return [reply_form(f) for f in reply_forms()]
 
 
 def wer_counts(ref: list[str], hyp: list[str]) -> int:
