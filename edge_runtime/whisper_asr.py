@@ -12,10 +12,9 @@ decoding stops at a repeated n-gram loop; text with a gzip compression ratio abo
 is dropped; the token budget scales with the segment's duration.
 The encoder window is the segment plus ``pad_seconds`` of silence (not Whisper's fixed 30 s), so
 its cost follows the utterance's length. Measured on 326 real utterances (tiny.en int8, WER):
-pad 1 s 32%, 2 s 24%, 5 s 13.5%, 8 s 10.9%, 10 s 10.3%, 15 s 9.5%, 30 s 9.3%; 15 s keeps the
-30 s accuracy at about 40% of its latency (README, ``edge-bench asr``; measured while one 45 s
-prompt was still cut at the 30 s window, which cost every column about 3 points: 15 s now gives
-6.4%). Audio longer than 25 s is transcribed in pieces cut at its pauses.
+pad 1 s 28.6%, 2 s 20.9%, 5 s 10.4%, 8 s 7.7%, 10 s 7.1%, 15 s 6.4%, 30 s 6.2%; 15 s keeps the
+30 s accuracy at 60% of its latency (README, ``edge-bench asr``). Audio longer than 25 s is
+transcribed in pieces cut at its pauses.
 """
 
 from __future__ import annotations
