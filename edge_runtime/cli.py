@@ -121,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         except AudioInputError as e:
             return _fail(EXIT_NO_MIC, str(e))
         return EXIT_OK
-    if args.beam < 1:
-        return _fail(EXIT_INPUT, f"--beam must be at least 1 (got {args.beam})")
     try:
         from .listener import Listener, ListenerOptions
         from .loop import LoopOptions

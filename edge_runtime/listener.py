@@ -90,8 +90,10 @@ class ListenerOptions:
     asr_beam: int = 1
 
     def __post_init__(self) -> None:
-        if self.stats_interval <= 0 or self.ring_seconds <= 0 or self.max_backlog < 1 or self.asr_beam < 1:
-            raise ValueError("stats_interval and ring_seconds must be > 0, max_backlog and asr_beam >= 1")
+        if self.stats_interval <= 0 or self.ring_seconds <= 0 or self.max_backlog < 1:
+            raise ValueError("stats_interval and ring_seconds must be > 0, max_backlog >= 1")
+        if self.asr_beam < 1:
+            raise ValueError(f"--beam must be at least 1 (ListenerOptions.asr_beam; got {self.asr_beam})")
 
 
 class ChunkQueue:
