@@ -17,6 +17,10 @@ seeds, never the acceptance streams):
 - ``...+confirm``: the model's "Sorry, I can't do that yet." is withheld unless Whisper heard the
   name (manifest ``confirm_replies``); ``+forms``: and a responder's reply of no form the device
   acts on is said as that Sorry (manifest ``reply_forms``).
+- ``...+overrule(T,L)``: as the shipped ``model_unsure<0.7_keep``, and a reply the model is sure
+  of gives way to the responder's when Whisper's mean log-probability is at least T, the LM's
+  confidence at least L and the LM wrote a reply other than the Sorry (manifest
+  ``overrule_logprob``, ``overrule_confidence``; never under the transcription instructions).
 
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
@@ -102,6 +106,25 @@ def policies() -> dict:
     return p
 
 
+def overruled(logprob: float, confidence: float):
+    """``model_unsure<0.7_keep``, and the responder's reply over a sure one of the model's when
+    Whisper and the LM are sure enough (Responder.trusted); ``.repeat``: the policy under the
+    transcription instructions, where nothing is overruled."""
+    from edge_models.scenarios import SORRY
+
+    keep = policies()["model_unsure<0.7_keep"]
+
+    def choose(m: str, r: str, e: dict) -> str:
+        lp = e.get("asr_logprob")
+        if e["confidence"] >= 0.7 and r and r != SORRY and lp is not None and lp >= logprob \
+                and (e.get("lm_confidence") or 0.0) >= confidence:
+            return r
+        return keep(m, r, e)
+
+    choose.repeat = keep
+    return choose
+
+
 def score(dump: dict) -> dict:
     """{policy: {set: brief numbers, "speech_rule": requests + unknown - false over both wordings}}."""
     from edge_models import evaluate as E
@@ -115,6 +138,8 @@ def score(dump: dict) -> dict:
                  for w in ((), (NAME.lower(),)) for r in RESCUE]
         runs += [(f"model_unsure<0.7_keep+rescue>={r}+name+confirm{'+forms' if f else ''}", base["model_unsure<0.7_keep"],
                   r, (NAME.lower(),), (SORRY,), f) for f in ((), tuple(reply_forms())) for r in RESCUE]
+        runs += [(f"model_unsure<0.7_keep+overrule({t},{c})+rescue>=0.01+name+confirm+forms", overruled(t, c), 0.01,
+                  (NAME.lower(),), (SORRY,), tuple(reply_forms())) for t in (-0.2, -0.3, -0.4, -0.5) for c in (0.0, 0.5, 0.9)]
     for name, choose, rescue_above, words, confirm, forms in runs:
         row, rule = {}, 0
         for set_name, items in dump.items():
@@ -122,7 +147,7 @@ def score(dump: dict) -> dict:
                 continue
             pick = choose
             if set_name == "transcribe":  # what ships: under these instructions Whisper's transcript is said
-                pick = lambda m, r, e, choose=choose: choose(m, (e.get("heard") or "").strip(), e)  # noqa: E731
+                pick = lambda m, r, e, choose=getattr(choose, "repeat", choose): choose(m, (e.get("heard") or "").strip(), e)  # noqa: E731
             repeat = set_name == "transcribe"  # no second chances or reply forms under repeat instructions
             s = E.summarize([E.score_stream(meta, apply(evs, pick, None if repeat else rescue_above, words, confirm,
                                                         () if repeat else forms)) for meta, evs in items],

@@ -328,10 +328,12 @@ class DecisionLoop:
             self._pending = np.concatenate([self.b.embed([nxt]), self._end])
         text = self.b.tokenizer.decode(ids)
         if self.worker is not None and confidence >= self.opts.min_confidence:
-            ask, check = self.responder.asks(self.instruction, text, confidence), text in self.responder.confirm_replies
-            if ask or check:  # the responder writes or checks what is said, on its own thread: the loop goes on deciding
+            r = self.responder
+            ask, check = r.asks(self.instruction, text, confidence), text in r.confirm_replies
+            overrule = r.overrules(self.instruction, text, confidence)
+            if ask or check or overrule:  # the responder writes or checks what is said, on its own thread: the loop goes on deciding
                 self.worker.submit(t, t_decided, text, confidence, len(ids), self.instruction, self.trail.utterance(),
-                                   ask=ask, check=check)
+                                   ask=ask, check=check, overrule=overrule)
                 return
         self.say(t, text, round(1000 * (time.monotonic() - t_decided), 2), len(ids), confidence,
                  withhold=confidence < self.opts.min_confidence, held=hold, first_ms=first_ms, text_sent=text_sent)

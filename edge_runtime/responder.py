@@ -140,11 +140,17 @@ class Responder:
     and that are withheld when it did not hear one of ``name_words`` in the utterance;
     ``reply_forms``: the replies the device can act on ("Turning on the {room} lights.", a ``{slot}``
     is any words): an LM reply of no such form is replaced by ``unknown_reply`` (it cannot do
-    that), so the LM never announces an action the device does not have (none listed: any reply)."""
+    that), so the LM never announces an action the device does not have (none listed: any reply);
+    ``overrule_logprob`` / ``overrule_confidence``: a second opinion on the replies the model is
+    sure of (not asked by ``ask_below``; not under repeat instructions, not passed through):
+    Whisper and the LM hear the utterance out too, and the LM's reply is said instead of the
+    model's when Whisper's mean log-probability and the LM's confidence reach these and the LM
+    wrote a reply of the device's forms other than ``unknown_reply`` (unset, the default: the
+    model's sure replies are said at once; set, every reply waits for Whisper and the LM)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
-                   "unknown_reply")
+                   "unknown_reply", "overrule_logprob", "overrule_confidence")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -185,6 +191,8 @@ class Responder:
             raise BundleError(f"{mpath}: reply_forms needs an unknown_reply")
         if not 0.0 <= self.rescue_above < 1.0 or self.rescue_wait < 0:
             raise BundleError(f"{mpath}: rescue_above must be in [0, 1) and rescue_wait >= 0")
+        self.overrule_logprob = None if raw.get("overrule_logprob") is None else float(raw["overrule_logprob"])
+        self.overrule_confidence = float(raw.get("overrule_confidence", 0.0))
         self.on_silence = raw.get("on_silence", "withhold")
         if self.on_silence not in ("withhold", "model"):
             raise BundleError(f"{mpath}: on_silence: {self.on_silence!r} is not withhold or model")
@@ -200,6 +208,17 @@ class Responder:
         if text in self.pass_through:
             return False
         return confidence < (self.repeat_below if instruction in self.repeat_instructions else self.ask_below)
+
+    def overrules(self, instruction: str, text: str, confidence: float) -> bool:
+        """Do Whisper and the LM give a second opinion on this reply the model is sure of?"""
+        return (self.overrule_logprob is not None and instruction not in self.repeat_instructions
+                and text not in self.pass_through and not self.asks(instruction, text, confidence))
+
+    def trusted(self, out: dict, text: str) -> bool:
+        """Is the LM's reply ``text`` (after the reply forms) to say instead of a sure reply of the model?"""
+        logprob = out.get("asr_logprob")
+        return bool(text) and text != self.unknown_reply and logprob is not None \
+            and logprob >= self.overrule_logprob and out.get("lm_confidence", 0.0) >= self.overrule_confidence
 
     def rescues(self, instruction: str) -> bool:
         """Does speech the model passed over narrowly get a second chance under this instruction?"""
@@ -275,14 +294,15 @@ class ResponderWorker:
 
     def submit(self, t: float, t_decided: float, model_text: str, confidence: float, tokens: int,
                instruction: str, audio: np.ndarray | None, ask: bool = True, check: bool = False,
-               rescue: float | None = None, voiced: int = -1) -> None:
+               rescue: float | None = None, voiced: int = -1, overrule: bool = False) -> None:
         """``ask``: the LM writes the reply (else Whisper only); ``check``: said only when Whisper
-        heard the name (Responder.confirm_replies); ``rescue``: a second chance
+        heard the name (Responder.confirm_replies); ``overrule``: the model is sure of its reply,
+        which stands unless the LM's is trusted (Responder.overrules); ``rescue``: a second chance
         (Responder.rescue_above) with this highest p(<respond>), for the utterance whose last voiced
         trail frame is ``voiced``: there is no reply of the model's, the LM's silence says nothing
         at all, and neither does its reply once the model has answered that utterance itself."""
         self._jobs.put((t, t_decided, model_text, confidence, tokens, instruction,
-                        None if audio is None else audio.copy(), ask, check, rescue, voiced))
+                        None if audio is None else audio.copy(), ask or overrule, check, rescue, voiced, overrule))
 
     def close(self, timeout: float = 60.0) -> None:
         self._jobs.put(None)
@@ -291,7 +311,7 @@ class ResponderWorker:
     def _run(self) -> None:
         r = self.responder
         while (job := self._jobs.get()) is not None:
-            t, t_decided, model_text, confidence, tokens, instruction, audio, ask, check, rescue, voiced = job
+            t, t_decided, model_text, confidence, tokens, instruction, audio, ask, check, rescue, voiced, overrule = job
             try:
                 out = r.answer(instruction, audio, lm=ask)
             except Exception as e:  # say what the model said rather than lose the response
@@ -304,7 +324,9 @@ class ResponderWorker:
                     self.say(t, text, total_ms, 0, out.get("lm_confidence", 1.0), model_text="",
                              rescue=round(rescue, 4), said_by="responder", **out)
                 continue
-            keep = r.on_silence == "model" or not ask  # the model's reply when the LM is silent or not asked
+            if overrule and not r.trusted(out, text):
+                text = ""  # the model was sure, and the LM's reply is not trusted over it
+            keep = overrule or r.on_silence == "model" or not ask  # the model's reply when the LM is silent or not asked
             out["said_by"] = "responder" if text else "model" if keep else None
             text = text or (model_text if keep else "")
             if check and not r.confirms(out.get("heard")):

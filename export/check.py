@@ -58,9 +58,11 @@ def format_info(d: dict) -> str:
         wait = 0.5 if pol["rescue_wait"] is None else pol["rescue_wait"]  # the Responder's default
         chance = f"second chance from p {pol['rescue_above']} ({wait} s after the speech{heard})" \
             if pol["rescue_above"] else "no second chances"
+        overrule = "sure replies said at once" if pol["overrule_logprob"] is None else \
+            f"sure replies overruled by the LM's at Whisper log-prob >= {pol['overrule_logprob']} and LM confidence >= {pol['overrule_confidence'] or 0.0}"
         return "\n".join([f"{d['name']} {d['version']} (responder) at {d['bundle']}, {d['total_mb']} MB", f"  license: {d['license']}",
                           f"  policy: ask below confidence {pol['ask_below']} (transcription: {pol['ask_below'] if pol['repeat_below'] is None else pol['repeat_below']}), "
-                          f"on the LM's silence: {pol['on_silence']}, {chance}, "
+                          f"on the LM's silence: {pol['on_silence']}, {overrule}, {chance}, "
                           f"{len(pol['confirm_replies'] or [])} replies said only when the name is heard, "
                           f"{len(pol['reply_forms'] or []) or 'any'} reply forms, "
                           f"{len(pol['repeat_instructions'] or [])} repeat instructions, {len(pol['pass_through'] or [])} replies passed through"]

@@ -23,9 +23,10 @@ class StandIn:
         self.ask_below, self.on_silence = ask_below, on_silence
         self.repeat_instructions, self.repeat_below = {"Transcribe what you hear."}, 0.5
         self.rescue_above, self.rescue_wait, self.name_words, self.confirm_replies = rescue_above, 0.5, ["edge"], set()
+        self.overrule_logprob, self.overrule_confidence, self.unknown_reply = None, 0.0, "Sorry, I can't do that yet."
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
-    rescues, confirms = Responder.rescues, Responder.confirms
+    rescues, confirms, overrules, trusted = Responder.rescues, Responder.confirms, Responder.overrules, Responder.trusted
 
     @property
     def pass_through(self):
@@ -183,6 +184,35 @@ def test_confirm_replies_are_said_only_when_whisper_heard_the_name(tiny_bundle):
         worker.submit(t, 0.0, "Turning on the lights.", 0.9, 6, "Answer when someone talks to you.", None, ask=False, check=True)
     worker.close()
     assert said == [(1.0, "Turning on the lights.", False, "model"), (2.0, "", True, None), (3.0, "", True, None)]
+
+
+def test_a_sure_reply_gives_way_to_the_lms_only_when_whisper_and_the_lm_are_sure(tiny_bundle):
+    """overrule_logprob / overrule_confidence: the loop hands the replies the model is sure of to
+    Whisper and the LM too (not under repeat instructions); the worker says the LM's reply only when
+    Whisper's mean log-probability and the LM's confidence reach the thresholds and the reply is one
+    the device acts on (not the Sorry, not silence); else the model's own reply."""
+    from edge_runtime.responder import ResponderWorker
+
+    s = StandIn(ask_below=0.0, passes_third=False)
+    s.overrule_logprob, s.overrule_confidence, lms = -0.3, 0.5, []
+    s.answer = lambda instruction, audio, lm=True: (lms.append(lm), {"text": "", "heard": "edge"})[1]
+    events = _run(tiny_bundle[0], s, _speech_at_1_and_3_s())
+    assert lms == [True, True, True]  # sure replies (ask_below 0), and every one heard out by the LM
+    said_by = [e["said_by"] for e in events if e["type"] in ("response.end", "response.withheld")]
+    assert said_by == ["model"] * 3  # the LM's silence: the model's own reply (empty from the random test-tiny)
+    lms.clear()
+    s.repeat_below = 0.0  # the model is sure of its transcripts too
+    _run(tiny_bundle[0], s, _speech_at_1_and_3_s(), instruction="Transcribe what you hear.")
+    assert lms == []  # transcripts are never overruled
+    answers = iter([("Turning the volume down.", -0.1, 0.9), ("Turning the volume down.", -0.6, 0.9),
+                    ("Turning the volume down.", -0.1, 0.3), ("Sorry, I can't do that yet.", -0.1, 0.9), ("", -0.1, 1.0)])
+    s.answer = lambda instruction, audio, lm=True: dict(zip(("text", "asr_logprob", "lm_confidence"), next(answers)), heard="edge")
+    said = []
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((text, kw["said_by"])))
+    for t in range(5):
+        worker.submit(t, 0.0, "Turning the volume up.", 0.95, 6, "Answer when someone talks to you.", None, ask=False, overrule=True)
+    worker.close()
+    assert said == [("Turning the volume down.", "responder")] + [("Turning the volume up.", "model")] * 4
 
 
 def test_transcription_instructions_ask_the_responder_under_their_own_threshold():
