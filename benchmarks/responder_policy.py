@@ -20,7 +20,9 @@ seeds, never the acceptance streams):
 - ``...+overrule(T,L)``: as the shipped ``model_unsure<0.7_keep``, and a reply the model is sure
   of gives way to the responder's when Whisper's mean log-probability is at least T, the LM's
   confidence at least L and the LM wrote a reply other than the Sorry (manifest
-  ``overrule_logprob``, ``overrule_confidence``; never under the transcription instructions).
+  ``overrule_logprob``, ``overrule_confidence``; never under the transcription instructions);
+  ``+numbers``: a reply Whisper heard out that names a number it did not hear is said as the
+  Sorry (manifest ``ground_numbers``).
 
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
@@ -63,13 +65,15 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
 
 
 def apply(events: list[dict], choose, rescue_above: float | None = None, name_words: tuple = (),
-          confirm: tuple = (), forms: tuple = ()) -> list[dict]:
+          confirm: tuple = (), forms: tuple = (), ground_below: float | None = None) -> list[dict]:
     """The events as they would have been under a policy: ``choose(model_text, responder_text, event)``
     -> what is said ("" for nothing); second chances are kept only from ``rescue_above`` up, and
     they and the model's ``confirm`` replies only when one of ``name_words`` was heard; with
-    ``forms`` (reply templates) a responder's reply of none of them is said as the Sorry."""
+    ``forms`` (reply templates) a responder's reply of none of them is said as the Sorry; with
+    ``ground_below`` a reply Whisper heard out (second chances, ``confirm`` replies and replies of
+    confidence under it) that names a number Whisper did not hear is said as the Sorry."""
     from edge_models.scenarios import SORRY
-    from edge_runtime.responder import formed, heard_any, reply_form
+    from edge_runtime.responder import formed, heard_any, numbers_heard, reply_form
 
     fits = [reply_form(f) for f in forms]
 
@@ -79,11 +83,16 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
     def named(e: dict) -> bool:
         return heard_any(list(name_words), e.get("heard"))
 
+    def grounded(text: str, e: dict, heard_out: bool) -> str:  # Responder.grounded, where Whisper ran
+        if ground_below is None or not heard_out or not text or e.get("heard") is None or numbers_heard(text, e["heard"]):
+            return text
+        return SORRY
+
     out = []
     for e in events:
         if "rescue" in e:
             if rescue_above is not None and e["rescue"] >= rescue_above and named(e):
-                out.append({**e, "text": fit(e["text"])})
+                out.append({**e, "text": grounded(fit(e["text"]), e, True)})
             continue
         if e["type"] not in ("response.end", "response.withheld") or "model_text" not in e:
             out.append(e)
@@ -91,6 +100,7 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
         said = choose(e["model_text"], fit(e["text"]) if e["type"] == "response.end" else "", e)
         if e["model_text"] in confirm and not named(e):
             said = ""
+        said = grounded(said, e, e["model_text"] in confirm or e["confidence"] < (ground_below or 0.0))
         if said:
             out.append({**e, "type": "response.end", "text": said})
     return out
@@ -132,15 +142,18 @@ def score(dump: dict) -> dict:
 
     out = {}
     base = policies()
-    runs = [(name, choose, None, (), (), ()) for name, choose in base.items()]
+    runs = [(name, choose, None, (), (), (), None) for name, choose in base.items()]
     if any("rescue" in e for items in dump.values() for _, evs in items for e in evs):
-        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], r, w, (), ()) for name in ("model_unsure<0.7_keep", "responder")
-                 for w in ((), (NAME.lower(),)) for r in RESCUE]
+        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], r, w, (), (), None)
+                 for name in ("model_unsure<0.7_keep", "responder") for w in ((), (NAME.lower(),)) for r in RESCUE]
         runs += [(f"model_unsure<0.7_keep+rescue>={r}+name+confirm{'+forms' if f else ''}", base["model_unsure<0.7_keep"],
-                  r, (NAME.lower(),), (SORRY,), f) for f in ((), tuple(reply_forms())) for r in RESCUE]
-        runs += [(f"model_unsure<0.7_keep+overrule({t},{c})+rescue>=0.01+name+confirm+forms", overruled(t, c), 0.01,
-                  (NAME.lower(),), (SORRY,), tuple(reply_forms())) for t in (-0.2, -0.3, -0.4, -0.5) for c in (0.0, 0.5, 0.9)]
-    for name, choose, rescue_above, words, confirm, forms in runs:
+                  r, (NAME.lower(),), (SORRY,), f, None) for f in ((), tuple(reply_forms())) for r in RESCUE]
+        shipped = ("model_unsure<0.7_keep+rescue>=0.01+name+confirm+forms+numbers", base["model_unsure<0.7_keep"], 0.01,
+                   (NAME.lower(),), (SORRY,), tuple(reply_forms()), 0.7)
+        runs += [shipped] + [(f"model_unsure<0.7_keep+overrule({t},{c})+rescue>=0.01+name+confirm+forms{'+numbers' if g else ''}",
+                              overruled(t, c), 0.01, (NAME.lower(),), (SORRY,), tuple(reply_forms()), g)
+                             for t in (-0.2, -0.3, -0.4, -0.5) for c in (0.0, 0.5, 0.9) for g in (None, 1.01)]
+    for name, choose, rescue_above, words, confirm, forms, ground_below in runs:
         row, rule = {}, 0
         for set_name, items in dump.items():
             if set_name not in SETS:  # sound replies pass through: the policy cannot change the alerts
@@ -150,7 +163,8 @@ def score(dump: dict) -> dict:
                 pick = lambda m, r, e, choose=getattr(choose, "repeat", choose): choose(m, (e.get("heard") or "").strip(), e)  # noqa: E731
             repeat = set_name == "transcribe"  # no second chances or reply forms under repeat instructions
             s = E.summarize([E.score_stream(meta, apply(evs, pick, None if repeat else rescue_above, words, confirm,
-                                                        () if repeat else forms)) for meta, evs in items],
+                                                        () if repeat else forms, None if repeat else ground_below))
+                             for meta, evs in items],
                             transcribe=set_name == "transcribe")
             if set_name == "transcribe":
                 row[set_name] = {"wer": s["wer"], "recall": s["recall"], "false": s["false_responses"]}
@@ -159,7 +173,7 @@ def score(dump: dict) -> dict:
             row[set_name] = {"requests": c["command"]["correct"], "unknown": c["unknown"]["correct"],
                              "false": s["false_responses"], "recall": s["recall"]}
             if rescue_above is not None:  # the second chances said, scored alone: their latency from the utterance's end
-                alone = E.summarize([E.score_stream(meta, [e for e in apply(evs, pick, rescue_above, words, confirm, forms)
+                alone = E.summarize([E.score_stream(meta, [e for e in apply(evs, pick, rescue_above, words, confirm, forms, ground_below)
                                                            if "rescue" in e or e["type"] == "stats"]) for meta, evs in items])
                 row[set_name]["second_chance_latency_p50"] = alone["latency_s_p50"]
             rule += c["command"]["correct"] + c["unknown"]["correct"] - s["false_responses"]

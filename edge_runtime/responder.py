@@ -42,6 +42,35 @@ def normalize(text: str) -> str:
     return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
 
 
+_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
+         "seventeen eighteen nineteen".split()
+_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i > 1}
+
+
+def in_digits(text: str) -> str:
+    """Number words as digits ("twenty five minutes" -> "25 minutes"), as a recogniser writes them."""
+    out, words, i = [], text.split(), 0
+    while i < len(words):
+        w = words[i]
+        if w in _TENS:
+            n = _TENS[w]
+            if i + 1 < len(words) and words[i + 1] in _UNITS[1:10]:
+                n, i = n + _UNITS.index(words[i + 1]), i + 1
+            out.append(str(n))
+        elif w in _UNITS[2:]:  # "one" and "a" stay words: "one hour", "in one go"
+            out.append(str(_UNITS.index(w)))
+        else:
+            out.append(w)
+        i += 1
+    return " ".join(out)
+
+
+def numbers_heard(text: str, heard: str | None) -> bool:
+    """Was every number of ``text`` (in digits or words, "forty five" = "45") in what was heard?"""
+    want = set(re.findall(r"\d+", in_digits(normalize(text))))
+    return want <= set(re.findall(r"\d+", in_digits(normalize(heard or ""))))
+
+
 def reply_form(template: str) -> re.Pattern:
     """A reply template ("Turning on the {room} lights.") as a pattern: each ``{slot}`` is any words."""
     return re.compile(re.sub(r"\\\{\w+\\\}", "(.+)", re.escape(template)))
@@ -146,11 +175,15 @@ class Responder:
     Whisper and the LM hear the utterance out too, and the LM's reply is said instead of the
     model's when Whisper's mean log-probability and the LM's confidence reach these and the LM
     wrote a reply of the device's forms other than ``unknown_reply`` (unset, the default: the
-    model's sure replies are said at once; set, every reply waits for Whisper and the LM)."""
+    model's sure replies are said at once; set, every reply waits for Whisper and the LM);
+    ``ground_numbers``: a reply Whisper heard out (any but a sure one of the model's without
+    ``overrule``) that names a number Whisper did not hear ("Setting the temperature to 61
+    degrees." to "Pay the electricity bill.") is said as ``unknown_reply``: the device never acts
+    on a number nobody said (default: off)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
-                   "unknown_reply", "overrule_logprob", "overrule_confidence")
+                   "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -187,8 +220,9 @@ class Responder:
         self.confirm_replies = set(raw.get("confirm_replies", []))
         self.reply_forms = [reply_form(f) for f in raw.get("reply_forms", [])]
         self.unknown_reply = str(raw.get("unknown_reply", ""))
-        if self.reply_forms and not self.unknown_reply:
-            raise BundleError(f"{mpath}: reply_forms needs an unknown_reply")
+        self.ground_numbers = bool(raw.get("ground_numbers", False))
+        if (self.reply_forms or self.ground_numbers) and not self.unknown_reply:
+            raise BundleError(f"{mpath}: reply_forms and ground_numbers need an unknown_reply")
         if not 0.0 <= self.rescue_above < 1.0 or self.rescue_wait < 0:
             raise BundleError(f"{mpath}: rescue_above must be in [0, 1) and rescue_wait >= 0")
         self.overrule_logprob = None if raw.get("overrule_logprob") is None else float(raw["overrule_logprob"])
@@ -219,6 +253,14 @@ class Responder:
         logprob = out.get("asr_logprob")
         return bool(text) and text != self.unknown_reply and logprob is not None \
             and logprob >= self.overrule_logprob and out.get("lm_confidence", 0.0) >= self.overrule_confidence
+
+    def grounded(self, instruction: str, text: str, heard: str | None) -> str:
+        """``text``, or ``unknown_reply`` when it names a number Whisper did not hear (``ground_numbers``;
+        ``heard`` None: Whisper did not run, nothing to check against; transcripts are never checked)."""
+        if not self.ground_numbers or not text or heard is None or instruction in self.repeat_instructions \
+                or numbers_heard(text, heard):
+            return text
+        return self.unknown_reply
 
     def rescues(self, instruction: str) -> bool:
         """Does speech the model passed over narrowly get a second chance under this instruction?"""
@@ -304,31 +346,55 @@ class ResponderWorker:
         self._jobs.put((t, t_decided, model_text, confidence, tokens, instruction,
                         None if audio is None else audio.copy(), ask or overrule, check, rescue, voiced, overrule))
 
+    @property
+    def busy(self) -> bool:
+        """Is a job waiting or being answered?"""
+        return self._jobs.unfinished_tasks > 0
+
     def close(self, timeout: float = 60.0) -> None:
         self._jobs.put(None)
         self._thread.join(timeout)
 
+    def _grounded(self, instruction: str, text: str, out: dict) -> str:
+        """What to say of ``text`` once its numbers are checked (Responder.grounded); ``out`` keeps
+        an unheard one as ``unheard_text``."""
+        said = self.responder.grounded(instruction, text, out.get("heard"))
+        if said != text:
+            out["unheard_text"] = text
+        return said
+
     def _run(self) -> None:
-        r = self.responder
-        while (job := self._jobs.get()) is not None:
-            t, t_decided, model_text, confidence, tokens, instruction, audio, ask, check, rescue, voiced, overrule = job
+        while True:
+            job = self._jobs.get()
             try:
-                out = r.answer(instruction, audio, lm=ask)
-            except Exception as e:  # say what the model said rather than lose the response
-                log.exception("responder failed")
-                out, check = {"text": model_text, "heard": None, "error": str(e)}, False
-            text = out.pop("text")
-            total_ms = round(1000 * (time.monotonic() - t_decided), 2)
-            if rescue is not None:
-                if text and r.confirms(out.get("heard")) and not self.answered(voiced):  # only the LM's reply
-                    self.say(t, text, total_ms, 0, out.get("lm_confidence", 1.0), model_text="",
-                             rescue=round(rescue, 4), said_by="responder", **out)
-                continue
-            if overrule and not r.trusted(out, text):
-                text = ""  # the model was sure, and the LM's reply is not trusted over it
-            keep = overrule or r.on_silence == "model" or not ask  # the model's reply when the LM is silent or not asked
-            out["said_by"] = "responder" if text else "model" if keep else None
-            text = text or (model_text if keep else "")
-            if check and not r.confirms(out.get("heard")):
-                text, out["said_by"] = "", None
-            self.say(t, text, total_ms, tokens, confidence, withhold=not text, model_text=model_text, **out)
+                if job is None:  # closed
+                    return
+                self._answer(*job)
+            finally:
+                self._jobs.task_done()
+
+    def _answer(self, t: float, t_decided: float, model_text: str, confidence: float, tokens: int, instruction: str,
+                audio: np.ndarray | None, ask: bool, check: bool, rescue: float | None, voiced: int, overrule: bool) -> None:
+        r = self.responder
+        try:
+            out = r.answer(instruction, audio, lm=ask)
+        except Exception as e:  # say what the model said rather than lose the response
+            log.exception("responder failed")
+            out, check = {"text": model_text, "heard": None, "error": str(e)}, False
+        text = out.pop("text")
+        total_ms = round(1000 * (time.monotonic() - t_decided), 2)
+        if rescue is not None:
+            if text and r.confirms(out.get("heard")) and not self.answered(voiced):  # only the LM's reply
+                text = self._grounded(instruction, text, out)
+                self.say(t, text, total_ms, 0, out.get("lm_confidence", 1.0), model_text="",
+                         rescue=round(rescue, 4), said_by="responder", **out)
+            return
+        if overrule and not r.trusted(out, text):
+            text = ""  # the model was sure, and the LM's reply is not trusted over it
+        keep = overrule or r.on_silence == "model" or not ask  # the model's reply when the LM is silent or not asked
+        out["said_by"] = "responder" if text else "model" if keep else None
+        text = text or (model_text if keep else "")
+        if check and not r.confirms(out.get("heard")):
+            text, out["said_by"] = "", None
+        text = self._grounded(instruction, text, out)
+        self.say(t, text, total_ms, tokens, confidence, withhold=not text, model_text=model_text, **out)

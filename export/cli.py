@@ -59,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--lora", default=None, help="delta from edge-train-responder (default: the one shipped in edge_models)")
     r.add_argument("--asr-model", choices=["tiny.en", "base"], default="tiny.en")
     r.add_argument("--out", required=True)
-    r.add_argument("--overrule", action="store_true",
-                   help="a second opinion on the model's sure replies (manifest overrule_logprob -0.3, overrule_confidence 0.5): "
-                        "every reply then waits for Whisper and the LM")
+    r.add_argument("--no-overrule", action="store_true",
+                   help="no second opinion on the model's sure replies (manifest overrule_logprob): they are said at once, "
+                        "without waiting for Whisper and the LM")
+    r.add_argument("--ground-numbers", action="store_true",
+                   help="a reply that names a number Whisper did not hear is said as the Sorry (manifest ground_numbers)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
     i.add_argument("bundle")
     i.add_argument("--json", action="store_true")
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
             from .responder_export import export_responder
 
-            print(json.dumps(export_responder(args.lora or DEFAULT_LORA, args.out, args.asr_model, overrule=args.overrule), indent=2, default=str))
+            print(json.dumps(export_responder(args.lora or DEFAULT_LORA, args.out, args.asr_model, overrule=not args.no_overrule,
+                                              ground_numbers=args.ground_numbers), indent=2, default=str))
         elif args.cmd == "whisper":
             from .whisper_export import export_whisper
 

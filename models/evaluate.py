@@ -93,17 +93,36 @@ def wer_counts(ref: list[str], hyp: list[str]) -> int:
     return int(d[-1])
 
 
+PACE_BLOCK = 0.1  # seconds of audio per feed while the responder works (``run_listener(pace=True)``)
+
+
 def run_listener(bundle, audio: np.ndarray, instruction: str, sensitivity: float = 0.5,
-                 min_confidence: float = 0.0, responder=None, **loop_options) -> list[dict]:
-    """The events of one stream through the Listener (``loop_options``: more LoopOptions fields)."""
+                 min_confidence: float = 0.0, responder=None, pace: bool = False, decider=None,
+                 **loop_options) -> list[dict]:
+    """The events of one stream through the Listener (``loop_options``: more LoopOptions fields).
+
+    The stream is read as fast as the model goes, far faster than a microphone speaks; with
+    ``pace`` (and a responder) it is fed in real time while the responder works, as a microphone
+    would feed it, so the streaming model takes the CPU from Whisper and the LM only as much as it
+    does on a live stream (at most 0.4 s of audio buffered and 2 chunks queued ahead of it).
+    ``decider``: as Listener's (tests)."""
     from edge_runtime.listener import Listener, ListenerOptions
     from edge_runtime.loop import LoopOptions
 
     events: list[dict] = []
+    paced = pace and responder is not None
     opts = ListenerOptions(loop=LoopOptions(instruction=instruction, sensitivity=sensitivity,
-                                            min_confidence=min_confidence, **loop_options), responder=responder)
-    with Listener(bundle, callback=events.append, feed_live=False, options=opts) as li:
-        li.feed(audio)
+                                            min_confidence=min_confidence, **loop_options), responder=responder,
+                           **({"ring_seconds": 0.4, "max_backlog": 2} if paced else {}))
+    with Listener(bundle, callback=events.append, feed_live=False, options=opts, decider=decider) as li:
+        if paced:
+            step = int(PACE_BLOCK * 16000)
+            for i in range(0, len(audio), step):
+                if li.loop.worker.busy:
+                    time.sleep(PACE_BLOCK)
+                li.feed(audio[i : i + step])
+        else:
+            li.feed(audio)
         li.close_input()
         li.join(600)
     return events
@@ -228,8 +247,10 @@ def build_set(name: str, n: int, seconds: float, seed_base: int = SEED_BASE, voi
 
 def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: list[str] | None = None,
                     keep_examples: int = 6, sensitivity: float = 0.5, seed_base: int = SEED_BASE,
-                    voices: str = "heldout", min_confidence: float = 0.0, responder: str | None = None) -> dict:
-    """``responder``: a responder bundle (edge-export responder) that writes the replies to speech."""
+                    voices: str = "heldout", min_confidence: float = 0.0, responder: str | None = None,
+                    pace: bool = True) -> dict:
+    """``responder``: a responder bundle (edge-export responder) that writes the replies to speech;
+    ``pace``: the streams are fed in real time while it works (``run_listener``)."""
     from edge_runtime.model import Bundle
 
     bundle = Bundle(bundle_path)
@@ -241,13 +262,14 @@ def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: 
     report = {"bundle": str(bundle_path), "streams_per_set": n, "stream_seconds": seconds,
               "sensitivity": sensitivity, "seed_base": seed_base, "voices": voices,
               "min_confidence": min_confidence, "responder": responder_path if responder else None,
+              "paced": bool(pace and responder),
               "correct_means": "intent and slots (by_category: correct; exact: the exact text)", "sets": {}}
     for name in sets or list(SETS):
         t0 = time.monotonic()
         streams = build_set(name, n, seconds, seed_base, voices)
         scored, examples, stage_ms = [], [], {"asr_ms": [], "lm_ms": []}
         for s in streams:
-            evs = run_listener(bundle, s.audio, s.instruction, sensitivity, min_confidence, responder)
+            evs = run_listener(bundle, s.audio, s.instruction, sensitivity, min_confidence, responder, pace)
             for e in evs:
                 for k in stage_ms if e.get("heard") is not None else ():
                     stage_ms[k].append(e[k])
@@ -307,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-confidence", "--withhold-below", type=float, default=0.0, metavar="P",
                     help="as edge-listen --min-confidence: responses with confidence under P are withheld (default 0)")
     ap.add_argument("--responder", metavar="DIR", help="as edge-listen --responder: a responder bundle writes the replies to speech")
+    ap.add_argument("--unpaced", action="store_true",
+                    help="with --responder: read the streams as fast as the model goes even while the responder works "
+                         "(before session 19: Whisper and the LM then share the CPU with a model running flat out)")
     ap.add_argument("--out", help="write the report (JSON) here")
     ap.add_argument("--score", nargs="+", metavar="REPORT",
                     help="evaluate nothing: print the choice rule (and transcription WER) of these reports' sets")
@@ -332,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","), keep_examples=args.examples,
                              sensitivity=args.sensitivity, seed_base=TUNING_SEED_BASE if args.tuning else SEED_BASE,
                              voices="train" if args.training_voices else "heldout", min_confidence=args.min_confidence,
-                             responder=args.responder)
+                             responder=args.responder, pace=not args.unpaced)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.responder import normalize  # the runtime reads transcripts exactly as training did
+from edge_runtime.responder import in_digits, normalize  # the runtime reads transcripts exactly as training did
 
 from . import scenarios as sc
 
@@ -43,32 +43,9 @@ MODES = {"assistant": 0.4, "combined": 0.3, "transcribe": 0.15, "alerts": 0.15}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_LORA = Path(__file__).resolve().parent / "weights" / "responder-lora.npz"
 
-_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
-         "seventeen eighteen nineteen".split()
-_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i > 1}
-
-
 # what Whisper reads as said before each utterance (a responder manifest's ``asr_prompt``): the
 # wake word and the training wording's words lean it towards what is said to an assistant
 ASR_PROMPT = "Hey Edge, turn on the kitchen lights. Edge, set a timer for ten minutes."
-
-
-def in_digits(text: str) -> str:
-    """Number words as digits ("twenty five minutes" -> "25 minutes"), as a recogniser writes them."""
-    out, words, i = [], text.split(), 0
-    while i < len(words):
-        w = words[i]
-        if w in _TENS:
-            n = _TENS[w]
-            if i + 1 < len(words) and words[i + 1] in _UNITS[1:10]:
-                n, i = n + _UNITS.index(words[i + 1]), i + 1
-            out.append(str(n))
-        elif w in _UNITS[2:]:  # "one" and "a" stay words: "one hour", "in one go"
-            out.append(str(_UNITS.index(w)))
-        else:
-            out.append(w)
-        i += 1
-    return " ".join(out)
 
 
 def pairs(seed: int, n: int, split: str, addressed_share: float = 0.7) -> list[tuple[str, str, str]]:

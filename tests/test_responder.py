@@ -24,9 +24,11 @@ class StandIn:
         self.repeat_instructions, self.repeat_below = {"Transcribe what you hear."}, 0.5
         self.rescue_above, self.rescue_wait, self.name_words, self.confirm_replies = rescue_above, 0.5, ["edge"], set()
         self.overrule_logprob, self.overrule_confidence, self.unknown_reply = None, 0.0, "Sorry, I can't do that yet."
+        self.ground_numbers = False
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
     rescues, confirms, overrules, trusted = Responder.rescues, Responder.confirms, Responder.overrules, Responder.trusted
+    grounded = Responder.grounded
 
     @property
     def pass_through(self):
@@ -213,6 +215,76 @@ def test_a_sure_reply_gives_way_to_the_lms_only_when_whisper_and_the_lm_are_sure
         worker.submit(t, 0.0, "Turning the volume up.", 0.95, 6, "Answer when someone talks to you.", None, ask=False, overrule=True)
     worker.close()
     assert said == [("Turning the volume down.", "responder")] + [("Turning the volume up.", "model")] * 4
+
+
+def test_numbers_heard_reads_digits_and_number_words_alike():
+    from edge_runtime.responder import numbers_heard
+
+    assert not numbers_heard("Setting the temperature to 61 degrees.", "Pay the electricity bill.")
+    assert numbers_heard("Setting the temperature to 61 degrees.", "Edge, set it to sixty one degrees.")
+    assert numbers_heard("Setting a timer for forty five seconds.", "wake me up in 45 seconds")
+    assert not numbers_heard("Setting the temperature to 72 degrees.", "Edge, warm the house to 77 degrees.")
+    assert numbers_heard("Turning on the kitchen lights.", "")  # no number: nothing to hear
+
+
+def test_ground_numbers_says_the_sorry_for_a_number_whisper_did_not_hear():
+    """ground_numbers: a reply the worker says after Whisper ran (asked, checked or a second chance)
+    that names a number Whisper did not hear becomes unknown_reply (the LM's kept as unheard_text);
+    transcripts, and replies Whisper did not hear out, are never changed."""
+    from edge_runtime.responder import ResponderWorker
+
+    s = StandIn(ask_below=0.7, on_silence="model", passes_third=False)
+    s.ground_numbers = True
+    answers = iter([("Setting the temperature to 61 degrees.", "Pay the electricity bill."),
+                    ("Setting the temperature to 61 degrees.", "Edge, make it 61 degrees."),
+                    ("", "Pay the electricity bill."),  # the LM's silence: the model's own reply, checked too
+                    ("Setting a timer for 5 minutes.", "Edge, pay the bill."),  # a second chance
+                    ("I owe 61 dollars.", "I owe sixty one dollars.")])  # a transcript
+    s.answer = lambda instruction, audio, lm=True: dict(zip(("text", "heard"), next(answers)), lm_confidence=0.9)
+    said = []
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((text, kw.get("unheard_text"))))
+    answer, transcribe = "Answer when someone talks to you.", "Transcribe what you hear."
+    worker.submit(0, 0.0, "Checking the time.", 0.5, 6, answer, None)
+    worker.submit(1, 0.0, "Checking the time.", 0.5, 6, answer, None)
+    worker.submit(2, 0.0, "Setting the temperature to 72 degrees.", 0.5, 6, answer, None)
+    worker.submit(3, 0.0, "", 0.05, 0, answer, None, rescue=0.05)
+    worker.submit(4, 0.0, "I owe 60 dollars.", 0.3, 6, transcribe, None)
+    worker.close()
+    sorry = s.unknown_reply
+    assert said == [(sorry, "Setting the temperature to 61 degrees."), ("Setting the temperature to 61 degrees.", None),
+                    (sorry, "Setting the temperature to 72 degrees."), (sorry, "Setting a timer for 5 minutes."),
+                    ("I owe 61 dollars.", None)]
+
+
+def test_a_paced_evaluation_feeds_the_stream_in_real_time_while_the_responder_works(tiny_bundle):
+    """edge-train-eval with a responder (run_listener(pace=True)): while Whisper and the LM work, the
+    stream comes no faster than a microphone's, so they do not share the CPU with a model that
+    reads ahead; unpaced, the model reads the rest of the stream meanwhile."""
+    import time as _time
+
+    from edge_models.evaluate import run_listener
+
+    class Clocked(ScriptedDecider):
+        def respond(self, p, chunk):
+            seen.append((_time.monotonic(), chunk.t_end))
+            return super().respond(p, chunk)
+
+    def answer(instruction, audio, lm=True):
+        _time.sleep(2.0)
+        done.append(_time.monotonic())
+        return {"text": "Turning on the kitchen lights.", "heard": "edge turn on the kitchen lights"}
+
+    audio = np.concatenate([_speech_at_1_and_3_s(), np.zeros(6 * 16000, np.float32)])  # 12 s
+    upto = {}
+    for pace in (True, False):
+        seen, done, s = [], [], StandIn()
+        s.answer = answer
+        events = run_listener(tiny_bundle[0], audio, "Answer when someone talks to you.", responder=s, pace=pace,
+                              decider=Clocked({3}), max_response_tokens=6, fifo=False)
+        assert [e["text"] for e in events if e["type"] == "response.end"] == ["Turning on the kitchen lights."]
+        upto[pace] = max(t for wall, t in seen if wall <= done[0])  # how far the model had read when the answer came
+    assert upto[False] >= 11.6  # the whole stream, meanwhile
+    assert upto[True] <= 1.6 + 2.0 + 0.4 + 0.8 + 0.8, upto  # the answer's 2 s, the ring and queue, a little slack
 
 
 def test_transcription_instructions_ask_the_responder_under_their_own_threshold():
