@@ -205,7 +205,8 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
                      (lambda m: m.update(prompt="{heard} then {instruction}"), "needs .instruction. before"),
                      (lambda m: m.update(end_token="<nope>"), "not in the LM"),
                      (lambda m: m.update(prompt="{heard}"), "needs .instruction. before"),
-                     (lambda m: m.update(reply_forms=["Checking the time."]), "reply_forms needs an unknown_reply"),
+                     (lambda m: m.update(reply_forms=["Checking the time."]), "reply_forms and ground_numbers need an unknown_reply"),
+                     (lambda m: m.update(ground_numbers=True), "reply_forms and ground_numbers need an unknown_reply"),
                      (lambda m: m.update(asr_beam=0), "asr_beam must be at least 1")):
         m = dict(manifest)
         bad(m)
