@@ -27,6 +27,10 @@ seeds, never the acceptance streams):
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
 
+The run reads the streams as fast as the model goes (``run_listener`` unpaced, as every study here
+before session 19): its latencies and Whisper times are those of a responder sharing the CPU with a
+model running flat out; ``edge-train-eval --responder`` paces the streams like a live one.
+
     python -m edge_bench.responder_policy BUNDLE RESPONDER --out DUMP.pkl   # run (about 6 min at 24 streams)
     python -m edge_bench.responder_policy --score DUMP.pkl                  # the policies
 """
