@@ -76,8 +76,12 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
     ``forms`` (reply templates) a responder's reply of none of them is said as the Sorry; with
     ``ground_below`` a reply Whisper heard out (second chances, ``confirm`` replies and replies of
     confidence under it) that names a number Whisper did not hear is said as the Sorry."""
+    from types import SimpleNamespace
+
     from edge_models.scenarios import SORRY
-    from edge_runtime.responder import formed, heard_any, numbers_heard, reply_form
+    from edge_runtime.responder import Responder, formed, heard_any, reply_form
+
+    numbers = SimpleNamespace(ground_numbers=True, repeat_instructions=(), unknown_reply=SORRY)
 
     fits = [reply_form(f) for f in forms]
 
@@ -87,10 +91,8 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
     def named(e: dict) -> bool:
         return heard_any(list(name_words), e.get("heard"))
 
-    def grounded(text: str, e: dict, heard_out: bool) -> str:  # Responder.grounded, where Whisper ran
-        if ground_below is None or not heard_out or not text or e.get("heard") is None or numbers_heard(text, e["heard"]):
-            return text
-        return SORRY
+    def grounded(text: str, e: dict, heard_out: bool) -> str:  # Responder.grounded, where Whisper would have run
+        return Responder.grounded(numbers, "", text, e.get("heard")) if ground_below is not None and heard_out else text
 
     out = []
     for e in events:
@@ -124,14 +126,16 @@ def overruled(logprob: float, confidence: float):
     """``model_unsure<0.7_keep``, and the responder's reply over a sure one of the model's when
     Whisper and the LM are sure enough (Responder.trusted); ``.repeat``: the policy under the
     transcription instructions, where nothing is overruled."""
+    from types import SimpleNamespace
+
     from edge_models.scenarios import SORRY
+    from edge_runtime.responder import Responder
 
     keep = policies()["model_unsure<0.7_keep"]
+    policy = SimpleNamespace(unknown_reply=SORRY, overrule_logprob=logprob, overrule_confidence=confidence)
 
     def choose(m: str, r: str, e: dict) -> str:
-        lp = e.get("asr_logprob")
-        if e["confidence"] >= 0.7 and r and r != SORRY and lp is not None and lp >= logprob \
-                and (e.get("lm_confidence") or 0.0) >= confidence:
+        if e["confidence"] >= 0.7 and Responder.trusted(policy, e, r):  # the runtime's own test, on the run's event
             return r
         return keep(m, r, e)
 

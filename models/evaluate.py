@@ -46,8 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.responder import in_digits
+
 from . import streams as st
-from .responder import in_digits
 from .scenarios import SOUND_CLASSES
 
 SETS = {  # name: (wording split, mode, kinds override)
@@ -108,6 +109,7 @@ def run_listener(bundle, audio: np.ndarray, instruction: str, sensitivity: float
     ``decider``: as Listener's (tests)."""
     from edge_runtime.listener import Listener, ListenerOptions
     from edge_runtime.loop import LoopOptions
+    from edge_runtime.whisper_asr import SR  # a responder's rate
 
     events: list[dict] = []
     paced = pace and responder is not None
@@ -116,7 +118,7 @@ def run_listener(bundle, audio: np.ndarray, instruction: str, sensitivity: float
                            **({"ring_seconds": 0.4, "max_backlog": 2} if paced else {}))
     with Listener(bundle, callback=events.append, feed_live=False, options=opts, decider=decider) as li:
         if paced:
-            step = int(PACE_BLOCK * 16000)
+            step = int(PACE_BLOCK * SR)
             for i in range(0, len(audio), step):
                 if li.loop.worker.busy:
                     time.sleep(PACE_BLOCK)
