@@ -16,6 +16,7 @@ bundle. ``edge-export responder`` writes one (SmolLM2-135M + the LoRA trained by
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -179,11 +180,16 @@ class Responder:
     ``ground_numbers``: a reply Whisper heard out (any but a sure one of the model's without
     ``overrule``) that names a number Whisper did not hear ("Setting the temperature to 61
     degrees." to "Pay the electricity bill.") is said as ``unknown_reply``: the device never acts
-    on a number nobody said (default: off)."""
+    on a number nobody said (default: off); ``asr_second``: a second whisper-asr bundle (a folder
+    of the responder, e.g. Whisper base) that hears the utterance again when the first one's mean
+    log-probability is under ``asr_second_below`` (or it heard nothing), with
+    ``asr_second_pad_seconds`` of silence after it; the transcript of the higher mean
+    log-probability is the one read (the two mishear these voices differently: README)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
-                   "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers")
+                   "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
+                   "asr_second_below", "asr_second_pad_seconds")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -215,6 +221,11 @@ class Responder:
                                       prompt=str(raw.get("asr_prompt", "")), beam_size=int(raw.get("asr_beam", 1)))
         if self.asr_options.beam_size < 1:
             raise BundleError(f"{mpath}: asr_beam must be at least 1")
+        self.asr_second = None if not raw.get("asr_second") else \
+            WhisperBundle(root / raw["asr_second"], session, verify_hashes=verify_hashes)
+        self.asr_second_below = float(raw.get("asr_second_below", 0.0))
+        self.asr_second_options = dataclasses.replace(
+            self.asr_options, pad_seconds=float(raw.get("asr_second_pad_seconds", self.asr_options.pad_seconds)))
         self.rescue_above, self.rescue_wait = float(raw.get("rescue_above", 0.0)), float(raw.get("rescue_wait", 0.5))
         self.name_words = [normalize(w) for w in raw.get("name_words", [])]
         self.confirm_replies = set(raw.get("confirm_replies", []))
@@ -295,6 +306,22 @@ class Responder:
             logits = self._ctx.feed(self.lm.embed([nxt]))
         return self.lm.tokenizer.decode(ids).strip(), confidence
 
+    def hear(self, audio: np.ndarray) -> tuple[str, dict]:
+        """Whisper's transcript and info; with ``asr_second``, the second recogniser's instead when
+        the first was unsure (under ``asr_second_below``) and the second is surer. info["second"]:
+        what the second heard, its mean log-probability and milliseconds, and whether it was read."""
+        heard, info = self.asr.transcribe(audio, self.asr_options)
+        first = info.get("avg_logprob")
+        if self.asr_second is None or (first is not None and first >= self.asr_second_below):
+            return heard, info
+        t0 = time.monotonic()
+        heard2, info2 = self.asr_second.transcribe(audio, self.asr_second_options)
+        second = info2.get("avg_logprob")
+        read = bool(heard2.strip()) and second is not None and (first is None or second > first)
+        note = {"heard": heard2, "logprob": None if second is None else round(float(second), 4),
+                "ms": round(1000 * (time.monotonic() - t0), 1), "read": read}
+        return (heard2, info2 | {"second": note}) if read else (heard, info | {"second": note})
+
     def answer(self, instruction: str, audio: np.ndarray | None, lm: bool = True) -> dict:
         """The utterance (SpeechTrail.utterance(); None: no speech to answer) ->
         {"text": what to say ("" for silence), "heard": transcript, "asr_ms", "lm_ms"}; with
@@ -303,7 +330,7 @@ class Responder:
             return {"text": "", "heard": None, "asr_ms": 0.0, "lm_ms": 0.0}
         with self._lock:
             t0 = time.monotonic()
-            heard, info = self.asr.transcribe(audio, self.asr_options)
+            heard, info = self.hear(audio)
             t1 = time.monotonic()
             if not lm:
                 text, confidence = "", 1.0
@@ -317,6 +344,8 @@ class Responder:
         if lm and instruction not in self.repeat_instructions and text != formed(text, self.reply_forms, self.unknown_reply):
             extra, text = {"lm_text": text}, self.unknown_reply  # an action the device does not have
         logprob = info.get("avg_logprob")
+        if "second" in info:
+            extra["asr_second"] = info["second"]
         return {"text": text, **extra, "heard": heard, "asr_ms": round(1000 * (t1 - t0), 1),
                 "lm_ms": round(1000 * (time.monotonic() - t1), 1),
                 "asr_logprob": None if logprob is None else round(float(logprob), 4), "lm_confidence": round(confidence, 4)}

@@ -25,7 +25,7 @@ def info(path: str) -> dict:
     if isinstance(peek, dict) and peek.get("kind") == "responder":  # two bundles and a policy
         from edge_runtime.responder import Responder
 
-        parts = {k: info(str(Path(path) / peek[k])) for k in ("lm", "asr") if k in peek}
+        parts = {k: info(str(Path(path) / peek[k])) for k in ("lm", "asr", "asr_second") if peek.get(k)}
         return {"bundle": str(path), "name": peek.get("name"), "version": peek.get("version"), "kind": "responder",
                 "license": peek.get("license"), "provenance": peek.get("provenance"),
                 "policy": {k: peek.get(k) for k in Responder.POLICY_KEYS}, "parts": parts,
@@ -60,9 +60,11 @@ def format_info(d: dict) -> str:
             if pol["rescue_above"] else "no second chances"
         overrule = "sure replies said at once" if pol["overrule_logprob"] is None else \
             f"sure replies overruled by the LM's at Whisper log-prob >= {pol['overrule_logprob']} and LM confidence >= {pol['overrule_confidence'] or 0.0}"
+        second = "no second recogniser" if not pol["asr_second"] else \
+            f"a second recogniser under Whisper log-prob {pol['asr_second_below'] or 0.0}"
         return "\n".join([f"{d['name']} {d['version']} (responder) at {d['bundle']}, {d['total_mb']} MB", f"  license: {d['license']}",
                           f"  policy: ask below confidence {pol['ask_below']} (transcription: {pol['ask_below'] if pol['repeat_below'] is None else pol['repeat_below']}), "
-                          f"on the LM's silence: {pol['on_silence']}, {overrule}, {chance}, "
+                          f"on the LM's silence: {pol['on_silence']}, {overrule}, {chance}, {second}, "
                           f"{len(pol['confirm_replies'] or [])} replies said only when the name is heard, "
                           f"{len(pol['reply_forms'] or []) or 'any'} reply forms, "
                           f"{len(pol['repeat_instructions'] or [])} repeat instructions, {len(pol['pass_through'] or [])} replies passed through"]

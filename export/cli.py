@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-overrule", action="store_true",
                    help="no second opinion on the model's sure replies (manifest overrule_logprob): they are said at once, "
                         "without waiting for Whisper and the LM")
+    r.add_argument("--asr-second", choices=["base", "tiny.en", "none"], default="base",
+                   help="a second Whisper that hears again what the first was unsure of (manifest asr_second; none: no second)")
     r.add_argument("--ground-numbers", action="store_true",
                    help="a reply that names a number Whisper did not hear is said as the Sorry (manifest ground_numbers)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
@@ -94,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             from .responder_export import export_responder
 
             print(json.dumps(export_responder(args.lora or DEFAULT_LORA, args.out, args.asr_model, overrule=not args.no_overrule,
-                                              ground_numbers=args.ground_numbers), indent=2, default=str))
+                                              ground_numbers=args.ground_numbers,
+                                              asr_second=None if args.asr_second == "none" else args.asr_second),
+                             indent=2, default=str))
         elif args.cmd == "whisper":
             from .whisper_export import export_whisper
 

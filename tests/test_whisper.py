@@ -215,6 +215,50 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
             Responder(rdir)
 
 
+def test_a_second_recogniser_hears_again_only_what_the_first_was_unsure_of(bundles, recordings, tiny_bundle, tmp_path):
+    """asr_second: run when the first Whisper's mean log-probability is under asr_second_below (or it
+    heard nothing), with its own padding; the surer transcript is read, and the answer says what the
+    second heard. Real bundles first (fp32 as the second, always asked), then scripted hearings."""
+    from edge_runtime.bundle import BundleError
+    from edge_runtime.responder import Responder
+
+    root, _ = bundles
+    rdir = tmp_path / "responder"
+    rdir.mkdir()
+    manifest = {"schema": "edge-bundle/1", "kind": "responder", "name": "test-responder", "lm": str(tiny_bundle[0]),
+                "asr": str(root / "int8"), "asr_second": str(root / "fp32"), "asr_second_below": 0.0,
+                "asr_second_pad_seconds": 5, "prompt": "<instr>{instruction}</instr>{heard}<reply>", "end_token": "<|end|>",
+                "max_tokens": 4}
+    (rdir / "manifest.json").write_text(json.dumps(manifest))
+    r = Responder(rdir)
+    assert r.asr_second_options.pad_seconds == 5 and r.asr_options.pad_seconds == 15
+    audio, ref = recordings[UTTERANCES[0]]
+    out = r.answer("Answer when someone talks to you.", audio)
+    second = out["asr_second"]
+    assert second["ms"] > 0 and wer([ref], [second["heard"]]) <= 0.2 and second["logprob"] < 0
+    assert out["heard"] == (second["heard"] if second["read"] else r.asr.transcribe(audio, r.asr_options)[0])
+
+    def hears(text, logprob, calls):
+        return lambda audio, opts: (calls.append(opts.pad_seconds), (text, {"avg_logprob": logprob}))[1]
+
+    for first, second, read in (((" turn it up", -0.1), ("turn it down", -0.05), None),  # sure: never asked
+                                ((" turn it up", -0.5), ("turn it down", -0.4), "turn it down"),
+                                ((" turn it up", -0.5), ("turn it down", -0.6), " turn it up"),
+                                (("", None), ("turn it down", -0.9), "turn it down"),  # the first heard nothing
+                                ((" turn it up", -0.5), ("", None), " turn it up")):
+        calls1, calls2 = [], []
+        r.asr_second_below = -0.3
+        r.asr.transcribe, r.asr_second.transcribe = hears(*first, calls1), hears(*second, calls2)
+        heard, info = r.hear(audio)
+        assert calls1 == [15] and calls2 == ([] if read is None else [5])
+        assert heard == (first[0] if read is None else read) and ("second" in info) == (read is not None)
+        if read is not None:
+            assert info["second"]["read"] == (read == second[0]) and info["avg_logprob"] == (second[1] if read == second[0] else first[1])
+    (rdir / "manifest.json").write_text(json.dumps(manifest | {"asr_second": "nowhere"}))
+    with pytest.raises(BundleError):
+        Responder(rdir)
+
+
 def test_prompt_context_decodes_as_pytorch_and_keeps_the_transcript(tiny, bundles, recordings):
     """AsrOptions.prompt: ``<|startofprev|>`` + the prompt's tokens before ``<|startoftranscript|>``,
     decoded greedily by the fp32 bundle exactly as the PyTorch model decodes the same ids. The
