@@ -27,6 +27,7 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     from edge_models import scenarios as sc
     from edge_models.responder import ASR_PROMPT
     from edge_models.smollm2 import EOS, LICENSE, provenance
+    from edge_models.whisper import model_dir
     from edge_models.zoo import smollm2
 
     from .pipeline import ExportOptions, export_bundle
@@ -36,6 +37,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     if not lora.is_file():
         raise FileNotFoundError(f"{lora}: no such LoRA delta (edge-train-responder writes one)")
     meta = json.loads(bytes(np.load(lora)["meta"]).decode())
+    for name in filter(None, (asr_model, asr_second)):  # the recognisers' weights ship in packages: name a missing
+        model_dir(name)  # one now (WeightsNotFound says which to install), not after a minute of building the LM
     out.mkdir(parents=True, exist_ok=True)
     log.info("responder: SmolLM2-135M + %s -> %s", lora.name, out / "lm")
     model, tok, ref = smollm2(encoder_preset="test-tiny", lora=str(lora))

@@ -74,3 +74,13 @@ def test_corrupt_onnx(bundle_copy):
         {"decoder.onnx": {"sha256": __import__("hashlib").sha256(b"not a model").hexdigest(), "bytes": 11}}))
     code, _, err = _cli("verify", str(bundle_copy), "--no-parity")
     assert code == 2 and "decoder.onnx: onnxruntime cannot load it" in _one_line(err)
+
+
+def test_responder_export_names_a_missing_recogniser_before_building_anything(tmp_path):
+    """edge-export responder checks both Whisper models' weights before the minute of building the LM."""
+    from edge_export.responder_export import export_responder
+    from edge_models.responder import DEFAULT_LORA
+
+    with pytest.raises(ValueError, match="unknown Whisper model 'small'"):
+        export_responder(DEFAULT_LORA, tmp_path / "responder", asr_second="small")
+    assert not (tmp_path / "responder").exists()
