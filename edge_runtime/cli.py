@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "LM write the reply to speech after the model decides to respond, and answer speech it passed "
                     "over narrowly (its policy: edge-export info DIR)")
     ap.add_argument("--max-response-tokens", type=int, default=48)
+    ap.add_argument("--repeat-gap", type=float, default=0.3, metavar="S",
+                    help="a response the same as one said in the last 10 s is withheld unless S seconds of quiet came "
+                         "between: the doorbell that rings on is announced once (default 0.3; 0: never withheld)")
     ap.add_argument("--beam", type=int, default=1, help="whisper-asr bundles: beam size of final transcripts (default 1: greedy)")
     ap.add_argument("--context", type=int, default=None, help="KV cache tokens (default: the bundle's max)")
     ap.add_argument("--no-fifo", action="store_true", help="decode chunk by chunk instead of prefilling the backlog at once")
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = ListenerOptions(
             loop=LoopOptions(instruction=args.instruction, sensitivity=args.sensitivity, min_confidence=args.min_confidence,
-                             max_response_tokens=args.max_response_tokens, fifo=not args.no_fifo, context=args.context),
+                             max_response_tokens=args.max_response_tokens, fifo=not args.no_fifo, context=args.context,
+                             repeat_gap=args.repeat_gap),
             session=SessionConfig(provider=args.provider, threads=args.threads, strict=args.strict_provider),
             decoder_threads=args.decoder_threads, stats_interval=args.stats_interval,
             vad_gate={"auto": None, "on": True, "off": False}[args.vad_gate], verbose=args.verbose,

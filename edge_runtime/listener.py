@@ -343,8 +343,7 @@ class Listener:
                             self.gated_chunks += 1
                         e = silence_embeds if q else next(embeds)
                         n_done += 1
-                        chunk = Chunk(n_done - 1, n_done * chunk_n / m.sample_rate, e, available, 0.0 if q else ms, q,
-                                      s if self._responder is not None else None)
+                        chunk = Chunk(n_done - 1, n_done * chunk_n / m.sample_rate, e, available, 0.0 if q else ms, q, s)
                         self._chunks.put(chunk, block=block, stop=self._stop)
                 if eof:
                     break

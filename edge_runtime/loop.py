@@ -43,7 +43,10 @@ class LoopOptions:
     evict_fraction: share of the window (after the sink) dropped per eviction.
     min_confidence: 0..1; when above 0 a response is generated whole before any of it is emitted,
         and one whose confidence (the lowest probability of any token chosen, <end> included) is
-        under it is not said: a ``response.withheld`` event carries it instead."""
+        under it is not said: a ``response.withheld`` event carries it instead.
+    repeat_gap: seconds of quiet that make a sound or an utterance a new one (Repeats): the same
+        response said again within ``repeat_within`` s with no such gap since is withheld (reason
+        ``repeat``); a response that could be one is held until it is whole. 0: never withheld."""
 
     instruction: str | None = None
     sensitivity: float = 0.5
@@ -53,6 +56,8 @@ class LoopOptions:
     context: int | None = None
     evict_fraction: float = 0.5
     min_confidence: float = 0.0
+    repeat_gap: float = 0.3
+    repeat_within: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sensitivity <= 1.0:
@@ -65,6 +70,8 @@ class LoopOptions:
             raise ValueError(f"evict_fraction must be in [0.05, 0.95], got {self.evict_fraction}")
         if self.decide_each_up_to < 1:
             raise ValueError(f"decide_each_up_to must be >= 1, got {self.decide_each_up_to}")
+        if self.repeat_gap < 0 or self.repeat_within <= 0:
+            raise ValueError(f"repeat_gap must be >= 0 and repeat_within > 0, got {self.repeat_gap}, {self.repeat_within}")
         if self.context is not None and self.context < 64:
             raise ValueError(f"context must be >= 64 tokens, got {self.context}")
 
@@ -80,7 +87,7 @@ class Chunk:
     available: float
     encode_ms: float
     gated: bool = False
-    samples: np.ndarray | None = None  # the chunk's 16 kHz audio, kept only for a responder
+    samples: np.ndarray | None = None  # the chunk's 16 kHz audio (a responder's trail, Repeats)
 
 
 class Decider(Protocol):
@@ -182,6 +189,65 @@ class Samples:
         return self.count
 
 
+class Repeats:
+    """Is a response a repeat: the same text said again while what prompted it goes on? A doorbell
+    that rings on, or a knock that keeps knocking, can make the model answer twice; a second
+    doorbell after a pause is a new event. A response is a repeat when the same text was said less
+    than ``within`` s before it and the audio has had no quiet gap of ``gap`` s since: no run of
+    20 ms frames within ``margin`` dB of the floor (the 5th percentile of the last
+    ``floor_seconds``). ``gap`` 0, or chunks that carry no audio: nothing is a repeat."""
+
+    def __init__(self, gap: float = 0.3, within: float = 10.0, margin: float = 6.0, floor_seconds: float = 10.0,
+                 sample_rate: int = 16000):
+        self.gap, self.within, self.margin = gap, within, margin
+        self.frame = sample_rate // 50  # 20 ms
+        self.frame_s = self.frame / sample_rate
+        self._db: collections.deque = collections.deque(maxlen=max(1, int(floor_seconds / self.frame_s)))
+        self._need = max(1, int(round(gap / self.frame_s)))
+        self._run = 0  # frames in the quiet run going on
+        self._gaps: collections.deque = collections.deque(maxlen=64)  # [start, end] of quiet runs of gap s or more
+        self._said: dict[str, float] = {}  # text -> stream time it was last said
+        self._judged = False  # audio came (chunks without samples: nothing is judged a repeat)
+
+    def push(self, samples: np.ndarray, t_end: float) -> None:
+        """The audio of a chunk that ends at stream time ``t_end``."""
+        if self.gap <= 0 or samples is None:
+            return
+        n = len(samples) // self.frame
+        if not n:
+            return
+        self._judged = True
+        frames = np.asarray(samples[-n * self.frame :], np.float64).reshape(n, self.frame)
+        db = 10 * np.log10(np.mean(np.square(frames), axis=1) + 1e-12)
+        self._db.extend(db.tolist())
+        quiet = db < np.percentile(np.fromiter(self._db, float), 5) + self.margin
+        for i, q in enumerate(quiet):
+            self._run = self._run + 1 if q else 0
+            end = t_end - (n - 1 - i) * self.frame_s
+            if self._run == self._need:
+                self._gaps.append([end - self._need * self.frame_s, end])
+            elif self._run > self._need:
+                self._gaps[-1][1] = end
+
+    def _goes_on(self, t0: float, t: float) -> bool:
+        """Was ``t0`` less than ``within`` before ``t``, with no ``gap`` s of quiet between them?"""
+        return 0 <= t - t0 < self.within and \
+            not any(min(e, t) - max(s, t0) >= self.gap - 1e-6 for s, e in self._gaps)
+
+    def possible(self, t: float) -> bool:
+        """Could a response at ``t`` be a repeat (of anything said)?"""
+        return self._judged and any(self._goes_on(t0, t) for t0 in self._said.values())
+
+    def is_repeat(self, text: str, t: float) -> bool:
+        return self._judged and text in self._said and self._goes_on(self._said[text], t)
+
+    def said(self, text: str, t: float) -> None:
+        if text:
+            self._said[text] = max(t, self._said.get(text, t))
+            for old in [k for k, v in self._said.items() if t - v >= self.within]:
+                del self._said[old]
+
+
 def _p_respond(logits: np.ndarray, silent: int, respond: int) -> float:
     d = float(logits[respond]) - float(logits[silent])
     return float(1.0 / (1.0 + np.exp(-np.clip(d, -60, 60))))
@@ -230,6 +296,7 @@ class DecisionLoop:
         self.responses = 0
         self.withheld = 0
         self.rescues = 0  # utterances handed to the responder for a second chance
+        self._repeats = Repeats(self.opts.repeat_gap, self.opts.repeat_within, sample_rate=self.b.manifest.sample_rate)
         self._near: tuple[float, float] | None = None  # (armed at, highest p) of a narrowly passed-over utterance
         self._heard_upto = -1  # trail frame up to which speech was answered or handed over (never a second time)
         self._handed = -2  # the last voiced trail frame of the utterance last handed over for a second chance
@@ -253,8 +320,9 @@ class DecisionLoop:
             if i:
                 parts.append(self._silent)  # the model "stayed silent" on queued chunks
             parts.append(c.embeds)
-        if self.trail is not None:
-            for c in chunks:
+        for c in chunks:
+            self._repeats.push(c.samples, c.t_end)
+            if self.trail is not None:
                 self.trail.push(c.samples)
         t0 = time.monotonic()
         logits = self.ctx.feed(np.concatenate(parts), reserve=self.opts.max_response_tokens + 2)
@@ -300,7 +368,7 @@ class DecisionLoop:
         held until <end> and then said whole or withheld. Either way every token is fed, so the
         model's context is the same whether or not the response was said."""
         t = round(chunk.t_end, 3)
-        hold = self.opts.min_confidence > 0.0 or self.responder is not None
+        hold = self.opts.min_confidence > 0.0 or self.responder is not None or self._repeats.possible(t)
         if not hold:
             self.emit({"type": "response.start", "t": t})
         logits = self.ctx.feed(self._respond)
@@ -349,12 +417,14 @@ class DecisionLoop:
             self._say(t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra)
 
     def _say(self, t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra) -> None:
-        if withhold:
+        repeat = not withhold and held and self._repeats.is_repeat(text, t)
+        if withhold or repeat:
             self.withheld += 1
-            self.emit({"type": "response.withheld", "t": t, "text": extra.get("model_text", text),
-                       "reason": "responder" if "heard" in extra else "confidence", "confidence": round(confidence, 4),
-                       "total_ms": total_ms, "tokens": tokens, **extra})
+            reason = "repeat" if repeat else "responder" if "heard" in extra else "confidence"
+            self.emit({"type": "response.withheld", "t": t, "text": text if repeat else extra.get("model_text", text),
+                       "reason": reason, "confidence": round(confidence, 4), "total_ms": total_ms, "tokens": tokens, **extra})
             return
+        self._repeats.said(text, t)
         self.responses += 1
         if held:
             self.emit({"type": "response.start", "t": t})

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import speechlike
 from edge_runtime.listener import Listener, ListenerOptions
-from edge_runtime.loop import Context, LoopOptions, ScriptedDecider
+from edge_runtime.loop import Context, LoopOptions, Repeats, ScriptedDecider
 from edge_runtime.model import Bundle
 from edge_runtime.sessions import SessionConfig
 
@@ -174,7 +174,7 @@ def test_backlog_stays_bounded_under_repeated_responses(slow_bundle, tmp_path):
     sf.write(wav, speechlike(60.0), 16000)
     decider = ScriptedDecider(range(5, 150, 12))
     ev = Listener(Bundle(slow_bundle), FileSource(wav, speed=8.0),
-                  ListenerOptions(loop=LoopOptions(max_response_tokens=24, context=512), verbose=True),
+                  ListenerOptions(loop=LoopOptions(max_response_tokens=24, context=512, repeat_gap=0.0), verbose=True),
                   decider=decider).run()
     stats = [e for e in ev if e["type"] == "stats"][-1]
     assert stats["responses"] == len(decider.chunks)
@@ -219,3 +219,66 @@ def test_min_confidence_withholds_unsure_responses_and_keeps_the_context(tiny_bu
     assert held[-2]["type"] == "stats" and held[-2]["withheld"] == len(withheld) and held[-2]["responses"] == len(said)
     with pytest.raises(ValueError, match="min_confidence"):
         LoopOptions(min_confidence=1.5)
+
+
+def _tone(seconds: float, sr: int = 16000, seed: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.1 * np.sin(2 * np.pi * 440 * t) + 0.001 * np.random.default_rng(seed).standard_normal(len(t))).astype(np.float32)
+
+
+def _floor(seconds: float, sr: int = 16000, seed: int = 2) -> np.ndarray:
+    return (0.001 * np.random.default_rng(seed).standard_normal(int(seconds * sr))).astype(np.float32)
+
+
+def test_a_response_said_again_while_its_sound_goes_on_is_a_repeat():
+    """Repeats: the same text within 10 s with no quiet gap since is a repeat; a gap of 0.3 s of
+    quiet, another text, 10 s, gap 0 or chunks without audio are not."""
+    audio = np.concatenate([_floor(1.0), _tone(4.0), _floor(0.5, seed=3), _tone(12.0)])  # quiet between 5.0 and 5.5 s
+    r, off, blind = Repeats(gap=0.3), Repeats(gap=0.0), Repeats(gap=0.3)
+    t = 0.0
+
+    def feed(upto: float, *reps) -> None:
+        nonlocal t
+        while t < upto - 1e-9:
+            i = int(round(t * 16000))
+            for rep in reps:
+                rep.push(audio[i:i + 6400], t + 0.4)
+            t = round(t + 0.4, 3)
+    feed(1.6, r, off)
+    for rep in (r, off, blind):
+        rep.said("The doorbell is ringing.", 1.6)
+    feed(3.2, r, off)
+    assert r.possible(3.2) and r.is_repeat("The doorbell is ringing.", 3.2)
+    assert not r.is_repeat("The phone is ringing.", 3.2)
+    assert not off.possible(3.2) and not off.is_repeat("The doorbell is ringing.", 3.2)
+    assert not blind.possible(3.2) and not blind.is_repeat("The doorbell is ringing.", 3.2)  # no audio: nothing judged
+    feed(6.0, r)  # through the half second of quiet
+    assert not r.possible(6.0) and not r.is_repeat("The doorbell is ringing.", 6.0)
+    r.said("The doorbell is ringing.", 6.0)
+    feed(9.6, r)
+    assert r.is_repeat("The doorbell is ringing.", 9.6)  # the tone never stopped
+    feed(16.0, r)
+    assert not r.is_repeat("The doorbell is ringing.", 16.0)  # 10 s on
+
+
+def test_the_loop_withholds_a_repeated_response(slow_bundle, tmp_path):
+    """Two responses during one unbroken sound: a second with the first's text is held whole and
+    withheld (reason repeat) with ``repeat_gap`` on, and said with it 0."""
+    import soundfile as sf
+
+    from edge_runtime.audio import FileSource
+
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, np.concatenate([_floor(1.0), _tone(6.0)]), 16000)  # a second of a quiet room, then the sound
+
+    def run(gap):
+        return Listener(Bundle(slow_bundle), FileSource(wav, fast=True),
+                        ListenerOptions(loop=LoopOptions(max_response_tokens=6, fifo=False, repeat_gap=gap)),
+                        decider=ScriptedDecider([5, 8, 11])).run()
+    said = lambda ev: [(e["t"], e["text"]) for e in ev if e["type"] == "response.end"]  # noqa: E731
+    plain, guarded = run(0.0), run(0.3)
+    assert len(said(plain)) == 3 and len({x for _, x in said(plain)}) < 3, said(plain)  # the random model repeats itself
+    first = [(t, x) for i, (t, x) in enumerate(said(plain)) if x not in [y for _, y in said(plain)[:i]]]
+    again = [(t, x, "repeat") for t, x in said(plain) if (t, x) not in first]
+    assert said(guarded) == first
+    assert [(e["t"], e["text"], e["reason"]) for e in guarded if e["type"] == "response.withheld"] == again
