@@ -152,3 +152,25 @@ def test_near_misses_counts_the_highest_p_of_each_unanswered_utterance():
     s = score({"assistant": [(meta, events)]})["assistant"]
     assert s["addressed_missed"] == 1 and s["not_addressed_unanswered"] == 1
     assert s["p>=0.05"] == {"addressed_missed": 1, "not_addressed": 1} and s["p>=0.1"] == {"addressed_missed": 0, "not_addressed": 1}
+
+
+def test_hearing_conditions_put_one_stream_condition_on_the_voice():
+    """edge_bench.hearing: every condition keeps the voice at a stream's speech level between 0.2 s
+    before and 0.3 s after it, and adds only its own sound (the quiet edges show which)."""
+    import random
+
+    import numpy as np
+
+    from edge_bench.hearing import CONDITIONS, condition
+
+    t = np.arange(16000) / 16000
+    voice = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    edge = lambda x: float(np.sqrt(np.mean(np.square(x[:3000], dtype=np.float64))))  # noqa: E731  the 0.2 s before
+    rms = {}
+    for name in CONDITIONS:
+        x = condition(name, random.Random(1), voice)
+        assert x.dtype == np.float32 and np.isfinite(x).all()
+        assert len(x) >= len(voice) + 8000 and np.abs(x[3200:3200 + 16000]).max() > 0.01, name
+        rms[name] = edge(x)
+    assert rms["clean"] == rms["room"] == 0.0  # silence before the voice: nothing added
+    assert rms["noise"] > 0 and rms["music"] > 0
