@@ -36,14 +36,7 @@ def condition(name: str, rng: random.Random, voice: np.ndarray) -> np.ndarray:
     """``voice`` at a stream's speech level, 0.2 s before and 0.3 s after it, under ``name``."""
     from edge_models import synth
 
-    x = synth.room(rng, voice) if name == "room" else voice
-    x = synth.at_level(x, rng.uniform(-32, -18))
-    x = np.concatenate([np.zeros(int(0.2 * synth.SR), np.float32), x, np.zeros(int(0.3 * synth.SR), np.float32)])
-    if name == "noise":
-        x = x + synth.background(rng, len(x))
-    elif name == "music":
-        x = x + np.resize(synth.at_level(synth.sound(rng, "music"), rng.uniform(-42, -30)), len(x))
-    return x.astype(np.float32)
+    return synth.heard_as_in_a_stream(rng, voice, room_echo=name == "room", noise=name == "noise", music=name == "music")
 
 
 def run(bundle: str, n: int, seed: int = 21, pad_seconds: float | None = None) -> dict:

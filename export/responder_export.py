@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
-                     version: str = "0.5.0", overrule: bool = True,
+                     version: str = "0.6.0", overrule: bool = True,
                      ground_numbers: bool = False, asr_second: str | None = "base") -> dict:
     from edge_models import scenarios as sc
     from edge_models.responder import ASR_PROMPT

@@ -13,8 +13,9 @@ the four instruction modes. Assistant and combined instructions: the reply to an
 request, silence (the end token at once) for speech to ignore. Transcribe: the heard words
 again. Alerts: silence (speech is never an alert). Inputs are normalised as a recogniser's
 output is (lower case, no punctuation, half of them with numbers in digits). With ``--asr``, part
-of the pairs are what Whisper heard them as, spoken in *training* voices (held-out voices, the
-held-out wording and the reserved recordings are never used).
+of the pairs are what Whisper heard them as, spoken in *training* voices and, since responder
+0.6.0, under the streams' conditions (a room's echo, noise, a music bed: ``--asr-conditions``;
+held-out voices, the held-out wording and the reserved recordings are never used).
 
 Only a LoRA delta (rank 8 on every projection of the 30 layers) is trained and shipped, so the
 repository carries ~5 MB; ``edge-export responder`` merges it into the SmolLM2 weights of the
@@ -67,10 +68,12 @@ def as_heard(items: list, rng: random.Random | None = None) -> list:
 
 
 def speak_and_transcribe(texts: list[str], bundle_path: str, seed: int, voices: str,
-                         asr_prompt: str = "") -> tuple[list[str], dict]:
+                         asr_prompt: str = "", conditions: str = "clean") -> tuple[list[str], dict]:
     """Each text spoken in a voice of ``voices`` (heldout, train) and transcribed by a whisper-asr
     bundle (with ``asr_prompt`` as Whisper's context, as a responder manifest's ``asr_prompt``)
-    -> (normalised transcripts, {utterances, wer, examples})."""
+    -> (normalised transcripts, {utterances, wer, examples}). ``conditions``: ``clean`` (the voice
+    alone) or ``stream`` (as the streams have it: a room's echo on 40%, background noise, a music
+    bed on a quarter; synth.heard_as_in_a_stream)."""
     from edge_runtime.whisper_asr import AsrOptions, WhisperBundle
 
     from . import synth
@@ -79,7 +82,11 @@ def speak_and_transcribe(texts: list[str], bundle_path: str, seed: int, voices: 
     asr, rng, heard, wrong = WhisperBundle(bundle_path), random.Random(seed), [], 0
     pad = np.zeros(int(0.3 * synth.SR), np.float32)
     for i, text in enumerate(texts):
-        audio = np.concatenate([pad, synth.speak(text, synth.random_voice(rng, voices)), pad])
+        voice = synth.speak(text, synth.random_voice(rng, voices))
+        if conditions == "stream":
+            audio = synth.heard_as_in_a_stream(rng, voice, room_echo=rng.random() < 0.4, noise=True, music=rng.random() < 0.25)
+        else:
+            audio = np.concatenate([pad, voice, pad])
         heard.append(normalize(asr.transcribe(audio, AsrOptions(prompt=asr_prompt))[0]))
         wrong += wer_counts(in_digits(normalize(text)).split(), in_digits(heard[-1]).split())
         if (i + 1) % 250 == 0:
@@ -282,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--asr", metavar="BUNDLE", help="a whisper-asr bundle: add pairs as it hears them in training voices")
     ap.add_argument("--heard", type=int, default=1500, help="with --asr: how many heard pairs")
     ap.add_argument("--asr-prompt", default="", help="with --asr: Whisper's context while it hears them (manifest asr_prompt)")
+    ap.add_argument("--asr-conditions", choices=("clean", "stream"), default="stream",
+                    help="with --asr: hear them as the streams have them (room echo on 40%%, noise, a music bed on a "
+                         "quarter; the default since responder 0.6.0) or the voice alone (clean, before)")
     ap.add_argument("--test", type=int, default=120, help="text pairs per check set (tuning seeds, not the acceptance streams)")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=8)
@@ -302,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.asr:
         items = examples(6, a.heard, "train++")
         heard, report["asr_train"] = speak_and_transcribe([s for _, s, _, _ in items], a.asr, 7, voices="train",
-                                                          asr_prompt=a.asr_prompt)
-        report["asr_prompt"] = a.asr_prompt
+                                                          asr_prompt=a.asr_prompt, conditions=a.asr_conditions)
+        report["asr_prompt"], report["asr_conditions"] = a.asr_prompt, a.asr_conditions
         data += read_as(items, heard)
         print(f"edge-train-responder: Whisper WER on {a.heard} training-voice utterances {report['asr_train']['wer']:.3f}",
               file=sys.stderr)
@@ -319,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     report["train_loss"] = fit(lm, data, a.steps, a.lr, a.batch)
     report["train_s"] = round(time.monotonic() - t0, 1)
     meta = {"base": provenance(), "rank": a.rank, "targets": list(LORA_TARGETS), "prompt": prompt("{instruction}", "{heard}"),
-            "modes": MODES, "train_pairs": len(data), "steps": a.steps, "lr": a.lr}
+            "modes": MODES, "train_pairs": len(data), "steps": a.steps, "lr": a.lr,
+            **({"asr_conditions": a.asr_conditions} if a.asr else {})}
     np.savez(work / "responder-lora.npz", **lora_delta(hf, meta))
     report["check"] = score(lm, tests)
     report["seconds"] = round(time.monotonic() - t0, 1)

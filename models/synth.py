@@ -396,6 +396,21 @@ def at_level(x: np.ndarray, dbfs: float, peak: bool = False) -> np.ndarray:
     return (x * (10 ** (dbfs / 20) / (ref + 1e-12))).astype(np.float32)
 
 
+def heard_as_in_a_stream(rng: random.Random, voice: np.ndarray, room_echo: bool = False, noise: bool = False,
+                         music: bool = False) -> np.ndarray:
+    """``voice`` as a recogniser gets it from a stream: at a stream's speech level (-32 to -18 dBFS),
+    0.2 s before it and 0.3 s after, with the stream builder's conditions asked for: a room's echo
+    (``room``), steady background noise (``background``), a TV or radio music bed (-42 to -30 dBFS)."""
+    x = room(rng, voice) if room_echo else voice
+    x = at_level(x, rng.uniform(-32, -18))
+    x = np.concatenate([np.zeros(int(0.2 * SR), np.float32), x, np.zeros(int(0.3 * SR), np.float32)])
+    if noise:
+        x = x + background(rng, len(x))
+    if music:
+        x = x + np.resize(at_level(sound(rng, "music"), rng.uniform(-42, -30)), len(x))
+    return x.astype(np.float32)
+
+
 def background(rng: random.Random, n: int) -> np.ndarray:
     """Steady room noise (white to brown) at -70..-42 dBFS."""
     return at_level(_noise(rng, n, rng.choice([0.0, 0.5, 0.9, 0.98])).astype(np.float32), rng.uniform(-70, -42))

@@ -174,3 +174,8 @@ def test_hearing_conditions_put_one_stream_condition_on_the_voice():
         rms[name] = edge(x)
     assert rms["clean"] == rms["room"] == 0.0  # silence before the voice: nothing added
     assert rms["noise"] > 0 and rms["music"] > 0
+    from edge_models.synth import heard_as_in_a_stream
+
+    both = heard_as_in_a_stream(random.Random(1), voice, noise=True, music=True)  # as edge-train-responder hears them
+    alone = heard_as_in_a_stream(random.Random(1), voice, noise=True)
+    assert edge(both) > edge(alone) > 0

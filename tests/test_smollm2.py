@@ -147,7 +147,7 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     assert m["kind"] == "responder" and m["provenance"]["lora"]["sha256"] == hashlib.sha256(DEFAULT_LORA.read_bytes()).hexdigest()
     assert sc.SOUND_RESPONSES["doorbell"] in m["pass_through"] and out["asr_greedy"][0]["identical"]
     r = Responder(tmp_path / "responder")
-    assert (r.overrule_logprob, r.overrule_confidence, r.ground_numbers) == (-0.3, 0.5, False)  # the shipped policy (0.5.0)
+    assert (r.overrule_logprob, r.overrule_confidence, r.ground_numbers) == (-0.3, 0.5, False)  # the shipped policy (0.5.0 on)
     assert r.asr_second.raw["multilingual"] and r.asr_second_below == -0.3 and r.asr_second_options.pad_seconds == 5  # Whisper base
     assert r.reply(sc.DEFAULT_INSTRUCTION, "hey edge turn on the kitchen lights") == "Turning on the kitchen lights."
     assert r.reply("Answer when someone talks to you.", "sam can you turn on the kitchen lights") == ""

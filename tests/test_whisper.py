@@ -384,3 +384,17 @@ def test_audio_longer_than_the_window_is_transcribed_in_pieces_not_cut(bundles, 
     text, info = b.transcribe(clip)
     assert info["pieces"] == len(pieces) >= 2 and info["dropped"] is None
     assert wer([" ".join(recordings[k][1] for k in order)], [text]) <= 0.15, text
+
+
+def test_responder_training_hears_its_pairs_clean_or_as_the_streams_have_them(bundles):
+    """edge-train-responder --asr-conditions: the same training-voice utterances heard by the real
+    Whisper clean and under the streams' conditions (echo, noise, a music bed): both give a
+    transcript of every one, reported with its WER."""
+    from edge_models.responder import speak_and_transcribe
+
+    texts = ["Edge, turn on the kitchen lights", "set a timer for ten minutes, Edge", "what time is it, Edge"]
+    path = str(bundles[0] / "int8")
+    clean, rep = speak_and_transcribe(texts, path, 7, voices="train")
+    echoed, rep_s = speak_and_transcribe(texts, path, 7, voices="train", conditions="stream")
+    assert len(clean) == len(echoed) == 3 and all(clean) and all(echoed)
+    assert rep["utterances"] == rep_s["utterances"] == 3 and 0 <= rep["wer"] <= 0.5 and 0 <= rep_s["wer"] <= 1.5
