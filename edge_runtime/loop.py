@@ -208,6 +208,7 @@ class Repeats:
         self._gaps: collections.deque = collections.deque(maxlen=64)  # [start, end] of quiet runs of gap s or more
         self._said: dict[str, float] = {}  # text -> stream time it was last said
         self._judged = False  # audio came (chunks without samples: nothing is judged a repeat)
+        self._lock = threading.Lock()  # the loop pushes and asks; a responder's thread says and asks too
 
     def push(self, samples: np.ndarray, t_end: float) -> None:
         """The audio of a chunk that ends at stream time ``t_end``."""
@@ -216,11 +217,17 @@ class Repeats:
         n = len(samples) // self.frame
         if not n:
             return
-        self._judged = True
         frames = np.asarray(samples[-n * self.frame :], np.float64).reshape(n, self.frame)
         db = 10 * np.log10(np.mean(np.square(frames), axis=1) + 1e-12)
-        self._db.extend(db.tolist())
-        quiet = db < np.percentile(np.fromiter(self._db, float), 5) + self.margin
+        with self._lock:
+            self._judged = True
+            self._db.extend(db.tolist())
+            self._mark_gaps(db < np.percentile(np.fromiter(self._db, float), 5) + self.margin, t_end)
+
+    def _mark_gaps(self, quiet: np.ndarray, t_end: float) -> None:
+        """Carry the quiet run over these 20 ms frames (True: quiet; the last ends at ``t_end``); a run
+        of ``gap`` s or more is kept as its [start, end]."""
+        n = len(quiet)
         for i, q in enumerate(quiet):
             self._run = self._run + 1 if q else 0
             end = t_end - (n - 1 - i) * self.frame_s
@@ -236,13 +243,17 @@ class Repeats:
 
     def possible(self, t: float) -> bool:
         """Could a response at ``t`` be a repeat (of anything said)?"""
-        return self._judged and any(self._goes_on(t0, t) for t0 in self._said.values())
+        with self._lock:
+            return self._judged and any(self._goes_on(t0, t) for t0 in self._said.values())
 
     def is_repeat(self, text: str, t: float) -> bool:
-        return self._judged and text in self._said and self._goes_on(self._said[text], t)
+        with self._lock:
+            return self._judged and text in self._said and self._goes_on(self._said[text], t)
 
     def said(self, text: str, t: float) -> None:
-        if text:
+        if not text:
+            return
+        with self._lock:
             self._said[text] = max(t, self._said.get(text, t))
             for old in [k for k, v in self._said.items() if t - v >= self.within]:
                 del self._said[old]
