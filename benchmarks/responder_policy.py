@@ -69,17 +69,19 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
 
 
 def apply(events: list[dict], choose, rescue_above: float | None = None, name_words: tuple = (),
-          confirm: tuple = (), forms: tuple = (), ground_below: float | None = None) -> list[dict]:
+          confirm: tuple = (), forms: tuple = (), ground_below: float | None = None, others: bool = False) -> list[dict]:
     """The events as they would have been under a policy: ``choose(model_text, responder_text, event)``
     -> what is said ("" for nothing); second chances are kept only from ``rescue_above`` up, and
     they and the model's ``confirm`` replies only when one of ``name_words`` was heard; with
     ``forms`` (reply templates) a responder's reply of none of them is said as the Sorry; with
     ``ground_below`` a reply Whisper heard out (second chances, ``confirm`` replies and replies of
-    confidence under it) that names a number Whisper did not hear is said as the Sorry."""
+    confidence under it) that names a number Whisper did not hear is said as the Sorry; with
+    ``others`` a reply is not said when Whisper heard someone else addressed and not the name
+    (Responder.meant_for_another). The name counts only where it was heard as one (heard_as_name)."""
     from types import SimpleNamespace
 
     from edge_models.scenarios import SORRY
-    from edge_runtime.responder import Responder, formed, heard_any, reply_form
+    from edge_runtime.responder import Responder, addresses_another, formed, heard_as_name, reply_form
 
     numbers = SimpleNamespace(ground_numbers=True, repeat_instructions=(), unknown_reply=SORRY)
 
@@ -89,7 +91,7 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
         return formed(text, fits, SORRY)
 
     def named(e: dict) -> bool:
-        return heard_any(list(name_words), e.get("heard"))
+        return heard_as_name(list(name_words), e.get("heard"))
 
     def grounded(text: str, e: dict, heard_out: bool) -> str:  # Responder.grounded, where Whisper would have run
         return Responder.grounded(numbers, "", text, e.get("heard")) if ground_below is not None and heard_out else text
@@ -104,7 +106,8 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
             out.append(e)
             continue
         said = choose(e["model_text"], fit(e["text"]) if e["type"] == "response.end" else "", e)
-        if e["model_text"] in confirm and not named(e):
+        if e["model_text"] in confirm and not named(e) or others and addresses_another(list(name_words), e.get("heard")) \
+                and not named(e):
             said = ""
         said = grounded(said, e, e["model_text"] in confirm or e["confidence"] < (ground_below or 0.0))
         if said:
@@ -161,7 +164,11 @@ def score(dump: dict) -> dict:
         runs += [shipped] + [(f"model_unsure<0.7_keep+overrule({t},{c})+rescue>=0.01+name+confirm+forms{'+numbers' if g else ''}",
                               overruled(t, c), 0.01, (NAME.lower(),), (SORRY,), tuple(reply_forms()), g)
                              for t in (-0.2, -0.3, -0.4, -0.5) for c in (0.0, 0.5, 0.9) for g in (None, 1.01)]
-    for name, choose, rescue_above, words, confirm, forms, ground_below in runs:
+    runs = [(*r, False) for r in runs]  # the last field: withhold_others (responder 0.7.0)
+    if any("rescue" in e for items in dump.values() for _, evs in items for e in evs):
+        runs.append(("model_unsure<0.7_keep+overrule(-0.3,0.5)+rescue>=0.01+name+confirm+forms+others", overruled(-0.3, 0.5),
+                     0.01, (NAME.lower(),), (SORRY,), tuple(reply_forms()), None, True))
+    for name, choose, rescue_above, words, confirm, forms, ground_below, others in runs:
         row, rule = {}, 0
         for set_name, items in dump.items():
             if set_name not in SETS:  # sound replies pass through: the policy cannot change the alerts
@@ -171,7 +178,8 @@ def score(dump: dict) -> dict:
                 pick = lambda m, r, e, choose=getattr(choose, "repeat", choose): choose(m, (e.get("heard") or "").strip(), e)  # noqa: E731
             repeat = set_name == "transcribe"  # no second chances or reply forms under repeat instructions
             s = E.summarize([E.score_stream(meta, apply(evs, pick, None if repeat else rescue_above, words, confirm,
-                                                        () if repeat else forms, None if repeat else ground_below))
+                                                        () if repeat else forms, None if repeat else ground_below,
+                                                        others and not repeat))
                              for meta, evs in items],
                             transcribe=set_name == "transcribe")
             if set_name == "transcribe":
@@ -181,7 +189,7 @@ def score(dump: dict) -> dict:
             row[set_name] = {"requests": c["command"]["correct"], "unknown": c["unknown"]["correct"],
                              "false": s["false_responses"], "recall": s["recall"]}
             if rescue_above is not None:  # the second chances said, scored alone: their latency from the utterance's end
-                alone = E.summarize([E.score_stream(meta, [e for e in apply(evs, pick, rescue_above, words, confirm, forms, ground_below)
+                alone = E.summarize([E.score_stream(meta, [e for e in apply(evs, pick, rescue_above, words, confirm, forms, ground_below, others)
                                                            if "rescue" in e or e["type"] == "stats"]) for meta, evs in items])
                 row[set_name]["second_chance_latency_p50"] = alone["latency_s_p50"]
             rule += c["command"]["correct"] + c["unknown"]["correct"] - s["false_responses"]

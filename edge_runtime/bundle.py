@@ -86,6 +86,7 @@ class Manifest:
     tokenizer: str
     control_tokens: dict[str, int]
     default_instruction: str
+    alert_words: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # reply -> words that ask for it
 
     @property
     def sample_rate(self) -> int:
@@ -213,7 +214,18 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
         tokenizer=need_file("tokenizer"),
         control_tokens={k: int(v) for k, v in control.items()},
         default_instruction=str(raw.get("default_instruction", "")),
+        alert_words=_alert_words(raw.get("alert_words", {}), where),
     )
+
+
+def _alert_words(raw, where: str) -> dict[str, tuple[str, ...]]:
+    """``alert_words``: {alert reply: [words]}; the runtime says such a reply only under an
+    instruction that contains one of its words (lower case)."""
+    ok = isinstance(raw, dict) and all(isinstance(k, str) and isinstance(v, list) and v and
+                                       all(isinstance(w, str) and w.strip() for w in v) for k, v in raw.items())
+    if not ok:
+        raise BundleError(f"{where}: alert_words: must map each alert reply to a list of words")
+    return {k: tuple(w.strip().lower() for w in v) for k, v in raw.items()}
 
 
 def _decoder_file(d: dict, files: dict, where: str, i: int) -> str:

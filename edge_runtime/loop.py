@@ -291,6 +291,8 @@ class DecisionLoop:
         self.silent_id, self.respond_id, self.end_id = (m.control_tokens[k] for k in ("silent", "respond", "end"))
         self._silent, self._respond, self._end = (bundle.embed([i]) for i in (self.silent_id, self.respond_id, self.end_id))
         self.instruction = opts.instruction if opts.instruction is not None else m.default_instruction
+        asked = self.instruction.lower()  # alert replies the instruction does not ask for are withheld (reason "unasked")
+        self._unasked = frozenset(r for r, words in m.alert_words.items() if not any(w in asked for w in words))
         self.ctx = Context(bundle, opts.context or m.decoder.max_context, opts.evict_fraction)
         self.reset()
 
@@ -379,7 +381,7 @@ class DecisionLoop:
         held until <end> and then said whole or withheld. Either way every token is fed, so the
         model's context is the same whether or not the response was said."""
         t = round(chunk.t_end, 3)
-        hold = self.opts.min_confidence > 0.0 or self.responder is not None or self._repeats.possible(t)
+        hold = self.opts.min_confidence > 0.0 or self.responder is not None or bool(self._unasked) or self._repeats.possible(t)
         if not hold:
             self.emit({"type": "response.start", "t": t})
         logits = self.ctx.feed(self._respond)
@@ -428,11 +430,12 @@ class DecisionLoop:
             self._say(t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra)
 
     def _say(self, t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra) -> None:
-        repeat = not withhold and held and self._repeats.is_repeat(text, t)
-        if withhold or repeat:
+        unasked = not withhold and held and text in self._unasked
+        repeat = not withhold and not unasked and held and self._repeats.is_repeat(text, t)
+        if withhold or unasked or repeat:
             self.withheld += 1
-            reason = "repeat" if repeat else "responder" if "heard" in extra else "confidence"
-            self.emit({"type": "response.withheld", "t": t, "text": text if repeat else extra.get("model_text", text),
+            reason = "unasked" if unasked else "repeat" if repeat else "responder" if "heard" in extra else "confidence"
+            self.emit({"type": "response.withheld", "t": t, "text": text if unasked or repeat else extra.get("model_text", text),
                        "reason": reason, "confidence": round(confidence, 4), "total_ms": total_ms, "tokens": tokens, **extra})
             return
         self._repeats.said(text, t)

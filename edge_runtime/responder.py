@@ -88,6 +88,35 @@ def heard_any(words: list[str], heard: str | None) -> bool:
     return not words or any(f" {w} " in said for w in words)
 
 
+# before a noun, not a name: "the edge of the table", "along the water's edge", "on edge"
+_NOUN_BEFORE = frozenset("the a an my your his her its our their this that on over at to".split())
+
+
+def heard_as_name(words: list[str], heard: str | None) -> bool:
+    """Was one of ``words`` (single words, normalized; none: True) heard *as a name*: not after an
+    article, a possessive or a preposition ("the edge", "the water's edge", "on edge") and not
+    before "of" ("edge of the table")?"""
+    if not words:
+        return True
+    toks = normalize(re.sub(r"\b(\w+)'s\b", r"\1 's", heard or "")).split()
+    return any(w in words and (i == 0 or toks[i - 1] not in _NOUN_BEFORE and toks[i - 1] != "'s")
+               and (i + 1 == len(toks) or toks[i + 1] != "of") for i, w in enumerate(toks))
+
+
+# words that open or close a sentence before or after a comma without addressing anyone
+_NOT_NAMES = frozenset("""hey hi hello okay ok alright yes yeah no well so oh and but then now right sorry thanks
+    please listen look wait actually also first um uh hmm excuse""".split())
+
+
+def addresses_another(name_words: list[str], heard: str | None) -> bool:
+    """Did Whisper hear someone other than the assistant addressed: a capitalised word, not one
+    of ``name_words`` nor an interjection, before a comma at the start ("George, crank it up.") or
+    after one at the end ("..., George.")?"""
+    h = (heard or "").strip()
+    found = [re.match(r"([A-Z][a-z]+),", h), re.search(r",\s*([A-Z][a-z]+)[.?!]?$", h)]
+    return any(m and m.group(1).lower() not in _NOT_NAMES and normalize(m.group(1)) not in name_words for m in found)
+
+
 class SpeechTrail:
     """Per stream: the last ``seconds`` of 16 kHz audio and a voiced flag per 20 ms frame, so that a
     response can find the utterance it answers: the last voiced run (gaps under ``gap`` seconds
@@ -184,12 +213,16 @@ class Responder:
     of the responder, e.g. Whisper base) that hears the utterance again when the first one's mean
     log-probability is under ``asr_second_below`` (or it heard nothing), with
     ``asr_second_pad_seconds`` of silence after it; the transcript of the higher mean
-    log-probability is the one read (the two mishear these voices differently: README)."""
+    log-probability is the one read (the two mishear these voices differently: README);
+    ``withhold_others``: a reply Whisper heard out is withheld when Whisper heard someone else
+    addressed ("George, crank it up.") and not the assistant's name (meant_for_another; default:
+    off). The name in ``name_words`` counts only where it is used as a name: "the water's edge"
+    confirms nothing (heard_as_name)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
-                   "asr_second_below", "asr_second_pad_seconds")
+                   "asr_second_below", "asr_second_pad_seconds", "withhold_others")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -232,6 +265,7 @@ class Responder:
         self.reply_forms = [reply_form(f) for f in raw.get("reply_forms", [])]
         self.unknown_reply = str(raw.get("unknown_reply", ""))
         self.ground_numbers = bool(raw.get("ground_numbers", False))
+        self.withhold_others = bool(raw.get("withhold_others", False))
         if (self.reply_forms or self.ground_numbers) and not self.unknown_reply:
             raise BundleError(f"{mpath}: reply_forms and ground_numbers need an unknown_reply")
         if not 0.0 <= self.rescue_above < 1.0 or self.rescue_wait < 0:
@@ -278,8 +312,14 @@ class Responder:
         return self.rescue_above > 0 and instruction not in self.repeat_instructions
 
     def confirms(self, heard: str | None) -> bool:
-        """Did Whisper hear one of ``name_words`` (whole words) in the utterance?"""
-        return heard_any(self.name_words, heard)
+        """Did Whisper hear one of ``name_words`` in the utterance, used as a name (heard_as_name)?"""
+        return heard_as_name(self.name_words, heard)
+
+    def meant_for_another(self, instruction: str, heard: str | None) -> bool:
+        """With ``withhold_others``: Whisper heard someone else addressed and not the assistant's
+        name (addresses_another), so a reply to it is withheld (never under repeat instructions)."""
+        return (self.withhold_others and instruction not in self.repeat_instructions
+                and addresses_another(self.name_words, heard) and not self.confirms(heard))
 
     def reply(self, instruction: str, heard: str) -> str:
         return self.reply_with_confidence(instruction, heard)[0]
@@ -423,7 +463,7 @@ class ResponderWorker:
         keep = overrule or r.on_silence == "model" or not ask  # the model's reply when the LM is silent or not asked
         out["said_by"] = "responder" if text else "model" if keep else None
         text = text or (model_text if keep else "")
-        if check and not r.confirms(out.get("heard")):
+        if check and not r.confirms(out.get("heard")) or text and r.meant_for_another(instruction, out.get("heard")):
             text, out["said_by"] = "", None
         text = self._grounded(instruction, text, out)
         self.say(t, text, total_ms, tokens, confidence, withhold=not text, model_text=model_text, **out)

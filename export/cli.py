@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a second Whisper that hears again what the first was unsure of (manifest asr_second; none: no second)")
     r.add_argument("--ground-numbers", action="store_true",
                    help="a reply that names a number Whisper did not hear is said as the Sorry (manifest ground_numbers)")
+    r.add_argument("--no-withhold-others", action="store_true",
+                   help="say replies to speech in which Whisper heard someone else addressed (manifest withhold_others)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
     i.add_argument("bundle")
     i.add_argument("--json", action="store_true")
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             from .responder_export import export_responder
 
             print(json.dumps(export_responder(args.lora or DEFAULT_LORA, args.out, args.asr_model, overrule=not args.no_overrule,
-                                              ground_numbers=args.ground_numbers,
+                                              ground_numbers=args.ground_numbers, withhold_others=not args.no_withhold_others,
                                               asr_second=None if args.asr_second == "none" else args.asr_second),
                              indent=2, default=str))
         elif args.cmd == "whisper":
@@ -121,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                                     "encoder": "random init (untrained audio path; decoder benchmarks)"})
             else:
                 from edge_models.checkpoint import load_checkpoint
+                from edge_models.scenarios import alert_words
 
                 model, tok, ref = load_checkpoint(args.ckpt)
-                opts = _export_opts(args, provenance={"checkpoint": args.ckpt})
+                opts = _export_opts(args, provenance={"checkpoint": args.ckpt}, alert_words=alert_words())
             export_bundle(model, tok, args.out, ref, opts)
             print(args.out)
     except BundleError as e:

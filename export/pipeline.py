@@ -55,7 +55,9 @@ class ExportOptions:
     encoder_precision: auto (int8 if it is close and not slower, else fp32), int8, fp32, or fp16
     (weights stored as fp16, half the file, computed in fp32 at fp32 speed).
     vad_gate: the manifest tells the runtime to skip the encoder on windows of quiet, speech-free
-    audio (a model trained with quiet stretches, which then costs almost nothing on silence)."""
+    audio (a model trained with quiet stretches, which then costs almost nothing on silence).
+    alert_words: {alert reply: words}: the runtime says such a reply only under an instruction
+    that contains one of its words (manifest ``alert_words``; empty: not written)."""
 
     precision: str = "int8"
     layouts: tuple[str, ...] = ("shared", "concat")
@@ -69,6 +71,7 @@ class ExportOptions:
     provenance: dict = dataclasses.field(default_factory=dict)
     encoder_precision: str = "auto"
     vad_gate: bool = False
+    alert_words: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.encoder_precision not in ENCODER_PRECISIONS:
@@ -278,6 +281,7 @@ def _write_manifest(model, out: Path, dims: DecoderDims, control, reference, pre
         "default_instruction": cfg.default_instruction,
         "quantization": precision,
         "vad_gate": opts.vad_gate,
+        **({"alert_words": opts.alert_words} if opts.alert_words else {}),
         "reference": reference,
         "model_config": cfg.to_dict(),
         "files": {n: {"sha256": sha256_file(out / n), "bytes": (out / n).stat().st_size} for n in files},

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
-                     version: str = "0.6.0", overrule: bool = True,
-                     ground_numbers: bool = False, asr_second: str | None = "base") -> dict:
+                     version: str = "0.7.0", overrule: bool = True, ground_numbers: bool = False,
+                     asr_second: str | None = "base", withhold_others: bool = True) -> dict:
     from edge_models import scenarios as sc
     from edge_models.responder import ASR_PROMPT
     from edge_models.smollm2 import EOS, LICENSE, provenance
@@ -86,6 +86,9 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # requests answered honestly 4 -> 6; acceptance streams, paced, with the second opinion: unknown the same,
         # training-wording requests 166 -> 161, for Whisper mishears numbers the model got right)
         manifest["ground_numbers"] = True
+    if withhold_others:  # a reply to "George, crank it up." as Whisper heard it is not said, and "the water's edge" is
+        # no name (tuning streams: held-out-wording false responses 2 -> 0, nothing else changed; README model card)
+        manifest["withhold_others"] = True
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return {"out": str(out), "seconds": round(time.perf_counter() - t0, 1),
             "lm_greedy_agreement": lm_report.get("decoders"), "asr_greedy": asr_report.get("greedy")}

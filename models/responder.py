@@ -67,19 +67,36 @@ def as_heard(items: list, rng: random.Random | None = None) -> list:
     return [(in_digits(normalize(t)) if rng and rng.random() < 0.5 else normalize(t), *rest) for t, *rest in items]
 
 
-def speak_and_transcribe(texts: list[str], bundle_path: str, seed: int, voices: str,
-                         asr_prompt: str = "", conditions: str = "clean") -> tuple[list[str], dict]:
-    """Each text spoken in a voice of ``voices`` (heldout, train) and transcribed by a whisper-asr
-    bundle (with ``asr_prompt`` as Whisper's context, as a responder manifest's ``asr_prompt``)
-    -> (normalised transcripts, {utterances, wer, examples}). ``conditions``: ``clean`` (the voice
-    alone) or ``stream`` (as the streams have it: a room's echo on 40%, background noise, a music
-    bed on a quarter; synth.heard_as_in_a_stream)."""
+def hearing(bundle_path: str, asr_prompt: str = ""):
+    """(audio -> transcript, the bundle's kind): a whisper-asr bundle's (with ``asr_prompt`` as Whisper's context), or
+    a responder bundle's own hearing (its prompt, padding and second recogniser: Responder.hear)."""
+    try:
+        kind = json.loads((Path(bundle_path) / "manifest.json").read_text()).get("kind")
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"edge-train-responder: {bundle_path}: no readable manifest.json ({e})") from None
+    if kind == "responder":
+        if asr_prompt:
+            raise SystemExit(f"edge-train-responder: {bundle_path} is a responder bundle: it hears with its own asr_prompt")
+        from edge_runtime.responder import Responder
+
+        responder = Responder(bundle_path)
+        return (lambda audio: responder.hear(audio)[0]), kind
     from edge_runtime.whisper_asr import AsrOptions, WhisperBundle
 
+    asr, opts = WhisperBundle(bundle_path), AsrOptions(prompt=asr_prompt)
+    return (lambda audio: asr.transcribe(audio, opts)[0]), kind
+
+
+def speak_and_transcribe(texts: list[str], bundle_path: str, seed: int, voices: str,
+                         asr_prompt: str = "", conditions: str = "clean") -> tuple[list[str], dict]:
+    """Each text spoken in a voice of ``voices`` (heldout, train) and transcribed as ``hearing``
+    does with ``bundle_path`` -> (normalised transcripts, {heard_by, utterances, wer, examples}).
+    ``conditions``: ``clean`` (the voice alone) or ``stream`` (as the streams have it: a room's
+    echo on 40%, background noise, a music bed on a quarter; synth.heard_as_in_a_stream)."""
     from . import synth
     from .evaluate import wer_counts
 
-    asr, rng, heard, wrong = WhisperBundle(bundle_path), random.Random(seed), [], 0
+    (hear, kind), rng, heard, wrong = hearing(bundle_path, asr_prompt), random.Random(seed), [], 0
     pad = np.zeros(int(0.3 * synth.SR), np.float32)
     for i, text in enumerate(texts):
         voice = synth.speak(text, synth.random_voice(rng, voices))
@@ -87,12 +104,12 @@ def speak_and_transcribe(texts: list[str], bundle_path: str, seed: int, voices: 
             audio = synth.heard_as_in_a_stream(rng, voice, room_echo=rng.random() < 0.4, noise=True, music=rng.random() < 0.25)
         else:
             audio = np.concatenate([pad, voice, pad])
-        heard.append(normalize(asr.transcribe(audio, AsrOptions(prompt=asr_prompt))[0]))
+        heard.append(normalize(hear(audio)))
         wrong += wer_counts(in_digits(normalize(text)).split(), in_digits(heard[-1]).split())
         if (i + 1) % 250 == 0:
             print(f"  transcribed {i + 1}/{len(texts)}", file=sys.stderr)
     words = sum(len(in_digits(normalize(t)).split()) for t in texts)
-    return heard, {"utterances": len(texts), "wer": round(wrong / max(words, 1), 4),
+    return heard, {"heard_by": kind, "utterances": len(texts), "wer": round(wrong / max(words, 1), 4),
                    "examples": [{"said": t, "heard": h} for t, h in zip(texts[:4], heard[:4])]}
 
 
@@ -286,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edge-train-responder", description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, help="folder for the delta and the report")
     ap.add_argument("--train", type=int, default=4000, help="text pairs (train++ wording)")
-    ap.add_argument("--asr", metavar="BUNDLE", help="a whisper-asr bundle: add pairs as it hears them in training voices")
+    ap.add_argument("--asr", metavar="BUNDLE", help="a whisper-asr bundle: add pairs as it hears them in training voices; "
+                                                    "a responder bundle: as its recognisers hear them (Responder.hear)")
     ap.add_argument("--heard", type=int, default=1500, help="with --asr: how many heard pairs")
     ap.add_argument("--asr-prompt", default="", help="with --asr: Whisper's context while it hears them (manifest asr_prompt)")
     ap.add_argument("--asr-conditions", choices=("clean", "stream"), default="stream",

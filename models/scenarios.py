@@ -227,6 +227,21 @@ SOUND_RESPONSES = {
     "timer": "The kitchen timer is beeping.",
     "glass": "I heard glass breaking.",
 }
+ALERT_WORDS = {  # any of these in an instruction (lower case) asks for the class: every SOUND_NAMES entry has one
+    "smoke_alarm": ("alarm", "smoke", "fire"),
+    "doorbell": ("bell",),
+    "knocking": ("knock",),
+    "phone": ("phone",),
+    "timer": ("timer",),
+    "glass": ("glass", "window"),
+}
+
+
+def alert_words() -> dict[str, list[str]]:
+    """{alert reply: the words that ask for it}: a bundle manifest's ``alert_words``."""
+    return {SOUND_RESPONSES[c]: list(ALERT_WORDS[c]) for c in SOUND_CLASSES}
+
+
 DISTRACTOR_SOUNDS = ["music", "noise_burst", "water", "footsteps", "clapping", "hum"]
 
 # --------------------------------------------------------------------------- instructions

@@ -711,7 +711,7 @@ def run(cfg: dict, work: Path, export_to: Path | None = None) -> Path | None:
         m, tk, ref = load_checkpoint(ckpt)
         opts = ExportOptions(precision=cfg["export"]["precision"], max_context=cfg["export"]["max_context"],
                              encoder_precision=cfg["export"].get("encoder_precision", "auto"),
-                             vad_gate=bool(cfg["export"].get("vad_gate", False)),
+                             vad_gate=bool(cfg["export"].get("vad_gate", False)), alert_words=sc.alert_words(),
                              name=cfg["model"]["name"], version=cfg["model"]["version"], license=cfg["model"]["license"],
                              provenance={"encoder": {"whisper": "tiny.en", **provenance("tiny.en")},
                                          "training": {"recipe": "edge-train (models/train.py)", "config": cfg,

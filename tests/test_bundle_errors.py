@@ -84,3 +84,10 @@ def test_responder_export_names_a_missing_recogniser_before_building_anything(tm
     with pytest.raises(ValueError, match="unknown Whisper model 'small'"):
         export_responder(DEFAULT_LORA, tmp_path / "responder", asr_second="small")
     assert not (tmp_path / "responder").exists()
+
+
+@pytest.mark.parametrize("bad", [["The phone is ringing."], {"The phone is ringing.": []}, {"The phone is ringing.": "phone"}])
+def test_malformed_alert_words_is_a_one_line_error(bundle_copy, bad):
+    edit_manifest(bundle_copy, lambda m: m.update(alert_words=bad))
+    with pytest.raises(BundleError, match="alert_words"):
+        load_manifest(bundle_copy)

@@ -121,3 +121,16 @@ def test_quiet_gate_is_exact_on_digital_silence_and_cuts_idle_work():
     assert n_plain == 0 and n_gated >= 15, (n_gated, n_plain)  # 4 s + the last 4 s of silence: ~20 chunks
     assert len(plain) == 35 and [t for t, _ in gated] == [t for t, _ in plain]
     assert max(abs(a - b) for (_, a), (_, b) in zip(gated, plain)) < 1e-4
+
+
+def test_alert_words_ask_for_each_class_by_every_name_an_instruction_uses():
+    """The shipped manifest's ``alert_words`` (the exporter writes scenarios.alert_words()): every
+    way an instruction names a sound class contains one of that class's words and none of another
+    class's, and the default instruction asks for every class."""
+    manifest = json.loads((BUNDLES / "default" / "manifest.json").read_text())
+    assert manifest["alert_words"] == sc.alert_words()
+    for c, names in sc.SOUND_NAMES.items():
+        for name in names:
+            hits = {k for k, words in sc.ALERT_WORDS.items() if any(w in name.lower() for w in words)}
+            assert hits == {c}, (name, hits)
+    assert all(any(w in sc.DEFAULT_INSTRUCTION.lower() for w in words) for words in sc.ALERT_WORDS.values())

@@ -282,3 +282,33 @@ def test_the_loop_withholds_a_repeated_response(slow_bundle, tmp_path):
     again = [(t, x, "repeat") for t, x in said(plain) if (t, x) not in first]
     assert said(guarded) == first
     assert [(e["t"], e["text"], e["reason"]) for e in guarded if e["type"] == "response.withheld"] == again
+
+
+def test_an_alert_reply_the_instruction_does_not_ask_for_is_withheld(slow_bundle, tmp_path):
+    """Manifest ``alert_words``: a reply listed there is said only under an instruction that
+    contains one of its words (a piece of a word counts, case aside); otherwise it is held whole
+    and withheld (reason unasked). Every token is fed either way, so the model decides as before."""
+    import shutil
+
+    from conftest import edit_manifest
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(slow_bundle, bundle)
+    audio, say = speechlike(8.0), [2, 5, 8, 11, 14, 17]
+    opts = LoopOptions(max_response_tokens=6, fifo=False, repeat_gap=0)  # under the bundle's default instruction
+    word = Bundle(bundle).manifest.default_instruction.split()[-1].strip(".").upper()
+
+    def run(alert_words):
+        edit_manifest(bundle, lambda m: m.update(alert_words=alert_words))
+        return _run_feed(Bundle(bundle), audio, 400, opts, ScriptedDecider(say))
+    free = run({})
+    texts = [e["text"] for e in free if e["type"] == "response.end"]
+    assert len(texts) == len(say) and len(set(texts)) >= 2, texts  # the random model says at least two things
+    unasked, asked = texts[0], next(x for x in texts if x != texts[0])
+    guarded = run({unasked: ["no such word"], asked: ["nor this", word]})
+    np.testing.assert_allclose([q for _, q in _decisions(guarded)], [q for _, q in _decisions(free)], atol=1e-5)
+    assert [e["text"] for e in guarded if e["type"] == "response.end"] == [x for x in texts if x != unasked]
+    assert [(e["text"], e["reason"]) for e in guarded if e["type"] == "response.withheld"] == \
+        [(unasked, "unasked")] * texts.count(unasked)
+    named = run({unasked: [word[:3]], asked: [word]})
+    assert [e["text"] for e in named if e["type"] == "response.end"] == texts

@@ -24,10 +24,11 @@ class StandIn:
         self.repeat_instructions, self.repeat_below = {"Transcribe what you hear."}, 0.5
         self.rescue_above, self.rescue_wait, self.name_words, self.confirm_replies = rescue_above, 0.5, ["edge"], set()
         self.overrule_logprob, self.overrule_confidence, self.unknown_reply = None, 0.0, "Sorry, I can't do that yet."
-        self.ground_numbers = False
+        self.ground_numbers, self.withhold_others = False, False
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
     rescues, confirms, overrules, trusted = Responder.rescues, Responder.confirms, Responder.overrules, Responder.trusted
+    meant_for_another = Responder.meant_for_another
     grounded = Responder.grounded
 
     @property
@@ -186,6 +187,43 @@ def test_confirm_replies_are_said_only_when_whisper_heard_the_name(tiny_bundle):
         worker.submit(t, 0.0, "Turning on the lights.", 0.9, 6, "Answer when someone talks to you.", None, ask=False, check=True)
     worker.close()
     assert said == [(1.0, "Turning on the lights.", False, "model"), (2.0, "", True, None), (3.0, "", True, None)]
+
+
+def test_the_name_counts_only_where_it_is_heard_as_a_name():
+    from edge_runtime.responder import heard_as_name
+
+    for heard in ("Edge, turn on the lights.", "Hey Edge, what time is it?", "turn it up, Edge.", "Okay edge set a timer"):
+        assert heard_as_name(["edge"], heard), heard
+    for heard in ("We walked along the water's edge.", "the edge of the table", "I'm a bit on edge today.",
+                  "Put it over the edge.", "Edge of the world", "knowledge is power", "hedge the bet", ""):
+        assert not heard_as_name(["edge"], heard), heard
+    assert heard_as_name([], "anything at all")
+
+
+def test_a_reply_is_withheld_when_whisper_heard_someone_else_addressed():
+    """withhold_others: "George, crank it up." and "..., George." are meant for someone else unless
+    the name was heard too; interjections ("Okay, ...") address nobody; never under repeat
+    instructions (a transcript of it is what was asked for)."""
+    from edge_runtime.responder import ResponderWorker, addresses_another
+
+    assert addresses_another(["edge"], "George, crank it up.") and addresses_another(["edge"], "Lights on please, Maya.")
+    for heard in ("Okay, turn it up.", "Edge, turn it up.", "turn it up, Edge.", "Turn it up, please.", "turn it up", None):
+        assert not addresses_another(["edge"], heard), heard
+    s = StandIn(ask_below=1.01, passes_third=False)
+    hearings = iter(["George, crank it up.", "George, crank it up.", "Edge, George wants it louder, Edge.", "Well, crank it up."] * 2)
+    s.answer = lambda instruction, audio, lm=True: {"text": "Turning the volume up.", "heard": next(hearings)}
+    said = []
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold)))
+    for withhold_others in (False, True):
+        s.withhold_others = withhold_others
+        for t, instruction in enumerate(("Answer when someone talks to you.", "Transcribe what you hear.",
+                                         "Answer when someone talks to you.", "Answer when someone talks to you.")):
+            worker.submit(t, 0.0, "Turning the volume down.", 0.5, 6, instruction, None)
+        worker._jobs.join()
+    worker.close()
+    up = "Turning the volume up."
+    assert said == [(0, up, False), (1, up, False), (2, up, False), (3, up, False),
+                    (0, "", True), (1, up, False), (2, up, False), (3, up, False)]
 
 
 def test_a_sure_reply_gives_way_to_the_lms_only_when_whisper_and_the_lm_are_sure(tiny_bundle):
