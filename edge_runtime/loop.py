@@ -430,12 +430,11 @@ class DecisionLoop:
             self._say(t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra)
 
     def _say(self, t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra) -> None:
-        unasked = not withhold and held and text in self._unasked
-        repeat = not withhold and not unasked and held and self._repeats.is_repeat(text, t)
-        if withhold or unasked or repeat:
+        because = None if withhold else self._not_said_because(text, t, held)
+        if withhold or because:
             self.withheld += 1
-            reason = "unasked" if unasked else "repeat" if repeat else "responder" if "heard" in extra else "confidence"
-            self.emit({"type": "response.withheld", "t": t, "text": text if unasked or repeat else extra.get("model_text", text),
+            reason = because or ("responder" if "heard" in extra else "confidence")
+            self.emit({"type": "response.withheld", "t": t, "text": text if because else extra.get("model_text", text),
                        "reason": reason, "confidence": round(confidence, 4), "total_ms": total_ms, "tokens": tokens, **extra})
             return
         self._repeats.said(text, t)
@@ -452,6 +451,15 @@ class DecisionLoop:
                    "first_token_ms": round(first_ms, 2) if first_ms is not None else None,
                    "total_ms": total_ms, "tokens": tokens,
                    "confidence": round(confidence, 4), **extra})
+
+    def _not_said_because(self, text: str, t: float, held: bool) -> str | None:
+        """Why a whole response is not said: an alert reply the instruction did not ask for
+        (``unasked``), a ``repeat``; None: it is said. A streamed one is said."""
+        if not held:
+            return None
+        if text in self._unasked:
+            return "unasked"
+        return "repeat" if self._repeats.is_repeat(text, t) else None
 
     def close(self) -> None:
         """Wait for the responder to finish what it was handed (the stream is ending)."""
