@@ -23,11 +23,6 @@ seeds, never the acceptance streams):
   ``overrule_logprob``, ``overrule_confidence``; never under the transcription instructions);
   ``+numbers``: a reply Whisper heard out that names a number it did not hear is said as the
   Sorry (manifest ``ground_numbers``).
-- ``...+others``: a reply is not said when Whisper heard someone else addressed and not the name
-  (manifest ``withhold_others``); ``+judged<J@asr>=A``: and the LM's reply over a sure one of the
-  model's that the LM itself scores under J (mean log-probability per token: the run's
-  ``judged``, manifest ``judge_replies``) when Whisper's mean log-probability is at least A. In
-  every row the name counts only where Whisper heard it as a name (``heard_as_name``).
 
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
@@ -64,7 +59,6 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
     b, r = Bundle(bundle), Responder(responder, SessionConfig(threads=2))
     r.ask_below, r.on_silence, r.repeat_instructions = 1.01, "withhold", set()  # everything, as it comes
     r.rescue_above, r.name_words, r.confirm_replies, r.reply_forms = RESCUE[0], [], set(), []  # all, nothing checked
-    r.judge_replies, r.withhold_others = True, False  # the LM's score of each reply of the model's: ``judged``
     out = {}
     for name, n in streams.items():
         t0 = time.monotonic()
@@ -152,25 +146,6 @@ def overruled(logprob: float, confidence: float):
     return choose
 
 
-def judged(logprob: float, confidence: float, below: float, asr_floor: float):
-    """``overruled(logprob, confidence)``, and also the LM's reply over a sure one of the model's
-    that the LM scores under ``below`` (the run's ``judged``: its mean log-probability per token of
-    the model's reply) when Whisper's mean log-probability is at least ``asr_floor`` and the LM
-    wrote a reply other than the Sorry."""
-    from edge_models.scenarios import SORRY
-
-    base = overruled(logprob, confidence)
-
-    def choose(m: str, r: str, e: dict) -> str:
-        if e["confidence"] >= 0.7 and r and r != SORRY and e.get("judged", 0.0) < below \
-                and (e.get("asr_logprob") or -99) >= asr_floor:
-            return r
-        return base(m, r, e)
-
-    choose.repeat = base.repeat
-    return choose
-
-
 def score(dump: dict) -> dict:
     """{policy: {set: brief numbers, "speech_rule": requests + unknown - false over both wordings}}."""
     from edge_models import evaluate as E
@@ -191,12 +166,8 @@ def score(dump: dict) -> dict:
                              for t in (-0.2, -0.3, -0.4, -0.5) for c in (0.0, 0.5, 0.9) for g in (None, 1.01)]
     runs = [(*r, False) for r in runs]  # the last field: withhold_others (responder 0.7.0)
     if any("rescue" in e for items in dump.values() for _, evs in items for e in evs):
-        shipped = ("model_unsure<0.7_keep+overrule(-0.3,0.5)+rescue>=0.01+name+confirm+forms+others", overruled(-0.3, 0.5),
-                   0.01, (NAME.lower(),), (SORRY,), tuple(reply_forms()), None, True)
-        runs.append(shipped)
-        if any("judged" in e for items in dump.values() for _, evs in items for e in evs):
-            runs += [(f"{shipped[0]}+judged<{j}@asr>={a}", judged(-0.3, 0.5, j, a), *shipped[2:])
-                     for j in (-1.0, -1.5, -2.0, -3.0, -4.0) for a in (-0.5, -0.7, -1.0, -99.0)]
+        runs.append(("model_unsure<0.7_keep+overrule(-0.3,0.5)+rescue>=0.01+name+confirm+forms+others", overruled(-0.3, 0.5),
+                     0.01, (NAME.lower(),), (SORRY,), tuple(reply_forms()), None, True))
     for name, choose, rescue_above, words, confirm, forms, ground_below, others in runs:
         row, rule = {}, 0
         for set_name, items in dump.items():

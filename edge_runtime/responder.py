@@ -217,14 +217,12 @@ class Responder:
     ``withhold_others``: a reply Whisper heard out is withheld when Whisper heard someone else
     addressed ("George, crank it up.") and not the assistant's name (meant_for_another; default:
     off). The name in ``name_words`` counts only where it is used as a name: "the water's edge"
-    confirms nothing (heard_as_name); ``judge_replies``: when the LM writes a reply, it also scores
-    the model's (``judge``; the event's ``judged``), for policy studies (default: off)."""
+    confirms nothing (heard_as_name)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
-                   "asr_second_below", "asr_second_pad_seconds", "withhold_others",
-                   "judge_replies")
+                   "asr_second_below", "asr_second_pad_seconds", "withhold_others")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -268,7 +266,6 @@ class Responder:
         self.unknown_reply = str(raw.get("unknown_reply", ""))
         self.ground_numbers = bool(raw.get("ground_numbers", False))
         self.withhold_others = bool(raw.get("withhold_others", False))
-        self.judge_replies = bool(raw.get("judge_replies", False))
         if (self.reply_forms or self.ground_numbers) and not self.unknown_reply:
             raise BundleError(f"{mpath}: reply_forms and ground_numbers need an unknown_reply")
         if not 0.0 <= self.rescue_above < 1.0 or self.rescue_wait < 0:
@@ -329,8 +326,15 @@ class Responder:
 
     def reply_with_confidence(self, instruction: str, heard: str) -> tuple[str, float]:
         """Greedy reply of the LM to (instruction, transcript), "" being its silence, and its
-        confidence (the lowest probability of any token it chose, the end token included)."""
-        logits = self._prompted(instruction, heard)
+        confidence (the lowest probability of any token it chose, the end token included). The
+        prompt up to the transcript is prefilled once per instruction and kept as the cache's sink."""
+        head, tail = self.prompt.replace("{instruction}", instruction).split("{heard}")
+        if self._sink_of != head:
+            self._ctx.set_sink(self.lm.embed(self.lm.token_ids(head)))
+            self._sink_of = head
+        self._ctx.cache.truncate(self._ctx.sink_len)
+        self._ctx.blocks.clear()
+        logits = self._ctx.feed(self.lm.embed(self.lm.token_ids(normalize(heard) + tail)))
         ids: list[int] = []
         confidence = 1.0
         while len(ids) < self.max_tokens:
@@ -341,29 +345,6 @@ class Responder:
             ids.append(nxt)
             logits = self._ctx.feed(self.lm.embed([nxt]))
         return self.lm.tokenizer.decode(ids).strip(), confidence
-
-    def _prompted(self, instruction: str, heard: str) -> np.ndarray:
-        """The LM's context holding the prompt for (instruction, transcript) and nothing after it ->
-        the logits of the reply's first token. The prompt up to the transcript is prefilled once per
-        instruction and kept as the cache's sink."""
-        head, tail = self.prompt.replace("{instruction}", instruction).split("{heard}")
-        if self._sink_of != head:
-            self._ctx.set_sink(self.lm.embed(self.lm.token_ids(head)))
-            self._sink_of = head
-        self._ctx.cache.truncate(self._ctx.sink_len)
-        self._ctx.blocks.clear()
-        return self._ctx.feed(self.lm.embed(self.lm.token_ids(normalize(heard) + tail)))
-
-    def judge(self, instruction: str, heard: str, text: str) -> float:
-        """The LM's mean log-probability per token of ``text`` (its tokens and the end token) as the
-        reply to (instruction, transcript): how well another's reply fits what Whisper heard."""
-        logits, total, ids = self._prompted(instruction, heard), 0.0, self.lm.token_ids(text) + [self.end_id]
-        for i, nxt in enumerate(ids):
-            z = logits.astype(np.float64) - logits.max()
-            total += float(z[nxt] - np.log(np.exp(z).sum()))
-            if i + 1 < len(ids):
-                logits = self._ctx.feed(self.lm.embed([nxt]))
-        return total / len(ids)
 
     def hear(self, audio: np.ndarray) -> tuple[str, dict]:
         """Whisper's transcript and info; with ``asr_second``, the second recogniser's instead when
@@ -381,11 +362,10 @@ class Responder:
                 "ms": round(1000 * (time.monotonic() - t0), 1), "read": read}
         return (heard2, info2 | {"second": note}) if read else (heard, info | {"second": note})
 
-    def answer(self, instruction: str, audio: np.ndarray | None, lm: bool = True, judge: str = "") -> dict:
+    def answer(self, instruction: str, audio: np.ndarray | None, lm: bool = True) -> dict:
         """The utterance (SpeechTrail.utterance(); None: no speech to answer) ->
         {"text": what to say ("" for silence), "heard": transcript, "asr_ms", "lm_ms"}; with
-        ``lm`` False only Whisper runs (its transcript is in "heard", "text" is ""); with ``judge``
-        (the model's reply) and the LM asked, "judged": the LM's score of it (``judge``)."""
+        ``lm`` False only Whisper runs (its transcript is in "heard", "text" is "")."""
         if audio is None:
             return {"text": "", "heard": None, "asr_ms": 0.0, "lm_ms": 0.0}
         with self._lock:
@@ -398,8 +378,6 @@ class Responder:
                 text, confidence = heard.strip(), 1.0
             else:
                 text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
-            judged = None if not (lm and judge and heard.strip()) or instruction in self.repeat_instructions \
-                else round(self.judge(instruction, heard, judge), 4)
         if text and text == normalize(heard):  # it repeats what was said: say it as Whisper wrote it
             text = heard.strip()
         extra = {}
@@ -408,8 +386,6 @@ class Responder:
         logprob = info.get("avg_logprob")
         if "second" in info:
             extra["asr_second"] = info["second"]
-        if judged is not None:
-            extra["judged"] = judged
         return {"text": text, **extra, "heard": heard, "asr_ms": round(1000 * (t1 - t0), 1),
                 "lm_ms": round(1000 * (time.monotonic() - t1), 1),
                 "asr_logprob": None if logprob is None else round(float(logprob), 4), "lm_confidence": round(confidence, 4)}
@@ -470,7 +446,7 @@ class ResponderWorker:
                 audio: np.ndarray | None, ask: bool, check: bool, rescue: float | None, voiced: int, overrule: bool) -> None:
         r = self.responder
         try:
-            out = r.answer(instruction, audio, lm=ask, **({"judge": model_text} if r.judge_replies and model_text else {}))
+            out = r.answer(instruction, audio, lm=ask)
         except Exception as e:  # say what the model said rather than lose the response
             log.exception("responder failed")
             out, check = {"text": model_text, "heard": None, "error": str(e)}, False

@@ -24,7 +24,7 @@ class StandIn:
         self.repeat_instructions, self.repeat_below = {"Transcribe what you hear."}, 0.5
         self.rescue_above, self.rescue_wait, self.name_words, self.confirm_replies = rescue_above, 0.5, ["edge"], set()
         self.overrule_logprob, self.overrule_confidence, self.unknown_reply = None, 0.0, "Sorry, I can't do that yet."
-        self.ground_numbers, self.withhold_others, self.judge_replies = False, False, False
+        self.ground_numbers, self.withhold_others = False, False
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
     rescues, confirms, overrules, trusted = Responder.rescues, Responder.confirms, Responder.overrules, Responder.trusted
@@ -187,26 +187,6 @@ def test_confirm_replies_are_said_only_when_whisper_heard_the_name(tiny_bundle):
         worker.submit(t, 0.0, "Turning on the lights.", 0.9, 6, "Answer when someone talks to you.", None, ask=False, check=True)
     worker.close()
     assert said == [(1.0, "Turning on the lights.", False, "model"), (2.0, "", True, None), (3.0, "", True, None)]
-
-
-def test_judge_replies_hands_the_models_reply_to_the_lm_to_score():
-    """judge_replies: the worker asks the responder to score the model's reply too, and the event
-    carries it (``judged``); off, the responder is asked as before."""
-    from edge_runtime.responder import ResponderWorker
-
-    s, seen, said = StandIn(), [], []
-
-    def answer(instruction, audio, lm=True, **kw):
-        seen.append(kw)
-        return {"text": "", "heard": "edge"} | ({"judged": -0.5} if kw else {})
-    s.answer = answer
-    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append(kw.get("judged")))
-    for judge in (False, True):
-        s.judge_replies = judge
-        worker.submit(0.0, 0.0, "Turning the volume up.", 0.5, 6, "Answer when someone talks to you.", None)
-        worker._jobs.join()
-    worker.close()
-    assert seen == [{}, {"judge": "Turning the volume up."}] and said == [None, -0.5]
 
 
 def test_the_name_counts_only_where_it_is_heard_as_a_name():
