@@ -23,6 +23,9 @@ seeds, never the acceptance streams):
   ``overrule_logprob``, ``overrule_confidence``; never under the transcription instructions);
   ``+numbers``: a reply Whisper heard out that names a number it did not hear is said as the
   Sorry (manifest ``ground_numbers``).
+- ``...+others``: a reply is not said when Whisper heard someone else addressed and not the name
+  (manifest ``withhold_others``). In every row the name counts only where Whisper heard it as a
+  name (``heard_as_name``).
 
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
@@ -59,6 +62,7 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
     b, r = Bundle(bundle), Responder(responder, SessionConfig(threads=2))
     r.ask_below, r.on_silence, r.repeat_instructions = 1.01, "withhold", set()  # everything, as it comes
     r.rescue_above, r.name_words, r.confirm_replies, r.reply_forms = RESCUE[0], [], set(), []  # all, nothing checked
+    r.withhold_others = False
     out = {}
     for name, n in streams.items():
         t0 = time.monotonic()
