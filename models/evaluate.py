@@ -170,13 +170,16 @@ def score_stream(stream_meta: dict, events: list[dict]) -> dict:
 
 def false_cause(events: list[dict], t: float, wanted: list[dict], used: list[bool]) -> str:
     """What was heard when a false response began: the latest event whose window (as for
-    matching) holds ``t``. ``repeat`` (a second answer to an answered event), ``unwatched:CLASS``,
-    ``distractor:CLASS``, ``speech:INTENT`` (other, near_miss, ...), or ``background``."""
+    matching) holds ``t``. ``repeat`` (a second answer to an answered event), ``late`` (an answer
+    to an event that was asked for, after its window), ``unwatched:CLASS``, ``distractor:CLASS``,
+    ``speech:INTENT`` (other, near_miss, ...), or ``background``."""
     for ev in sorted(events, key=lambda e: -e["start"]):
         if not ev["start"] <= t <= max(window_end(ev), ev["end"]):
             continue
         if any(u and w is ev for w, u in zip(wanted, used)):
             return "repeat"
+        if any(w is ev for w in wanted):  # asked for, but not answered in time: this answer came too late
+            return "late"
         if ev["kind"] == "speech":
             return f"speech:{ev['meta'].get('intent', 'other')}"
         return f"{'unwatched' if ev['what'] in SOUND_CLASSES else 'distractor'}:{ev['what']}"

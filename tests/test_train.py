@@ -67,7 +67,7 @@ def test_heldout_wording_never_in_training_text(wording):
 
 
 def test_scoring_matches_false_and_latency():
-    meta = {"duration": 20.0, "events": [
+    meta = {"duration": 40.0, "events": [
         {"kind": "speech", "start": 1.0, "end": 2.5, "what": "Edge, what time is it", "response": "Checking the time.",
          "due": 2.75, "meta": {"intent": "time", "addressed": True}},
         {"kind": "sound", "start": 6.0, "end": 8.0, "what": "doorbell", "response": "The doorbell is ringing.",
@@ -80,6 +80,8 @@ def test_scoring_matches_false_and_latency():
          "meta": {"watched": False}},
         {"kind": "speech", "start": 23.0, "end": 24.0, "what": "on the edge of the cliff", "response": None,
          "due": None, "meta": {"intent": "near_miss", "addressed": False}},
+        {"kind": "sound", "start": 30.0, "end": 36.0, "what": "timer", "response": "The kitchen timer is beeping.",
+         "due": 30.6, "meta": {"watched": True}},
     ]}
     events = [
         {"type": "response.end", "t": 2.8, "text": "Checking the time.", "first_token_ms": 20.0, "confidence": 0.99},
@@ -91,20 +93,22 @@ def test_scoring_matches_false_and_latency():
         {"type": "response.end", "t": 21.4, "text": "Someone is knocking.", "first_token_ms": 20.0},  # on water
         {"type": "response.end", "t": 25.0, "text": "Checking the time.", "first_token_ms": 20.0},  # a near miss
         {"type": "response.end", "t": 28.0, "text": "Checking the time.", "first_token_ms": 20.0},  # on nothing
+        {"type": "response.end", "t": 33.2, "text": "The kitchen timer is beeping.", "first_token_ms": 20.0},  # too late
         {"type": "stats", "chunk_ms_p50": 30.0},
     ]
     s = score_stream(meta, events)
-    assert len(s["matched"]) == 2 and len(s["false"]) == 5 and len(s["missed"]) == 1
+    assert len(s["matched"]) == 2 and len(s["false"]) == 6 and len(s["missed"]) == 2
     assert [f["cause"] for f in s["false"]] == ["repeat", "unwatched:phone", "distractor:water", "speech:near_miss",
-                                                "background"]
+                                                "background", "late"]
     assert s["matched"][0]["latency_s"] == pytest.approx(0.3 + 0.03 + 0.02)
     out = summarize([s])
-    assert out["recall"] == pytest.approx(2 / 3, abs=1e-4)
-    assert out["false_by_cause"] == {"background": 1, "distractor:water": 1, "repeat": 1, "speech:near_miss": 1,
+    assert out["recall"] == pytest.approx(2 / 4, abs=1e-4)
+    assert out["false_by_cause"] == {"background": 1, "distractor:water": 1, "late": 1, "repeat": 1, "speech:near_miss": 1,
                                      "unwatched:phone": 1}
-    assert out["by_category"]["sound"] == {"events": 1, "matched": 1, "correct": 0, "exact": 0, "recall": 1.0,
+    assert out["by_category"]["sound"] == {"events": 2, "matched": 1, "correct": 0, "exact": 0, "recall": 0.5,
                                            "correct_of_events": 0.0}
-    assert out["by_category"]["sound:doorbell"] == out["by_category"]["sound"]  # and per sound class
+    assert out["by_category"]["sound:doorbell"] == {"events": 1, "matched": 1, "correct": 0, "exact": 0, "recall": 1.0,
+                                                    "correct_of_events": 0.0}  # and per sound class
     assert out["by_category"]["unknown"]["recall"] == 0.0
     assert out["confidence"] == {"correct": {"n": 1, "p10": 0.99, "p25": 0.99, "p50": 0.99},
                                  "wrong": {"n": 1, "p10": 0.4, "p25": 0.4, "p50": 0.4},
