@@ -86,8 +86,9 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # requests answered honestly 4 -> 6; acceptance streams, paced, with the second opinion: unknown the same,
         # training-wording requests 166 -> 161, for Whisper mishears numbers the model got right)
         manifest["ground_numbers"] = True
-    if withhold_others:  # a reply to "George, crank it up." as Whisper heard it is not said, and "the water's edge" is
-        # no name (tuning streams: held-out-wording false responses 2 -> 0, nothing else changed; README model card)
+    if withhold_others:  # a reply to "George, crank it up." as Whisper heard it is not said (tuning streams, with the
+        # name counted only as a name: held-out-wording false responses 2 -> 0; acceptance streams, paced: 7 -> 1, the
+        # same requests and unknown answers; README model card)
         manifest["withhold_others"] = True
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return {"out": str(out), "seconds": round(time.perf_counter() - t0, 1),
