@@ -93,14 +93,19 @@ _NOUN_BEFORE = frozenset("the a an my your his her its our their this that on ov
 
 
 def heard_as_name(words: list[str], heard: str | None) -> bool:
-    """Was one of ``words`` (single words, normalized; none: True) heard *as a name*: not after an
-    article, a possessive or a preposition ("the edge", "the water's edge", "on edge") and not
+    """Was one of ``words`` (normalized words or phrases; none: True) heard *as a name*: not after
+    an article, a possessive or a preposition ("the edge", "the water's edge", "on edge") and not
     before "of" ("edge of the table")?"""
     if not words:
         return True
     toks = normalize(re.sub(r"\b(\w+)'s\b", r"\1 's", heard or "")).split()
-    return any(w in words and (i == 0 or toks[i - 1] not in _NOUN_BEFORE and toks[i - 1] != "'s")
-               and (i + 1 == len(toks) or toks[i + 1] != "of") for i, w in enumerate(toks))
+    for name in (w.split() for w in words):
+        for i in range(len(toks) - len(name) + 1):
+            j = i + len(name)
+            if toks[i:j] == name and (i == 0 or toks[i - 1] not in _NOUN_BEFORE and toks[i - 1] != "'s") \
+                    and (j == len(toks) or toks[j] != "of"):
+                return True
+    return False
 
 
 # words that open or close a sentence before or after a comma without addressing anyone

@@ -198,6 +198,7 @@ def test_the_name_counts_only_where_it_is_heard_as_a_name():
                   "Put it over the edge.", "Edge of the world", "knowledge is power", "hedge the bet", ""):
         assert not heard_as_name(["edge"], heard), heard
     assert heard_as_name([], "anything at all")
+    assert heard_as_name(["hey edge"], "Hey Edge, lights on.") and not heard_as_name(["hey edge"], "Edge, lights on.")
 
 
 def test_a_reply_is_withheld_when_whisper_heard_someone_else_addressed():
