@@ -73,10 +73,10 @@ def hearing(bundle_path: str, asr_prompt: str = ""):
     try:
         kind = json.loads((Path(bundle_path) / "manifest.json").read_text()).get("kind")
     except (OSError, ValueError) as e:
-        raise SystemExit(f"edge-train-responder: {bundle_path}: no readable manifest.json ({e})") from None
+        raise ValueError(f"{bundle_path}: no readable manifest.json ({e})") from None
     if kind == "responder":
         if asr_prompt:
-            raise SystemExit(f"edge-train-responder: {bundle_path} is a responder bundle: it hears with its own asr_prompt")
+            raise ValueError(f"{bundle_path} is a responder bundle: it hears with its own asr_prompt")
         from edge_runtime.responder import Responder
 
         responder = Responder(bundle_path)
@@ -329,8 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"train_pairs": a.train, "steps": a.steps, "batch": a.batch, "lr": a.lr, "rank": a.rank}
     if a.asr:
         items = examples(6, a.heard, "train++")
-        heard, report["asr_train"] = speak_and_transcribe([s for _, s, _, _ in items], a.asr, 7, voices="train",
-                                                          asr_prompt=a.asr_prompt, conditions=a.asr_conditions)
+        try:
+            heard, report["asr_train"] = speak_and_transcribe([s for _, s, _, _ in items], a.asr, 7, voices="train",
+                                                              asr_prompt=a.asr_prompt, conditions=a.asr_conditions)
+        except ValueError as e:
+            print(f"edge-train-responder: error: {e}", file=sys.stderr)
+            return 2
         report["asr_prompt"], report["asr_conditions"] = a.asr_prompt, a.asr_conditions
         data += read_as(items, heard)
         print(f"edge-train-responder: Whisper WER on {a.heard} training-voice utterances {report['asr_train']['wer']:.3f}",

@@ -148,8 +148,16 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     assert sc.SOUND_RESPONSES["doorbell"] in m["pass_through"] and out["asr_greedy"][0]["identical"]
     r = Responder(tmp_path / "responder")
     assert (r.overrule_logprob, r.overrule_confidence, r.ground_numbers) == (-0.3, 0.5, False)  # the shipped policy (0.5.0 on)
+    assert r.withhold_others and r.confirms("Edge, pass the salt.") and not r.confirms("the water's edge")  # 0.7.0 on
     assert r.asr_second.raw["multilingual"] and r.asr_second_below == -0.3 and r.asr_second_options.pad_seconds == 5  # Whisper base
     assert r.reply(sc.DEFAULT_INSTRUCTION, "hey edge turn on the kitchen lights") == "Turning on the kitchen lights."
     assert r.reply("Answer when someone talks to you.", "sam can you turn on the kitchen lights") == ""
     assert r.reply("Transcribe what you hear.", "we're out of coffee") == "we're out of coffee"
     assert r.reply("Tell me if the doorbell goes off.", "edge turn on the kitchen lights") == ""
+    # edge-train-responder --asr RESPONDER: the training pairs heard as this responder hears (Responder.hear)
+    from edge_models.responder import speak_and_transcribe
+
+    heard, info = speak_and_transcribe(["Edge, turn on the kitchen lights"], str(tmp_path / "responder"), 7, voices="train")
+    assert info["heard_by"] == "responder" and "kitchen" in heard[0], heard
+    with pytest.raises(ValueError, match="its own asr_prompt"):
+        speak_and_transcribe(["Edge"], str(tmp_path / "responder"), 7, voices="train", asr_prompt="Hey Edge.")

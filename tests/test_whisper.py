@@ -398,3 +398,4 @@ def test_responder_training_hears_its_pairs_clean_or_as_the_streams_have_them(bu
     echoed, rep_s = speak_and_transcribe(texts, path, 7, voices="train", conditions="stream")
     assert len(clean) == len(echoed) == 3 and all(clean) and all(echoed)
     assert rep["utterances"] == rep_s["utterances"] == 3 and 0 <= rep["wer"] <= 0.5 and 0 <= rep_s["wer"] <= 1.5
+    assert rep["heard_by"] == "whisper-asr"
