@@ -82,12 +82,6 @@ def formed(text: str, forms: list[re.Pattern], unknown_reply: str) -> str:
     return unknown_reply if text and forms and not any(f.fullmatch(text) for f in forms) else text
 
 
-def heard_any(words: list[str], heard: str | None) -> bool:
-    """Is one of ``words`` (normalized; none: True) a whole word or phrase of what was heard?"""
-    said = f" {normalize(heard or '')} "
-    return not words or any(f" {w} " in said for w in words)
-
-
 # before a noun, not a name: "the edge of the table", "along the water's edge", "on edge"
 _NOUN_BEFORE = frozenset("the a an my your his her its our their this that on over at to".split())
 
