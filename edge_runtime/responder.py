@@ -83,21 +83,37 @@ def formed(text: str, forms: list[re.Pattern], unknown_reply: str) -> str:
 
 
 # before a noun, not a name: "the edge of the table", "along the water's edge", "on edge"
-_NOUN_BEFORE = frozenset("the a an my your his her its our their this that on over at to".split())
+_NOUN_BEFORE = frozenset("the a an my your his her its our their this that on over at to 's".split())
+# after a subject, not a name: "Edge is coming round" (Whisper's "Edgar is ..."), unless asked ("Edge is it ...")
+_VERB_AFTER = frozenset("is was has had will says said".split())
+_ASKED = frozenset("it there this that".split())
+_CALLING = frozenset("hey hi hello okay ok oh me".split())  # "Hey Edge is it sunny", "excuse me Edge ..."
+
+
+def _words(heard: str) -> list[tuple[str, bool]]:
+    """Normalized words (a possessive's "'s" its own word), each with whether punctuation follows it."""
+    toks = re.findall(r"[\w']+|[^\w\s']", re.sub(r"\b(\w+)'s\b", r"\1 's", heard.lower()))
+    return [(t, i + 1 < len(toks) and not (toks[i + 1][0].isalnum() or toks[i + 1][0] in "'_"))
+            for i, t in enumerate(toks) if t[0].isalnum() or t[0] in "'_"]
 
 
 def heard_as_name(words: list[str], heard: str | None) -> bool:
     """Was one of ``words`` (normalized words or phrases; none: True) heard *as a name*: not after
-    an article, a possessive or a preposition ("the edge", "the water's edge", "on edge") and not
-    before "of" ("edge of the table")?"""
+    an article, a possessive or a preposition ("the edge", "the water's edge", "on edge"), not
+    before "of" ("edge of the table") and not as the subject of a verb ("Edge is coming round",
+    but "Edge, is it ...", "Edge is it ..." and "Hey Edge is ..." call it)?"""
     if not words:
         return True
-    toks = normalize(re.sub(r"\b(\w+)'s\b", r"\1 's", heard or "")).split()
+    toks = _words(heard or "")
+    said = [w for w, _ in toks]
     for name in (w.split() for w in words):
-        for i in range(len(toks) - len(name) + 1):
+        for i in range(len(said) - len(name) + 1):
             j = i + len(name)
-            if toks[i:j] == name and (i == 0 or toks[i - 1] not in _NOUN_BEFORE and toks[i - 1] != "'s") \
-                    and (j == len(toks) or toks[j] != "of"):
+            if said[i:j] != name or i > 0 and said[i - 1] in _NOUN_BEFORE or j < len(said) and said[j] == "of":
+                continue
+            subject = j + 1 < len(said) and not toks[j - 1][1] and said[j] in _VERB_AFTER and said[j + 1] not in _ASKED \
+                and (i == 0 or said[i - 1] not in _CALLING)
+            if not subject:
                 return True
     return False
 

@@ -192,10 +192,12 @@ def test_confirm_replies_are_said_only_when_whisper_heard_the_name(tiny_bundle):
 def test_the_name_counts_only_where_it_is_heard_as_a_name():
     from edge_runtime.responder import heard_as_name
 
-    for heard in ("Edge, turn on the lights.", "Hey Edge, what time is it?", "turn it up, Edge.", "Okay edge set a timer"):
+    for heard in ("Edge, turn on the lights.", "Hey Edge, what time is it?", "turn it up, Edge.", "Okay edge set a timer",
+                  "Edge, is it raining?", "Edge is it raining?", "Hey Edge is it sunny out there", "Edge, was that the door?"):
         assert heard_as_name(["edge"], heard), heard
     for heard in ("We walked along the water's edge.", "the edge of the table", "I'm a bit on edge today.",
-                  "Put it over the edge.", "Edge of the world", "knowledge is power", "hedge the bet", ""):
+                  "Put it over the edge.", "Edge of the world", "knowledge is power", "hedge the bet", "",
+                  "Edge is coming round for dinner.", "Edge is holding the door open.", "Edge has left the building."):
         assert not heard_as_name(["edge"], heard), heard
     assert heard_as_name([], "anything at all")
     assert heard_as_name(["hey edge"], "Hey Edge, lights on.") and not heard_as_name(["hey edge"], "Edge, lights on.")
