@@ -31,16 +31,10 @@ from .bundle import BundleError
 from .loop import Context, _p_top
 from .model import Bundle
 from .sessions import SessionConfig
-from .whisper_asr import SR, AsrOptions, SegmenterOptions, WhisperBundle
+from .whisper_asr import SR, AsrOptions, SegmenterOptions, WhisperBundle, normalize
 
 log = logging.getLogger(__name__)
 FRAME = 320  # 20 ms at 16 kHz, webrtcvad's frame
-
-
-def normalize(text: str) -> str:
-    """What the responder's LM reads (and was trained on, edge_models.responder): lower case,
-    letters, digits and apostrophes only."""
-    return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
 
 
 _UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \

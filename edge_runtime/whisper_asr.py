@@ -68,7 +68,8 @@ class AsrOptions:
     AND the mean token log-probability is below the second. compression_ratio_threshold: drop
     text that compresses better than this (a loop). prompt: text Whisper reads as what was said
     before the segment (its ``<|startofprev|>`` context), which leans it towards those words:
-    the wake word, the rooms and devices a user has ("" for none). beam_size: 1 decodes
+    the wake word, the rooms and devices a user has ("" for none); a transcript that reads three
+    or more of its words back in order (``echoes``) is decoded again without it. beam_size: 1 decodes
     greedily; more searches that many hypotheses (final decodes only: partials stay greedy)."""
 
     pad_seconds: float = 15.0
@@ -215,9 +216,12 @@ class WhisperBundle:
             return "", {"dropped": "steady sound", "dynamics_db": dyn, "no_speech_prob": None, "avg_logprob": None}
         budget = int(8 + opts.max_tokens_per_second * len(audio) / SR)
         context = self.context_ids(opts.prompt)
-        ids, info = self.decode(whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds)), budget,
-                                context, opts.beam_size)
-        info["retried"] = False
+        mel = whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds))
+        ids, info = self.decode(mel, budget, context, opts.beam_size)
+        echoed = bool(context) and echoes(self.tokenizer.decode(ids), opts.prompt)
+        if echoed:  # the prompt read back over a doorbell or a mumble: what does Whisper hear without it?
+            ids, info = self.decode(mel, budget, None, opts.beam_size)
+        info["retried"], info["echoed"] = False, echoed
         if _suspicious(self.tokenizer.decode(ids), info, opts) and opts.pad_seconds < RETRY_PAD_SECONDS:
             ids2, info2 = self.decode(whisper_log_mel(audio, self.window_frames(len(audio), RETRY_PAD_SECONDS)), budget,
                                       context, opts.beam_size)
@@ -315,6 +319,18 @@ def dynamics_db(audio: np.ndarray, frame: int = 320) -> float:
         return 0.0
     f = np.asarray(audio[: n * frame], np.float64).reshape(n, frame)
     return float(np.std(20 * np.log10(np.sqrt((f**2).mean(axis=1)) + 1e-9)))
+
+
+def echoes(text: str, prompt: str, min_words: int = 3) -> bool:
+    """Is ``text`` (at least ``min_words`` words) a piece of ``prompt``, read back word for word?
+    Prompted Whisper does that over sounds and speech it cannot make out."""
+    said = normalize(text)
+    return len(said.split()) >= min_words and f" {said} " in f" {normalize(prompt)} "
+
+
+def normalize(text: str) -> str:
+    """Lower case, letters, digits and apostrophes only (what the responder's LM reads, too)."""
+    return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
 
 
 def _suspicious(text: str, info: dict, opts: AsrOptions) -> bool:

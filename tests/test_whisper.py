@@ -294,6 +294,28 @@ def test_prompt_context_decodes_as_pytorch_and_keeps_the_transcript(tiny, bundle
     assert wer([ref], [styled]) <= 0.2, styled
 
 
+def test_a_transcript_that_reads_the_prompt_back_is_decoded_again_without_it(bundles, recordings):
+    """Prompted Whisper sometimes writes the prompt itself over a doorbell or a mumble ("Hey Edge,
+    turn on the kitchen lights."): a transcript that is a piece of the prompt (3 words or more) is
+    decoded again without it, and that is what was heard (info["echoed"])."""
+    from edge_runtime.whisper_asr import AsrOptions, WhisperBundle, echoes
+
+    assert echoes("Edge, set a timer for ten minutes.", "Hey Edge, turn on the kitchen lights. Edge, set a timer for ten minutes.")
+    assert echoes("turn on the kitchen", "Hey Edge, turn on the kitchen lights.")
+    for text in ("Hey Edge.", "Edge, set a timer for five minutes.", "turn on the kitchen lights please", "kitchen light"):
+        assert not echoes(text, "Hey Edge, turn on the kitchen lights. Edge, set a timer for ten minutes."), text
+    root, _ = bundles
+    b = WhisperBundle(root / "int8")
+    audio, _ = recordings[UTTERANCES[2]]
+    plain, info = b.transcribe(audio)
+    assert info["echoed"] is False
+    # prompted with exactly what it says, Whisper writes the prompt back: heard again without it
+    again, info = b.transcribe(audio, AsrOptions(prompt=plain))
+    assert info["echoed"] is True and again == plain, (plain, again)
+    other, info = b.transcribe(audio, AsrOptions(prompt="Hey Edge, turn on the kitchen lights."))
+    assert info["echoed"] is False and normalize(other) == normalize(plain), other
+
+
 def _toy_lm(seed: int, vocab: int = 6):
     """A toy decoder over ``vocab`` tokens (the last is the end): next-token logits are a fixed
     random function of the whole prefix, and the state is the prefix itself. As in speech, the
