@@ -395,6 +395,8 @@ class Responder:
         logprob = info.get("avg_logprob")
         if "second" in info:
             extra["asr_second"] = info["second"]
+        if info.get("echoed"):
+            extra["asr_echoed"] = True  # Whisper read its prompt back and was asked again without it
         return {"text": text, **extra, "heard": heard, "asr_ms": round(1000 * (t1 - t0), 1),
                 "lm_ms": round(1000 * (time.monotonic() - t1), 1),
                 "asr_logprob": None if logprob is None else round(float(logprob), 4), "lm_confidence": round(confidence, 4)}
