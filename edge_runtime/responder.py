@@ -31,33 +31,10 @@ from .bundle import BundleError
 from .loop import Context, _p_top
 from .model import Bundle
 from .sessions import SessionConfig
-from .whisper_asr import SR, AsrOptions, SegmenterOptions, WhisperBundle, normalize
+from .whisper_asr import SR, AsrOptions, SegmenterOptions, WhisperBundle, in_digits, normalize
 
 log = logging.getLogger(__name__)
 FRAME = 320  # 20 ms at 16 kHz, webrtcvad's frame
-
-
-_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
-         "seventeen eighteen nineteen".split()
-_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i > 1}
-
-
-def in_digits(text: str) -> str:
-    """Number words as digits ("twenty five minutes" -> "25 minutes"), as a recogniser writes them."""
-    out, words, i = [], text.split(), 0
-    while i < len(words):
-        w = words[i]
-        if w in _TENS:
-            n = _TENS[w]
-            if i + 1 < len(words) and words[i + 1] in _UNITS[1:10]:
-                n, i = n + _UNITS.index(words[i + 1]), i + 1
-            out.append(str(n))
-        elif w in _UNITS[2:]:  # "one" and "a" stay words: "one hour", "in one go"
-            out.append(str(_UNITS.index(w)))
-        else:
-            out.append(w)
-        i += 1
-    return " ".join(out)
 
 
 def numbers_heard(text: str, heard: str | None) -> bool:

@@ -69,7 +69,8 @@ class AsrOptions:
     text that compresses better than this (a loop). prompt: text Whisper reads as what was said
     before the segment (its ``<|startofprev|>`` context), which leans it towards those words:
     the wake word, the rooms and devices a user has ("" for none); a transcript that reads three
-    or more of its words back in order (``echoes``) is decoded again without it. beam_size: 1 decodes
+    or more of its words back in order (``echoes``) is decoded again without it, and that decode
+    is kept unless it says the same words (numbers as digits or words alike). beam_size: 1 decodes
     greedily; more searches that many hypotheses (final decodes only: partials stay greedy)."""
 
     pad_seconds: float = 15.0
@@ -220,7 +221,11 @@ class WhisperBundle:
         ids, info = self.decode(mel, budget, context, opts.beam_size)
         echoed = bool(context) and echoes(self.tokenizer.decode(ids), opts.prompt)
         if echoed:  # the prompt read back over a doorbell or a mumble: what does Whisper hear without it?
-            ids, info = self.decode(mel, budget, None, opts.beam_size)
+            ids2, info2 = self.decode(mel, budget, None, opts.beam_size)
+            said = [in_digits(normalize(self.tokenizer.decode(x))) for x in (ids, ids2)]
+            echoed = said[0] != said[1]  # the same words without the prompt: they were said
+            if echoed:
+                ids, info = ids2, info2
         info["retried"], info["echoed"] = False, echoed
         if _suspicious(self.tokenizer.decode(ids), info, opts) and opts.pad_seconds < RETRY_PAD_SECONDS:
             ids2, info2 = self.decode(whisper_log_mel(audio, self.window_frames(len(audio), RETRY_PAD_SECONDS)), budget,
@@ -331,6 +336,29 @@ def echoes(text: str, prompt: str, min_words: int = 3) -> bool:
 def normalize(text: str) -> str:
     """Lower case, letters, digits and apostrophes only (what the responder's LM reads, too)."""
     return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
+
+
+_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
+         "seventeen eighteen nineteen".split()
+_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i > 1}
+
+
+def in_digits(text: str) -> str:
+    """Number words as digits ("twenty five minutes" -> "25 minutes"), as a recogniser writes them."""
+    out, words, i = [], text.split(), 0
+    while i < len(words):
+        w = words[i]
+        if w in _TENS:
+            n = _TENS[w]
+            if i + 1 < len(words) and words[i + 1] in _UNITS[1:10]:
+                n, i = n + _UNITS.index(words[i + 1]), i + 1
+            out.append(str(n))
+        elif w in _UNITS[2:]:  # "one" and "a" stay words: "one hour", "in one go"
+            out.append(str(_UNITS.index(w)))
+        else:
+            out.append(w)
+        i += 1
+    return " ".join(out)
 
 
 def _suspicious(text: str, info: dict, opts: AsrOptions) -> bool:

@@ -297,23 +297,33 @@ def test_prompt_context_decodes_as_pytorch_and_keeps_the_transcript(tiny, bundle
 def test_a_transcript_that_reads_the_prompt_back_is_decoded_again_without_it(bundles, recordings):
     """Prompted Whisper sometimes writes the prompt itself over a doorbell or a mumble ("Hey Edge,
     turn on the kitchen lights."): a transcript that is a piece of the prompt (3 words or more) is
-    decoded again without it, and that is what was heard (info["echoed"])."""
+    decoded again without it, and that is what was heard (info["echoed"]), unless it says the same
+    words (then they were said: "ten" or "10" alike)."""
     from edge_runtime.whisper_asr import AsrOptions, WhisperBundle, echoes
 
-    assert echoes("Edge, set a timer for ten minutes.", "Hey Edge, turn on the kitchen lights. Edge, set a timer for ten minutes.")
-    assert echoes("turn on the kitchen", "Hey Edge, turn on the kitchen lights.")
+    prompt = "Hey Edge, turn on the kitchen lights. Edge, set a timer for ten minutes."
+    assert echoes("Edge, set a timer for ten minutes.", prompt) and echoes("turn on the kitchen", prompt)
     for text in ("Hey Edge.", "Edge, set a timer for five minutes.", "turn on the kitchen lights please", "kitchen light"):
-        assert not echoes(text, "Hey Edge, turn on the kitchen lights. Edge, set a timer for ten minutes."), text
+        assert not echoes(text, prompt), text
     root, _ = bundles
     b = WhisperBundle(root / "int8")
     audio, _ = recordings[UTTERANCES[2]]
     plain, info = b.transcribe(audio)
     assert info["echoed"] is False
-    # prompted with exactly what it says, Whisper writes the prompt back: heard again without it
+    # prompted with exactly what it says, Whisper writes the prompt back; heard again without it, the words are the same
     again, info = b.transcribe(audio, AsrOptions(prompt=plain))
-    assert info["echoed"] is True and again == plain, (plain, again)
-    other, info = b.transcribe(audio, AsrOptions(prompt="Hey Edge, turn on the kitchen lights."))
-    assert info["echoed"] is False and normalize(other) == normalize(plain), other
+    assert info["echoed"] is False and normalize(again) == normalize(plain), (plain, again)
+    # the decoder itself stood in for: the prompt comes back, and without it something else (or the same in digits)
+    real = b.decode
+    for without, kept in (("The doorbell rang.", "The doorbell rang."), ("Edge, set a timer for 10 minutes.", None)):
+        def decode(mel, budget, context, beam_size=1, without=without):
+            ids, info = real(mel, budget, context, beam_size)
+            text = "Edge, set a timer for ten minutes." if context else without
+            return b.tokenizer.encode(" " + text, add_special_tokens=False).ids, info
+        b.decode = decode
+        heard, info = b.transcribe(audio, AsrOptions(prompt=prompt))
+        assert heard == (kept or "Edge, set a timer for ten minutes.") and info["echoed"] is (kept is not None), heard
+    b.decode = real
 
 
 def _toy_lm(seed: int, vocab: int = 6):
