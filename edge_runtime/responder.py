@@ -198,7 +198,8 @@ class Responder:
     on a number nobody said (default: off); ``asr_second``: a second whisper-asr bundle (a folder
     of the responder, e.g. Whisper base) that hears the utterance again when the first one's mean
     log-probability is under ``asr_second_below`` (or it heard nothing), with
-    ``asr_second_pad_seconds`` of silence after it; the transcript of the higher mean
+    ``asr_second_pad_seconds`` of silence after it and a beam of ``asr_second_beam`` (default:
+    ``asr_beam``); the transcript of the higher mean
     log-probability is the one read (the two mishear these voices differently: README);
     ``withhold_others``: a reply Whisper heard out is withheld when Whisper heard someone else
     addressed ("George, crank it up.") and not the assistant's name (meant_for_another; default:
@@ -208,7 +209,7 @@ class Responder:
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
-                   "asr_second_below", "asr_second_pad_seconds", "withhold_others")
+                   "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -244,7 +245,10 @@ class Responder:
             WhisperBundle(root / raw["asr_second"], session, verify_hashes=verify_hashes)
         self.asr_second_below = float(raw.get("asr_second_below", 0.0))
         self.asr_second_options = dataclasses.replace(
-            self.asr_options, pad_seconds=float(raw.get("asr_second_pad_seconds", self.asr_options.pad_seconds)))
+            self.asr_options, pad_seconds=float(raw.get("asr_second_pad_seconds", self.asr_options.pad_seconds)),
+            beam_size=int(raw.get("asr_second_beam", self.asr_options.beam_size)))
+        if self.asr_second_options.beam_size < 1:
+            raise BundleError(f"{mpath}: asr_second_beam must be at least 1")
         self.rescue_above, self.rescue_wait = float(raw.get("rescue_above", 0.0)), float(raw.get("rescue_wait", 0.5))
         self.name_words = [normalize(w) for w in raw.get("name_words", [])]
         self.confirm_replies = set(raw.get("confirm_replies", []))
