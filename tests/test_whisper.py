@@ -232,6 +232,13 @@ def test_a_second_recogniser_hears_again_only_what_the_first_was_unsure_of(bundl
     (rdir / "manifest.json").write_text(json.dumps(manifest))
     r = Responder(rdir)
     assert r.asr_second_options.pad_seconds == 5 and r.asr_options.pad_seconds == 15
+    assert r.asr_second_options.beam_size == r.asr_options.beam_size == 1
+    (rdir / "manifest.json").write_text(json.dumps(manifest | {"asr_second_beam": 5}))
+    assert Responder(rdir).asr_second_options.beam_size == 5 and Responder(rdir).asr_options.beam_size == 1
+    (rdir / "manifest.json").write_text(json.dumps(manifest | {"asr_second_beam": 0}))
+    with pytest.raises(BundleError, match="asr_second_beam"):
+        Responder(rdir)
+    (rdir / "manifest.json").write_text(json.dumps(manifest))
     audio, ref = recordings[UTTERANCES[0]]
     out = r.answer("Answer when someone talks to you.", audio)
     second = out["asr_second"]
