@@ -25,7 +25,8 @@ seeds, never the acceptance streams):
   Sorry (manifest ``ground_numbers``).
 - ``...+others``: a reply is not said when Whisper heard someone else addressed and not the name
   (manifest ``withhold_others``). In every row the name counts only where Whisper heard it as a
-  name (``heard_as_name``).
+  name (``heard_as_name``), and with ``name_words`` a reply to the name alone ("Hey Edge.") is not
+  said (``Responder.only_called``).
 
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
@@ -73,7 +74,8 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
 
 
 def apply(events: list[dict], choose, rescue_above: float | None = None, name_words: tuple = (),
-          confirm: tuple = (), forms: tuple = (), ground_below: float | None = None, others: bool = False) -> list[dict]:
+          confirm: tuple = (), forms: tuple = (), ground_below: float | None = None, others: bool = False,
+          called: bool = True) -> list[dict]:
     """The events as they would have been under a policy: ``choose(model_text, responder_text, event)``
     -> what is said ("" for nothing); second chances are kept only from ``rescue_above`` up, and
     they and the model's ``confirm`` replies only when one of ``name_words`` was heard; with
@@ -81,11 +83,13 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
     ``ground_below`` a reply Whisper heard out (second chances, ``confirm`` replies and replies of
     confidence under it) that names a number Whisper did not hear is said as the Sorry; with
     ``others`` a reply is not said when Whisper heard someone else addressed and not the name
-    (Responder.meant_for_another). The name counts only where it was heard as one (heard_as_name)."""
+    (Responder.meant_for_another); with ``called`` and ``name_words`` a reply to the name alone
+    ("Hey Edge.") is not said (Responder.only_called). The name counts only where it was heard as
+    one (heard_as_name)."""
     from types import SimpleNamespace
 
     from edge_models.scenarios import SORRY
-    from edge_runtime.responder import Responder, addresses_another, formed, heard_as_name, reply_form
+    from edge_runtime.responder import Responder, addresses_another, formed, heard_as_name, only_the_name, reply_form
 
     numbers = SimpleNamespace(ground_numbers=True, repeat_instructions=(), unknown_reply=SORRY)
 
@@ -97,13 +101,16 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
     def named(e: dict) -> bool:
         return heard_as_name(list(name_words), e.get("heard"))
 
+    def bare(e: dict) -> bool:  # Responder.only_called: the name alone was heard, the request is still to come
+        return only_the_name(list(name_words), e.get("heard"))
+
     def grounded(text: str, e: dict, heard_out: bool) -> str:  # Responder.grounded, where Whisper would have run
         return Responder.grounded(numbers, "", text, e.get("heard")) if ground_below is not None and heard_out else text
 
     out = []
     for e in events:
         if "rescue" in e:
-            if rescue_above is not None and e["rescue"] >= rescue_above and named(e):
+            if rescue_above is not None and e["rescue"] >= rescue_above and named(e) and not (called and bare(e)):
                 out.append({**e, "text": grounded(fit(e["text"]), e, True)})
             continue
         if e["type"] not in ("response.end", "response.withheld") or "model_text" not in e:
@@ -111,7 +118,7 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
             continue
         said = choose(e["model_text"], fit(e["text"]) if e["type"] == "response.end" else "", e)
         if e["model_text"] in confirm and not named(e) or others and addresses_another(list(name_words), e.get("heard")) \
-                and not named(e):
+                and not named(e) or called and bare(e):
             said = ""
         said = grounded(said, e, e["model_text"] in confirm or e["confidence"] < (ground_below or 0.0))
         if said:
@@ -183,7 +190,7 @@ def score(dump: dict) -> dict:
             repeat = set_name == "transcribe"  # no second chances or reply forms under repeat instructions
             s = E.summarize([E.score_stream(meta, apply(evs, pick, None if repeat else rescue_above, words, confirm,
                                                         () if repeat else forms, None if repeat else ground_below,
-                                                        others and not repeat))
+                                                        others and not repeat, not repeat))
                              for meta, evs in items],
                             transcribe=set_name == "transcribe")
             if set_name == "transcribe":

@@ -58,7 +58,7 @@ _NOUN_BEFORE = frozenset("the a an my your his her its our their this that on ov
 # after a subject, not a name: "Edge is coming round" (Whisper's "Edgar is ..."), unless asked ("Edge is it ...")
 _VERB_AFTER = frozenset("is was has had will says said".split())
 _ASKED = frozenset("it there this that".split())
-_CALLING = frozenset("hey hi hello okay ok oh me".split())  # "Hey Edge is it sunny", "excuse me Edge ..."
+_CALLING = frozenset("hey hi hello okay ok oh excuse me".split())  # "Hey Edge is it sunny", "excuse me Edge ..."
 
 
 def _words(heard: str) -> list[tuple[str, bool]]:
@@ -87,6 +87,14 @@ def heard_as_name(words: list[str], heard: str | None) -> bool:
             if not subject:
                 return True
     return False
+
+
+def only_the_name(words: list[str], heard: str | None) -> bool:
+    """Is all that was heard one of ``words`` (the assistant's name; none: False), greeted or not
+    ("Hey Edge.", "Excuse me, Edge")?"""
+    said = normalize(heard or "").split()
+    return bool(words and said) and set(said) <= _CALLING | {w for n in words for w in n.split()} \
+        and heard_as_name(words, heard)
 
 
 # words that open or close a sentence before or after a comma without addressing anyone
@@ -311,6 +319,12 @@ class Responder:
         return (self.withhold_others and instruction not in self.repeat_instructions
                 and addresses_another(self.name_words, heard) and not self.confirms(heard))
 
+    def only_called(self, instruction: str, heard: str | None) -> bool:
+        """Did Whisper hear nothing but the name, greeted or not ("Hey Edge.")? Then the request is
+        still to come (the model answered at the pause after the name), and the model, listening
+        on, answers it once it is said; a reply now is withheld (not under repeat instructions)."""
+        return instruction not in self.repeat_instructions and only_the_name(self.name_words, heard)
+
     def reply(self, instruction: str, heard: str) -> str:
         return self.reply_with_confidence(instruction, heard)[0]
 
@@ -445,7 +459,8 @@ class ResponderWorker:
         text = out.pop("text")
         total_ms = round(1000 * (time.monotonic() - t_decided), 2)
         if rescue is not None:
-            if text and r.confirms(out.get("heard")) and not self.answered(voiced):  # only the LM's reply
+            if text and r.confirms(out.get("heard")) and not r.only_called(instruction, out.get("heard")) \
+                    and not self.answered(voiced):  # only the LM's reply
                 text = self._grounded(instruction, text, out)
                 self.say(t, text, total_ms, 0, out.get("lm_confidence", 1.0), model_text="",
                          rescue=round(rescue, 4), said_by="responder", **out)
@@ -455,7 +470,8 @@ class ResponderWorker:
         keep = overrule or r.on_silence == "model" or not ask  # the model's reply when the LM is silent or not asked
         out["said_by"] = "responder" if text else "model" if keep else None
         text = text or (model_text if keep else "")
-        if check and not r.confirms(out.get("heard")) or text and r.meant_for_another(instruction, out.get("heard")):
+        heard = out.get("heard")
+        if check and not r.confirms(heard) or text and (r.meant_for_another(instruction, heard) or r.only_called(instruction, heard)):
             text, out["said_by"] = "", None
         text = self._grounded(instruction, text, out)
         self.say(t, text, total_ms, tokens, confidence, withhold=not text, model_text=model_text, **out)

@@ -134,6 +134,12 @@ def test_responder_policy_replays_what_each_policy_would_have_said():
     forms = ("Turning on the {room} lights.", sorry)
     assert [e["text"] for e in apply(events, keep, 0.05, ("edge",), (sorry,), forms) if e["type"] == "response.end"] == \
         [sorry, "C", "The doorbell is ringing.", sorry]
+    # with name words, nothing is said to the name alone ("Hey Edge."): the request is still to come
+    bare = [{"type": "response.end", "t": 7.0, "text": "F", "model_text": "G", "confidence": 0.5, "heard": "Hey Edge."},
+            {"type": "response.end", "t": 8.0, "text": "H", "model_text": "", "rescue": 0.3, "heard": "Okay, Edge."}]
+    assert [e["text"] for e in apply(bare, keep, 0.05, ("edge",)) if e["type"] == "response.end"] == []
+    assert [e["text"] for e in apply(bare, keep, 0.05, ("edge",), called=False) if e["type"] == "response.end"] == ["F", "H"]
+    assert [e["text"] for e in apply(bare, keep, 0.05) if e["type"] == "response.end"] == ["F", "H"]
 
 
 def test_near_misses_counts_the_highest_p_of_each_unanswered_utterance():

@@ -28,7 +28,7 @@ class StandIn:
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
     rescues, confirms, overrules, trusted = Responder.rescues, Responder.confirms, Responder.overrules, Responder.trusted
-    meant_for_another = Responder.meant_for_another
+    meant_for_another, only_called = Responder.meant_for_another, Responder.only_called
     grounded = Responder.grounded
 
     @property
@@ -229,6 +229,32 @@ def test_a_reply_is_withheld_when_whisper_heard_someone_else_addressed():
                     (0, "", True), (1, up, False), (2, up, False), (3, up, False)]
 
 
+def test_a_reply_to_the_name_alone_is_withheld_until_the_request_is_said():
+    """Whisper heard only "Hey Edge.": the model answered at the pause after the name, the request
+    is still to come, so nothing is said (the model, listening on, answers the request). Not under
+    repeat instructions; a second chance on the name alone says nothing either."""
+    from edge_runtime.responder import ResponderWorker, only_the_name
+
+    for heard in ("Hey Edge.", "Edge?", "Okay, Edge.", "Excuse me, Edge", "hey edge hey edge"):
+        assert only_the_name(["edge"], heard), heard
+    for heard in ("Hey Edge, stop it.", "Hey.", "the edge", "", None, "Edge, lights."):
+        assert not only_the_name(["edge"], heard), heard
+    assert not only_the_name([], "Hey Edge.")
+    s = StandIn(ask_below=1.01, passes_third=False)
+    hearings = iter(["Hey Edge.", "Hey Edge.", "Hey Edge, turn it up.", "Hey Edge."])
+    s.answer = lambda instruction, audio, lm=True: {"text": "Turning the volume up.", "heard": next(hearings)}
+    said = []
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold)))
+    for t, instruction in enumerate(("Answer when someone talks to you.", "Transcribe what you hear.",
+                                     "Answer when someone talks to you.")):
+        worker.submit(t, 0.0, "Turning the volume down.", 0.5, 6, instruction, None)
+    worker.submit(3, 0.0, "", 0.0, 0, "Answer when someone talks to you.", None, rescue=0.2)
+    worker._jobs.join()
+    worker.close()
+    up = "Turning the volume up."
+    assert said == [(0, "", True), (1, up, False), (2, up, False)]
+
+
 def test_a_sure_reply_gives_way_to_the_lms_only_when_whisper_and_the_lm_are_sure(tiny_bundle):
     """overrule_logprob / overrule_confidence: the loop hands the replies the model is sure of to
     Whisper and the LM too (not under repeat instructions); the worker says the LM's reply only when
@@ -249,7 +275,7 @@ def test_a_sure_reply_gives_way_to_the_lms_only_when_whisper_and_the_lm_are_sure
     assert lms == []  # transcripts are never overruled
     answers = iter([("Turning the volume down.", -0.1, 0.9), ("Turning the volume down.", -0.6, 0.9),
                     ("Turning the volume down.", -0.1, 0.3), ("Sorry, I can't do that yet.", -0.1, 0.9), ("", -0.1, 1.0)])
-    s.answer = lambda instruction, audio, lm=True: dict(zip(("text", "asr_logprob", "lm_confidence"), next(answers)), heard="edge")
+    s.answer = lambda instruction, audio, lm=True: dict(zip(("text", "asr_logprob", "lm_confidence"), next(answers)), heard="Edge, turn it down.")
     said = []
     worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((text, kw["said_by"])))
     for t in range(5):
