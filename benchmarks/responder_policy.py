@@ -37,6 +37,7 @@ model running flat out; ``edge-train-eval --responder`` paces the streams like a
 
     python -m edge_bench.responder_policy BUNDLE RESPONDER --out DUMP.pkl   # run (about 6 min at 24 streams)
     python -m edge_bench.responder_policy --score DUMP.pkl                  # the policies
+    python -m edge_bench.responder_policy BUNDLE RESPONDER --seed-base 900000 --out DUMP.pkl  # other seeds, to check a choice
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ SETS = {"assistant": 24, "assistant-wording": 24, "transcribe": 24}
 RESCUE = (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3)  # rescue_above values scored (the run arms at the first)
 
 
-def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict:
-    """{set: [(stream meta, events)]} with the responder asked for every speech reply."""
+def collect(bundle: str, responder: str, streams: dict[str, int] = SETS, seed_base: int | None = None) -> dict:
+    """{set: [(stream meta, events)]} with the responder asked for every speech reply, on the
+    tuning seeds (``seed_base``: other seeds that neither the tuning nor the acceptance sets use)."""
     from edge_models import evaluate as E
     from edge_runtime.model import Bundle
     from edge_runtime.responder import Responder
@@ -67,7 +69,7 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS) -> dict
     out = {}
     for name, n in streams.items():
         t0 = time.monotonic()
-        items = E.build_set(name, n, 60.0, E.TUNING_SEED_BASE)
+        items = E.build_set(name, n, 60.0, E.TUNING_SEED_BASE if seed_base is None else seed_base)
         out[name] = [(s.to_dict(), E.run_listener(b, s.audio, s.instruction, responder=r)) for s in items]
         print(f"{name}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
     return out
@@ -220,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="with BUNDLE RESPONDER: where to keep the run (pickle)")
     ap.add_argument("--score", metavar="DUMP", help="score the policies on a kept run")
     ap.add_argument("--report", help="with --score: also write the table (JSON) here")
+    ap.add_argument("--seed-base", type=int, help="with BUNDLE RESPONDER: streams from these seeds instead of the tuning "
+                    "seeds (say 900000: neither the tuning nor the acceptance sets use them)")
     a = ap.parse_args(argv)
     if a.score:
         with open(a.score, "rb") as f:
@@ -232,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (a.bundle and a.responder and a.out):
         ap.error("give BUNDLE RESPONDER --out DUMP, or --score DUMP")
-    dump = collect(a.bundle, a.responder)
+    if a.seed_base is not None:
+        from edge_models.evaluate import SEED_BASE
+        if abs(a.seed_base - SEED_BASE) < 10000:  # build_set takes seed_base + 1000 * set + stream
+            ap.error(f"--seed-base {a.seed_base}: the acceptance streams' seeds are {SEED_BASE}+; choose on other seeds")
+    dump = collect(a.bundle, a.responder, seed_base=a.seed_base)
     with open(a.out, "wb") as f:
         pickle.dump(dump, f)
     return 0

@@ -142,6 +142,15 @@ def test_responder_policy_replays_what_each_policy_would_have_said():
     assert [e["text"] for e in apply(bare, keep, 0.05) if e["type"] == "response.end"] == ["F", "H"]
 
 
+def test_responder_policy_never_runs_on_the_acceptance_seeds(capsys):
+    from edge_bench.responder_policy import main
+
+    for seed in ("500000", "503000", "495000"):
+        with pytest.raises(SystemExit) as e:
+            main(["BUNDLE", "RESPONDER", "--out", "x.pkl", "--seed-base", seed])
+        assert e.value.code == 2 and "acceptance streams' seeds" in capsys.readouterr().err
+
+
 def test_near_misses_counts_the_highest_p_of_each_unanswered_utterance():
     from edge_bench.near_misses import near, score
 
