@@ -471,7 +471,11 @@ class ResponderWorker:
         out["said_by"] = "responder" if text else "model" if keep else None
         text = text or (model_text if keep else "")
         heard = out.get("heard")
-        if check and not r.confirms(heard) or text and (r.meant_for_another(instruction, heard) or r.only_called(instruction, heard)):
+        why = "name_not_heard" if check and not r.confirms(heard) else "someone_else" if text and \
+            r.meant_for_another(instruction, heard) else "name_alone" if text and r.only_called(instruction, heard) else None
+        if why:
             text, out["said_by"] = "", None
+        if not text:
+            out["why"] = why or "silent"  # why the reply is withheld: nothing to say, or one of the checks
         text = self._grounded(instruction, text, out)
         self.say(t, text, total_ms, tokens, confidence, withhold=not text, model_text=model_text, **out)

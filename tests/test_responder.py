@@ -85,7 +85,7 @@ def test_loop_says_the_responders_reply_withholds_its_silence_and_passes_sound_r
     first, third = ends
     assert first["text"] == "Turning on the kitchen lights." and first["heard"] == "edge turn on the kitchen lights"
     assert first["model_text"] != first["text"] and first["first_token_ms"] == first["total_ms"]
-    assert held[0]["reason"] == "responder" and held[0]["heard"] == "sam pass the salt"
+    assert held[0]["reason"] == "responder" and held[0]["heard"] == "sam pass the salt" and held[0]["why"] == "silent"
     assert held[0]["text"] == held[0]["model_text"]  # what the model would have said
     assert "heard" not in third and "model_text" not in third  # passed through: the model's own words
     # each answer got the last utterance, cut from the audio heard up to the deciding chunk's end
@@ -182,11 +182,12 @@ def test_confirm_replies_are_said_only_when_whisper_heard_the_name(tiny_bundle):
     assert lms == [False, False, False]  # the loop hands each reply over for Whisper only: the model was sure
     assert sorted(e["t"] for e in events if e["type"] in ("response.end", "response.withheld")) == [1.6, 3.6, 5.2]
     said = []
-    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold, kw["said_by"])))
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold, kw["said_by"], kw.get("why"))))
     for t in (1.0, 2.0, 3.0):
         worker.submit(t, 0.0, "Turning on the lights.", 0.9, 6, "Answer when someone talks to you.", None, ask=False, check=True)
     worker.close()
-    assert said == [(1.0, "Turning on the lights.", False, "model"), (2.0, "", True, None), (3.0, "", True, None)]
+    assert said == [(1.0, "Turning on the lights.", False, "model", None), (2.0, "", True, None, "name_not_heard"),
+                    (3.0, "", True, None, "name_not_heard")]
 
 
 def test_the_name_counts_only_where_it_is_heard_as_a_name():
@@ -216,7 +217,7 @@ def test_a_reply_is_withheld_when_whisper_heard_someone_else_addressed():
     hearings = iter(["George, crank it up.", "George, crank it up.", "Edge, George wants it louder, Edge.", "Well, crank it up."] * 2)
     s.answer = lambda instruction, audio, lm=True: {"text": "Turning the volume up.", "heard": next(hearings)}
     said = []
-    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold)))
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold, kw.get("why"))))
     for withhold_others in (False, True):
         s.withhold_others = withhold_others
         for t, instruction in enumerate(("Answer when someone talks to you.", "Transcribe what you hear.",
@@ -225,8 +226,8 @@ def test_a_reply_is_withheld_when_whisper_heard_someone_else_addressed():
         worker._jobs.join()
     worker.close()
     up = "Turning the volume up."
-    assert said == [(0, up, False), (1, up, False), (2, up, False), (3, up, False),
-                    (0, "", True), (1, up, False), (2, up, False), (3, up, False)]
+    assert said == [(0, up, False, None), (1, up, False, None), (2, up, False, None), (3, up, False, None),
+                    (0, "", True, "someone_else"), (1, up, False, None), (2, up, False, None), (3, up, False, None)]
 
 
 def test_a_reply_to_the_name_alone_is_withheld_until_the_request_is_said():
@@ -244,7 +245,7 @@ def test_a_reply_to_the_name_alone_is_withheld_until_the_request_is_said():
     hearings = iter(["Hey Edge.", "Hey Edge.", "Hey Edge, turn it up.", "Hey Edge."])
     s.answer = lambda instruction, audio, lm=True: {"text": "Turning the volume up.", "heard": next(hearings)}
     said = []
-    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold)))
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold, kw.get("why"))))
     for t, instruction in enumerate(("Answer when someone talks to you.", "Transcribe what you hear.",
                                      "Answer when someone talks to you.")):
         worker.submit(t, 0.0, "Turning the volume down.", 0.5, 6, instruction, None)
@@ -252,7 +253,7 @@ def test_a_reply_to_the_name_alone_is_withheld_until_the_request_is_said():
     worker._jobs.join()
     worker.close()
     up = "Turning the volume up."
-    assert said == [(0, "", True), (1, up, False), (2, up, False)]
+    assert said == [(0, "", True, "name_alone"), (1, up, False, None), (2, up, False, None)]
 
 
 def test_a_sure_reply_gives_way_to_the_lms_only_when_whisper_and_the_lm_are_sure(tiny_bundle):
