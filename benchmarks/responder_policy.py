@@ -141,7 +141,8 @@ def policies() -> dict:
 def overruled(logprob: float, confidence: float):
     """``model_unsure<0.7_keep``, and the responder's reply over a sure one of the model's when
     Whisper and the LM are sure enough (Responder.trusted); ``.repeat``: the policy under the
-    transcription instructions, where nothing is overruled."""
+    transcription instructions as it ships, where nothing is overruled: Whisper's transcript when
+    the model's confidence is under 0.5 (``repeat_below``), and nothing when Whisper heard none."""
     from types import SimpleNamespace
 
     from edge_models.scenarios import SORRY
@@ -155,7 +156,7 @@ def overruled(logprob: float, confidence: float):
             return r
         return keep(m, r, e)
 
-    choose.repeat = keep
+    choose.repeat = policies()["model_unsure<0.5"]  # repeat_below 0.5, and Whisper's silence says nothing (ResponderWorker)
     return choose
 
 

@@ -467,11 +467,13 @@ class ResponderWorker:
             return
         if overrule and not r.trusted(out, text):
             text = ""  # the model was sure, and the LM's reply is not trusted over it
-        keep = overrule or r.on_silence == "model" or not ask  # the model's reply when the LM is silent or not asked
+        heard = out.get("heard")
+        # under repeat instructions, Whisper heard the utterance out and found no words: nothing to write down
+        unheard = ask and instruction in r.repeat_instructions and heard is not None and not heard.strip()
+        keep = (overrule or r.on_silence == "model" or not ask) and not unheard  # the model's reply when the LM is silent
         out["said_by"] = "responder" if text else "model" if keep else None
         text = text or (model_text if keep else "")
-        heard = out.get("heard")
-        why = "name_not_heard" if check and not r.confirms(heard) else "someone_else" if text and \
+        why = "no_speech" if unheard else "name_not_heard" if check and not r.confirms(heard) else "someone_else" if text and \
             r.meant_for_another(instruction, heard) else "name_alone" if text and r.only_called(instruction, heard) else None
         if why:
             text, out["said_by"] = "", None

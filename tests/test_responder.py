@@ -256,6 +256,32 @@ def test_a_reply_to_the_name_alone_is_withheld_until_the_request_is_said():
     assert said == [(0, "", True, "name_alone"), (1, up, False, None), (2, up, False, None)]
 
 
+def test_a_transcript_is_not_written_when_whisper_found_no_words():
+    """Under repeat instructions Whisper's transcript is said; when Whisper heard the utterance out
+    and found no words (music, a hum), the model's own transcript is not kept either (why
+    ``no_speech``). A responder that fails still says the model's; other instructions keep theirs."""
+    from edge_runtime.responder import ResponderWorker
+
+    s = StandIn(ask_below=1.01, on_silence="model", passes_third=False)
+    answers = iter([{"text": "", "heard": ""}, {"text": "Hello there.", "heard": "Hello there."}, None, {"text": "", "heard": ""}])
+
+    def answer(instruction, audio, lm=True):
+        a = next(answers)
+        if a is None:
+            raise RuntimeError("Whisper failed")
+        return a
+
+    s.answer = answer
+    said = []
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold, kw.get("why"))))
+    for t, instruction in enumerate(["Transcribe what you hear."] * 3 + ["Answer when someone talks to you."]):
+        worker.submit(t, 0.0, "Let's have pasta for dinner.", 0.2, 6, instruction, None)
+    worker._jobs.join()
+    worker.close()
+    pasta = "Let's have pasta for dinner."
+    assert said == [(0, "", True, "no_speech"), (1, "Hello there.", False, None), (2, pasta, False, None), (3, pasta, False, None)]
+
+
 def test_a_sure_reply_gives_way_to_the_lms_only_when_whisper_and_the_lm_are_sure(tiny_bundle):
     """overrule_logprob / overrule_confidence: the loop hands the replies the model is sure of to
     Whisper and the LM too (not under repeat instructions); the worker says the LM's reply only when
