@@ -438,6 +438,19 @@ class ResponderWorker:
             out["unheard_text"] = text
         return said
 
+    def _withheld_because(self, instruction: str, text: str, heard: str | None, check: bool, unheard: bool) -> str | None:
+        """Which check withholds this reply (None: none does)."""
+        r = self.responder
+        if unheard:
+            return "no_speech"
+        if check and not r.confirms(heard):
+            return "name_not_heard"
+        if text and r.meant_for_another(instruction, heard):
+            return "someone_else"
+        if text and r.only_called(instruction, heard):
+            return "name_alone"
+        return None
+
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
@@ -473,8 +486,7 @@ class ResponderWorker:
         keep = (overrule or r.on_silence == "model" or not ask) and not unheard  # the model's reply when the LM is silent
         out["said_by"] = "responder" if text else "model" if keep else None
         text = text or (model_text if keep else "")
-        why = "no_speech" if unheard else "name_not_heard" if check and not r.confirms(heard) else "someone_else" if text and \
-            r.meant_for_another(instruction, heard) else "name_alone" if text and r.only_called(instruction, heard) else None
+        why = self._withheld_because(instruction, text, heard, check, unheard)
         if why:
             text, out["said_by"] = "", None
         if not text:
