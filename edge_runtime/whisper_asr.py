@@ -219,20 +219,22 @@ class WhisperBundle:
         context = self.context_ids(opts.prompt)
         mel = whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds))
         ids, info = self.decode(mel, budget, context, opts.beam_size)
-        echoed = bool(context) and echoes(self.tokenizer.decode(ids), opts.prompt)
+        text = self.tokenizer.decode(ids)
+        echoed = bool(context) and echoes(text, opts.prompt)
         if echoed:  # the prompt read back over a doorbell or a mumble: what does Whisper hear without it?
             ids2, info2 = self.decode(mel, budget, None, opts.beam_size)
-            said = [in_digits(normalize(self.tokenizer.decode(x))) for x in (ids, ids2)]
-            echoed = said[0] != said[1]  # the same words without the prompt: they were said
+            text2 = self.tokenizer.decode(ids2)
+            echoed = in_digits(normalize(text)) != in_digits(normalize(text2))  # the same words: they were said
             if echoed:
-                ids, info = ids2, info2
-        info["retried"], info["echoed"] = False, echoed
-        if _suspicious(self.tokenizer.decode(ids), info, opts) and opts.pad_seconds < RETRY_PAD_SECONDS:
+                ids, info, text = ids2, info2, text2
+        info["retried"] = False
+        if _suspicious(text, info, opts) and opts.pad_seconds < RETRY_PAD_SECONDS:
             ids2, info2 = self.decode(whisper_log_mel(audio, self.window_frames(len(audio), RETRY_PAD_SECONDS)), budget,
                                       context, opts.beam_size)
             if not _suspicious(self.tokenizer.decode(ids2), info2, opts) or len(ids2) < len(ids):
                 ids, info = ids2, info2
             info["retried"] = True
+        info["echoed"] = echoed  # kept through a retry, which decodes with the same context
         if info["stopped"] == "loop":
             ids = cut_loop(ids)
         text = self.tokenizer.decode(ids).strip()
