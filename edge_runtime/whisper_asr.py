@@ -59,6 +59,13 @@ def whisper_log_mel(audio: np.ndarray, n_frames: int) -> np.ndarray:
 _FILTERS = mel_filterbank(FeatureRecipe())
 
 
+def window_frames(n_samples: int, pad_seconds: float = 15.0, max_frames: int = 3000) -> int:
+    """Feature frames of the encoder window for a segment of ``n_samples``: the segment plus
+    ``pad_seconds`` of silence, in whole seconds, at most Whisper's 30 s."""
+    seconds = min(30.0, float(np.ceil(n_samples / SR + pad_seconds)))
+    return min(max_frames, int(seconds * 100))
+
+
 @dataclasses.dataclass(frozen=True)
 class AsrOptions:
     """pad_seconds: silence appended to a segment before encoding (the window is segment + pad,
@@ -123,8 +130,7 @@ class WhisperBundle:
         return [self.prev] + self.tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids[-100:]
 
     def window_frames(self, n_samples: int, pad_seconds: float = 15.0) -> int:
-        seconds = min(30.0, float(np.ceil(n_samples / SR + pad_seconds)))
-        return min(self.max_frames, int(seconds * 100))
+        return window_frames(n_samples, pad_seconds, self.max_frames)
 
     def _start(self, feats: np.ndarray, prefix: list[int] | None, context: list[int] | None):
         """Encode one window and read the prompt -> (step, logits after it, its cache, p(no speech)).

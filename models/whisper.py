@@ -257,7 +257,10 @@ class WhisperASR(nn.Module):
 
     def encode(self, features: torch.Tensor) -> list[torch.Tensor]:
         """features (B, n_mels, F) -> [cross K_0, cross V_0, ...] each (B, nh, F // 2, hs)"""
-        h = self.encoder(features)  # (B, F/2, d)
+        return self.cross_kv(self.encoder(features))
+
+    def cross_kv(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's output (B, T, d) -> each decoder layer's cross-attention K and V (B, nh, T, hs)."""
         B, T, C = h.shape
         out = []
         for xk, xv in zip(self.xk, self.xv):
@@ -265,14 +268,14 @@ class WhisperASR(nn.Module):
             out.append(xv(h).view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2))
         return out
 
-    def decode(self, input_ids: torch.Tensor, past: list[torch.Tensor], cross: list[torch.Tensor]):
+    def decode(self, input_ids: torch.Tensor, past: list[torch.Tensor], cross: list[torch.Tensor], every_position: bool = False):
         """input_ids (B, T); past: self K/V per layer (B, nh, P, hs) -> (logits of the last position
-        (B, 1, V), present K/V per layer)."""
+        (B, 1, V), or of every one (B, T, V) for training, present K/V per layer)."""
         P, T = past[0].shape[2], input_ids.shape[1]
         x = F.embedding(input_ids, self.embed_tokens) + self.embed_positions[P : P + T]
         presents = []
         for i, layer in enumerate(self.layers):
             x, k, v = layer(x, past[2 * i], past[2 * i + 1], cross[2 * i], cross[2 * i + 1])
             presents += [k, v]
-        h = self.layer_norm(x[:, -1:, :])
+        h = self.layer_norm(x if every_position else x[:, -1:, :])
         return h @ self.embed_tokens.t(), presents

@@ -146,6 +146,11 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     m = json.loads((tmp_path / "responder" / "manifest.json").read_text())
     assert m["kind"] == "responder" and m["provenance"]["lora"]["sha256"] == hashlib.sha256(DEFAULT_LORA.read_bytes()).hexdigest()
     assert sc.SOUND_RESPONSES["doorbell"] in m["pass_through"] and out["asr_greedy"][0]["identical"]
+    from edge_models.whisper_tune import DEFAULT_DELTA  # tiny.en hears with the shipped hearing delta (0.8.0 on)
+
+    assert m["provenance"]["asr_adapter"]["sha256"] == hashlib.sha256(DEFAULT_DELTA.read_bytes()).hexdigest()
+    asr = json.loads((tmp_path / "responder" / "asr" / "manifest.json").read_text())
+    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.8.0"
     r = Responder(tmp_path / "responder")
     assert (r.overrule_logprob, r.overrule_confidence, r.ground_numbers) == (-0.3, 0.5, False)  # the shipped policy (0.5.0 on)
     assert r.withhold_others and r.confirms("Edge, pass the salt.") and not r.confirms("the water's edge")  # 0.7.0 on

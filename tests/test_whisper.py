@@ -438,3 +438,36 @@ def test_responder_training_hears_its_pairs_clean_or_as_the_streams_have_them(bu
     assert len(clean) == len(echoed) == 3 and all(clean) and all(echoed)
     assert rep["utterances"] == rep_s["utterances"] == 3 and 0 <= rep["wer"] <= 0.5 and 0 <= rep_s["wer"] <= 1.5
     assert rep["heard_by"] == "whisper-asr"
+
+
+def test_hearing_recipe_trains_a_delta_that_the_export_merges_and_verifies(recordings, tmp_path):
+    """edge-train-hearing (a smoke run: 6 training-voice utterances under the streams' conditions, 3
+    steps) writes a LoRA delta on tiny.en's top encoder layers and decoder; edge-export whisper
+    --lora merges it: the fp32 ONNX transcripts equal the merged PyTorch model's (the export raises
+    otherwise), and the manifest records the delta. A missing delta is a one-line error."""
+    from edge_export.whisper_export import export_whisper
+    from edge_models import whisper_tune
+    from edge_models.responder import merge_lora
+
+    assert whisper_tune.main(["--work", str(tmp_path / "h"), "--utterances", "6", "--steps", "3", "--batch", "2",
+                              "--rank", "2"]) == 0
+    delta = tmp_path / "h" / "hearing-lora.npz"
+    d = np.load(delta)
+    names = {k.rsplit(".", 1)[0] for k in d.files if k != "meta"}
+    assert any(n.startswith("encoder.layers.3.") for n in names) and not any(n.startswith("encoder.layers.1.") for n in names)
+    assert {"xk.0", "xv.3", "layers.0.q", "layers.3.fc2"} <= names
+    assert any(np.abs(d[f"{n}.B"]).max() > 0 for n in names)  # trained: B starts at zero
+    base, merged = WhisperASR(load_hf("tiny.en")[0]), WhisperASR(load_hf("tiny.en")[0])
+    meta = merge_lora(merged, delta)
+    assert meta["frozen_layers"] == 2 and meta["voices"].startswith("train")
+    assert not torch.equal(base.layers[0].q.weight, merged.layers[0].q.weight)
+    assert torch.equal(base.encoder.layers[1].fc1.weight, merged.encoder.layers[1].fc1.weight)
+
+    audio = [recordings[UTTERANCES[0]][0]]
+    rep = export_whisper("tiny.en", tmp_path / "asr", "fp32", verify_audio=audio, lora=delta)
+    assert rep["greedy"][0]["identical"]
+    manifest = json.loads((tmp_path / "asr" / "manifest.json").read_text())
+    assert manifest["provenance"]["adapter"]["file"] == "hearing-lora.npz"
+    assert "LoRA delta trained here" in manifest["license"]
+    with pytest.raises(FileNotFoundError, match="edge-train-hearing"):
+        export_whisper("tiny.en", tmp_path / "x", "fp32", lora=tmp_path / "missing.npz")
