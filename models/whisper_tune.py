@@ -33,8 +33,6 @@ import numpy as np
 DEFAULT_DELTA = Path(__file__).resolve().parent / "weights" / "hearing-lora.npz"
 PAD_SECONDS = 15.0  # the responder's padding for tiny.en (AsrOptions.pad_seconds)
 ADDRESSED = 0.55  # share of requests to the assistant among the training lines (the rest: speech to ignore)
-
-
 QUESTION_WORDS = ("what", "when", "where", "who", "how", "is", "are", "can", "could", "will", "would", "do", "does", "should")
 
 
