@@ -16,7 +16,12 @@ what that condition costs on its own:
 
     python -m edge_bench.hearing WHISPER_BUNDLE [--n 80] [--out REPORT]
 
-WER counts words with numbers written as digits on both sides (Whisper writes digits).
+WER counts words with numbers written as digits on both sides (Whisper writes digits). Speech to
+ignore (``scenarios.not_addressed``, half in the training wording and half in the held-out one, as
+the two assistant sets have it: conversation, requests to someone else, near misses; held-out
+voices) is heard under the same conditions, and ``name_heard`` is the share of it in which Whisper
+heard the assistant's name as a name (``heard_as_name``, as the responder checks it): a recogniser
+that writes "Edge" for "Kate" or "hedge" makes the responder answer speech that was not for it.
 """
 
 from __future__ import annotations
@@ -39,12 +44,12 @@ def condition(name: str, rng: random.Random, voice: np.ndarray) -> np.ndarray:
     return synth.heard_as_in_a_stream(rng, voice, room_echo=name == "room", noise=name == "noise", music=name == "music")
 
 
-def run(bundle: str, n: int, seed: int = 21, pad_seconds: float | None = None) -> dict:
+def run(bundle: str, n: int, seed: int = 21, pad_seconds: float | None = None, ignored: int = 80) -> dict:
     from edge_models import scenarios as sc
     from edge_models import synth
     from edge_models.evaluate import wer_counts
     from edge_models.responder import ASR_PROMPT
-    from edge_runtime.responder import in_digits, normalize
+    from edge_runtime.responder import heard_as_name, in_digits, normalize
     from edge_runtime.whisper_asr import AsrOptions, WhisperBundle
 
     asr = WhisperBundle(bundle)
@@ -53,6 +58,9 @@ def run(bundle: str, n: int, seed: int = 21, pad_seconds: float | None = None) -
     said = [sc.command(rng, "heldout").text for _ in range(n)]
     voices = [synth.random_voice(rng, "heldout") for _ in range(n)]
     audio = [synth.speak(t, v) for t, v in zip(said, voices)]
+    irng = random.Random(f"hearing-ignored:{seed}")
+    other = [sc.not_addressed(irng, ("train", "heldout")[i % 2]).text for i in range(ignored)]
+    other_audio = [synth.speak(t, synth.random_voice(irng, "heldout")) for t in other]
     words = lambda text: in_digits(normalize(text)).split()  # noqa: E731
     out = {"bundle": bundle, "utterances": n, "pad_seconds": opts.pad_seconds, "conditions": {}}
     for name in CONDITIONS:
@@ -63,8 +71,15 @@ def run(bundle: str, n: int, seed: int = 21, pad_seconds: float | None = None) -
             errors += e
             if e and len(examples) < 4:
                 examples.append({"said": text, "heard": heard})
-        out["conditions"][name] = {"wer": round(errors / sum(len(words(t)) for t in said), 4), "examples": examples}
-        print(f"{name}: WER {out['conditions'][name]['wer']:.3f} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+        named = []
+        for text, voice in zip(other, other_audio):
+            heard, _ = asr.transcribe(condition(name, crng, voice), opts)
+            if heard_as_name([sc.NAME.lower()], heard):
+                named.append({"said": text, "heard": heard})
+        out["conditions"][name] = {"wer": round(errors / sum(len(words(t)) for t in said), 4), "examples": examples,
+                                   "name_heard": round(len(named) / max(1, ignored), 4), "name_heard_examples": named[:6]}
+        print(f"{name}: WER {out['conditions'][name]['wer']:.3f}, name heard in {len(named)}/{ignored} to ignore "
+              f"({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return out
 
 
@@ -72,15 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", help="a whisper-asr bundle (edge-export whisper, or a responder's asr folder)")
     ap.add_argument("--n", type=int, default=80, help="utterances per condition")
+    ap.add_argument("--ignored", type=int, default=80, help="utterances to ignore per condition (name_heard)")
     ap.add_argument("--pad-seconds", type=float, default=None, help="Whisper's padding (default AsrOptions')")
     ap.add_argument("--out", help="write the report (JSON) here")
     a = ap.parse_args(argv)
-    report = run(a.bundle, a.n, pad_seconds=a.pad_seconds)
+    report = run(a.bundle, a.n, pad_seconds=a.pad_seconds, ignored=a.ignored)
     text = json.dumps(report, indent=1)
     if a.out:
         with open(a.out, "w") as f:
             f.write(text)
-    print(json.dumps({k: v["wer"] for k, v in report["conditions"].items()}))
+    print(json.dumps({k: {"wer": v["wer"], "name_heard": v["name_heard"]} for k, v in report["conditions"].items()}))
     return 0
 
 

@@ -77,7 +77,7 @@ def collect(bundle: str, responder: str, streams: dict[str, int] = SETS, seed_ba
 
 def apply(events: list[dict], choose, rescue_above: float | None = None, name_words: tuple = (),
           confirm: tuple = (), forms: tuple = (), ground_below: float | None = None, others: bool = False,
-          called: bool = True) -> list[dict]:
+          called: bool = True, rescue_logprob: float | None = None) -> list[dict]:
     """The events as they would have been under a policy: ``choose(model_text, responder_text, event)``
     -> what is said ("" for nothing); second chances are kept only from ``rescue_above`` up, and
     they and the model's ``confirm`` replies only when one of ``name_words`` was heard; with
@@ -86,8 +86,9 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
     confidence under it) that names a number Whisper did not hear is said as the Sorry; with
     ``others`` a reply is not said when Whisper heard someone else addressed and not the name
     (Responder.meant_for_another); with ``called`` and ``name_words`` a reply to the name alone
-    ("Hey Edge.") is not said (Responder.only_called). The name counts only where it was heard as
-    one (heard_as_name)."""
+    ("Hey Edge.") is not said (Responder.only_called); with ``rescue_logprob`` a second chance is said
+    only when Whisper's mean log-probability reached it (Responder.sure_enough). The name counts only
+    where it was heard as one (heard_as_name)."""
     from types import SimpleNamespace
 
     from edge_models.scenarios import SORRY
@@ -112,7 +113,8 @@ def apply(events: list[dict], choose, rescue_above: float | None = None, name_wo
     out = []
     for e in events:
         if "rescue" in e:
-            if rescue_above is not None and e["rescue"] >= rescue_above and named(e) and not (called and bare(e)):
+            if rescue_above is not None and e["rescue"] >= rescue_above and named(e) and not (called and bare(e)) \
+                    and (rescue_logprob is None or (e.get("asr_logprob") or -99.0) >= rescue_logprob):
                 out.append({**e, "text": grounded(fit(e["text"]), e, True)})
             continue
         if e["type"] not in ("response.end", "response.withheld") or "model_text" not in e:
@@ -167,34 +169,36 @@ def score(dump: dict) -> dict:
 
     out = {}
     base = policies()
-    runs = [(name, choose, None, (), (), (), None) for name, choose in base.items()]
+    runs = [(name, choose, {}) for name, choose in base.items()]  # (row, policy, apply's checks)
     if any("rescue" in e for items in dump.values() for _, evs in items for e in evs):
-        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], r, w, (), (), None)
-                 for name in ("model_unsure<0.7_keep", "responder") for w in ((), (NAME.lower(),)) for r in RESCUE]
+        name_ = {"name_words": (NAME.lower(),)}
+        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], {"rescue_above": r} | (name_ if w else {}))
+                 for name in ("model_unsure<0.7_keep", "responder") for w in (False, True) for r in RESCUE]
+        confirmed = name_ | {"confirm": (SORRY,)}
         runs += [(f"model_unsure<0.7_keep+rescue>={r}+name+confirm{'+forms' if f else ''}", base["model_unsure<0.7_keep"],
-                  r, (NAME.lower(),), (SORRY,), f, None) for f in ((), tuple(reply_forms())) for r in RESCUE]
-        shipped = ("model_unsure<0.7_keep+rescue>=0.01+name+confirm+forms+numbers", base["model_unsure<0.7_keep"], 0.01,
-                   (NAME.lower(),), (SORRY,), tuple(reply_forms()), 0.7)
-        runs += [shipped] + [(f"model_unsure<0.7_keep+overrule({t},{c})+rescue>=0.01+name+confirm+forms{'+numbers' if g else ''}",
-                              overruled(t, c), 0.01, (NAME.lower(),), (SORRY,), tuple(reply_forms()), g)
-                             for t in (-0.2, -0.3, -0.4, -0.5) for c in (0.0, 0.5, 0.9) for g in (None, 1.01)]
-    runs = [(*r, False) for r in runs]  # the last field: withhold_others (responder 0.7.0)
-    if any("rescue" in e for items in dump.values() for _, evs in items for e in evs):
-        runs.append(("model_unsure<0.7_keep+overrule(-0.3,0.5)+rescue>=0.01+name+confirm+forms+others", overruled(-0.3, 0.5),
-                     0.01, (NAME.lower(),), (SORRY,), tuple(reply_forms()), None, True))
-    for name, choose, rescue_above, words, confirm, forms, ground_below, others in runs:
+                  confirmed | {"rescue_above": r, "forms": f}) for f in ((), tuple(reply_forms())) for r in RESCUE]
+        formed_ = confirmed | {"rescue_above": 0.01, "forms": tuple(reply_forms())}
+        runs.append(("model_unsure<0.7_keep+rescue>=0.01+name+confirm+forms+numbers", base["model_unsure<0.7_keep"],
+                     formed_ | {"ground_below": 0.7}))
+        runs += [(f"model_unsure<0.7_keep+overrule({t},{c})+rescue>=0.01+name+confirm+forms{'+numbers' if g else ''}",
+                  overruled(t, c), formed_ | {"ground_below": g})
+                 for t in (-0.2, -0.3, -0.4, -0.5) for c in (0.0, 0.5, 0.9) for g in (None, 1.01)]
+        shipped = "model_unsure<0.7_keep+overrule(-0.3,0.5)+rescue>=0.01+name+confirm+forms+others"  # responder 0.7.0, 0.8.0
+        runs.append((shipped, overruled(-0.3, 0.5), formed_ | {"others": True}))
+        runs += [(f"{shipped}{'+numbers' if g else ''}{f'+rescue_logprob>={lp}' if lp is not None else ''}",
+                  overruled(-0.3, 0.5), formed_ | {"others": True, "ground_below": g, "rescue_logprob": lp})
+                 for g in (None, 1.01) for lp in (None, -0.5, -0.4, -0.3, -0.25, -0.2) if g or lp is not None]
+    for name, choose, checks in runs:
         row, rule = {}, 0
         for set_name, items in dump.items():
             if set_name not in SETS:  # sound replies pass through: the policy cannot change the alerts
                 continue
-            pick = choose
+            pick, kw = choose, checks
             if set_name == "transcribe":  # what ships: under these instructions Whisper's transcript is said
                 pick = lambda m, r, e, choose=getattr(choose, "repeat", choose): choose(m, (e.get("heard") or "").strip(), e)  # noqa: E731
-            repeat = set_name == "transcribe"  # no second chances or reply forms under repeat instructions
-            s = E.summarize([E.score_stream(meta, apply(evs, pick, None if repeat else rescue_above, words, confirm,
-                                                        () if repeat else forms, None if repeat else ground_below,
-                                                        others and not repeat, not repeat))
-                             for meta, evs in items],
+                # no second chances, reply forms, grounding or checks of who was addressed under repeat instructions
+                kw = {k: v for k, v in checks.items() if k in ("name_words", "confirm")} | {"called": False}
+            s = E.summarize([E.score_stream(meta, apply(evs, pick, **kw)) for meta, evs in items],
                             transcribe=set_name == "transcribe")
             if set_name == "transcribe":
                 row[set_name] = {"wer": s["wer"], "recall": s["recall"], "false": s["false_responses"]}
@@ -202,9 +206,9 @@ def score(dump: dict) -> dict:
             c = s["by_category"]
             row[set_name] = {"requests": c["command"]["correct"], "unknown": c["unknown"]["correct"],
                              "false": s["false_responses"], "recall": s["recall"]}
-            if rescue_above is not None:  # the second chances said, scored alone: their latency from the utterance's end
-                alone = E.summarize([E.score_stream(meta, [e for e in apply(evs, pick, rescue_above, words, confirm, forms, ground_below, others)
-                                                           if "rescue" in e or e["type"] == "stats"]) for meta, evs in items])
+            if "rescue_above" in kw:  # the second chances said, scored alone: their latency from the utterance's end
+                alone = E.summarize([E.score_stream(meta, [e for e in apply(evs, pick, **kw) if "rescue" in e or e["type"] == "stats"])
+                                     for meta, evs in items])
                 row[set_name]["second_chance_latency_p50"] = alone["latency_s_p50"]
             rule += c["command"]["correct"] + c["unknown"]["correct"] - s["false_responses"]
         out[name] = row | {"speech_rule": rule}

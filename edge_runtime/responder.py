@@ -188,7 +188,8 @@ class Responder:
     p(<respond>) reached this (but not its threshold) and it stayed silent, the utterance goes to the
     responder once ``rescue_wait`` seconds of the trail are unvoiced, and a reply is said only
     when the LM writes one and Whisper heard one of ``name_words`` (the assistant's name; none
-    listed: any) (0, the default: never; not under repeat instructions); ``confirm_replies``:
+    listed: any) and, with ``rescue_logprob``, Whisper's mean log-probability reached it (unset, the
+    default: any) (0, the default: never; not under repeat instructions); ``confirm_replies``:
     replies of the model that Whisper always hears out (the LM still only under ``ask_below``)
     and that are withheld when it did not hear one of ``name_words`` in the utterance;
     ``reply_forms``: the replies the device can act on ("Turning on the {room} lights.", a ``{slot}``
@@ -217,7 +218,8 @@ class Responder:
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
-                   "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others")
+                   "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
+                   "rescue_logprob")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -258,6 +260,7 @@ class Responder:
         if self.asr_second_options.beam_size < 1:
             raise BundleError(f"{mpath}: asr_second_beam must be at least 1")
         self.rescue_above, self.rescue_wait = float(raw.get("rescue_above", 0.0)), float(raw.get("rescue_wait", 0.5))
+        self.rescue_logprob = None if raw.get("rescue_logprob") is None else float(raw["rescue_logprob"])
         self.name_words = [normalize(w) for w in raw.get("name_words", [])]
         self.confirm_replies = set(raw.get("confirm_replies", []))
         self.reply_forms = [reply_form(f) for f in raw.get("reply_forms", [])]
@@ -308,6 +311,12 @@ class Responder:
     def rescues(self, instruction: str) -> bool:
         """Does speech the model passed over narrowly get a second chance under this instruction?"""
         return self.rescue_above > 0 and instruction not in self.repeat_instructions
+
+    def sure_enough(self, out: dict) -> bool:
+        """Did Whisper hear a second chance clearly enough to say the LM's reply to it (``rescue_logprob``)?
+        The speech was passed over by the model, so a name it hears in a doubtful transcript is not enough."""
+        logprob = out.get("asr_logprob")
+        return self.rescue_logprob is None or logprob is not None and logprob >= self.rescue_logprob
 
     def confirms(self, heard: str | None) -> bool:
         """Did Whisper hear one of ``name_words`` in the utterance, used as a name (heard_as_name)?"""
@@ -472,7 +481,7 @@ class ResponderWorker:
         text = out.pop("text")
         total_ms = round(1000 * (time.monotonic() - t_decided), 2)
         if rescue is not None:
-            if text and r.confirms(out.get("heard")) and not r.only_called(instruction, out.get("heard")) \
+            if text and r.confirms(out.get("heard")) and r.sure_enough(out) and not r.only_called(instruction, out.get("heard")) \
                     and not self.answered(voiced):  # only the LM's reply
                 text = self._grounded(instruction, text, out)
                 self.say(t, text, total_ms, 0, out.get("lm_confidence", 1.0), model_text="",

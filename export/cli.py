@@ -39,6 +39,15 @@ def _add_export_args(p: argparse.ArgumentParser, max_context: int) -> None:
     p.add_argument("--vad-gate", action="store_true", help="the runtime skips the encoder on quiet, speech-free windows")
 
 
+def _number_or_none(parser, flag: str, value: str) -> float | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parser.error(f"{flag}: {value!r} is neither a number nor none")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edge-export", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -68,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                         "without waiting for Whisper and the LM")
     r.add_argument("--asr-second", choices=["base", "tiny.en", "none"], default="base",
                    help="a second Whisper that hears again what the first was unsure of (manifest asr_second; none: no second)")
-    r.add_argument("--ground-numbers", action="store_true",
-                   help="a reply that names a number Whisper did not hear is said as the Sorry (manifest ground_numbers)")
+    r.add_argument("--no-ground-numbers", action="store_true",
+                   help="say replies that name a number Whisper did not hear (manifest ground_numbers; by default they are "
+                        "said as the Sorry)")
+    r.add_argument("--rescue-logprob", default="-0.3", metavar="T",
+                   help="a second chance's reply is said only when Whisper's mean log-probability reaches T "
+                        "(manifest rescue_logprob; default -0.3; none: however sure Whisper was)")
     r.add_argument("--no-withhold-others", action="store_true",
                    help="say replies to speech in which Whisper heard someone else addressed (manifest withhold_others)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
@@ -102,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             from .responder_export import export_responder
 
             print(json.dumps(export_responder(args.lora or DEFAULT_LORA, args.out, args.asr_model, overrule=not args.no_overrule,
-                                              ground_numbers=args.ground_numbers, withhold_others=not args.no_withhold_others,
+                                              ground_numbers=not args.no_ground_numbers, withhold_others=not args.no_withhold_others,
+                                              rescue_logprob=_number_or_none(r, "--rescue-logprob", args.rescue_logprob),
                                               asr_second=None if args.asr_second == "none" else args.asr_second,
                                               asr_lora=None if args.asr_lora == "none" else args.asr_lora),
                              indent=2, default=str))

@@ -100,13 +100,15 @@ def prepare(work: Path, n: int, k: int, seed: int, workers: int = 2, addressed: 
     return data
 
 
-def trainable(k: int):
-    """Which of WhisperASR's nn.Linear get a LoRA: encoder layers k.., the decoder, cross K/V."""
+def trainable(k: int, decoder: bool = True):
+    """Which of WhisperASR's nn.Linear get a LoRA: encoder layers k.., cross K/V and (``decoder``)
+    the decoder's layers. Without the decoder the delta changes what Whisper hears, not how it
+    writes: its text prior (names, wording) stays tiny.en's."""
 
     def select(name: str) -> bool:
         if name.startswith("encoder.layers."):
             return int(name.split(".")[2]) >= k
-        return name.startswith(("layers.", "xk.", "xv."))
+        return name.startswith(("layers.", "xk.", "xv.") if decoder else ("xk.", "xv."))
 
     return select
 
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--no-decoder", action="store_true",
+                    help="LoRA on the encoder's top layers and cross K/V only: the decoder's text prior stays tiny.en's")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -184,14 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare(work, a.utterances, a.frozen_layers, a.seed, workers=a.threads, addressed=a.addressed)
     hf, tok, _ = load_hf("tiny.en")
     m = WhisperASR(hf)
-    modules = add_lora(m, a.rank, float(a.rank), select=trainable(a.frozen_layers))
+    modules = add_lora(m, a.rank, float(a.rank), select=trainable(a.frozen_layers, not a.no_decoder))
     n_train = sum(p.numel() for p in m.parameters() if p.requires_grad)
     print(f"edge-train-hearing: LoRA rank {a.rank} on {len(modules)} modules, {n_train / 1e6:.2f}M trainable; "
           f"{a.steps} steps of {a.batch}", file=sys.stderr)
     t_fit = time.monotonic()
     loss = fit(m, tok, data, a.steps, a.lr, a.batch, seed=a.seed)
     meta = {"base": provenance("tiny.en"), "rank": a.rank, "frozen_layers": a.frozen_layers, "utterances": a.utterances,
-            "addressed": a.addressed, "audio_minutes": data["minutes"], "steps": a.steps, "batch": a.batch, "lr": a.lr, "seed": a.seed,
+            "addressed": a.addressed, "decoder": not a.no_decoder, "audio_minutes": data["minutes"], "steps": a.steps, "batch": a.batch, "lr": a.lr, "seed": a.seed,
             "voices": "train (espeak-ng, festival ked)", "wording": "train++ requests, train speech to ignore",
             "conditions": "room echo 50%, background noise, music bed 25%", "pad_seconds": PAD_SECONDS}
     np.savez(work / "hearing-lora.npz", **lora_delta(m, meta))

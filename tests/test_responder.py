@@ -24,12 +24,12 @@ class StandIn:
         self.repeat_instructions, self.repeat_below = {"Transcribe what you hear."}, 0.5
         self.rescue_above, self.rescue_wait, self.name_words, self.confirm_replies = rescue_above, 0.5, ["edge"], set()
         self.overrule_logprob, self.overrule_confidence, self.unknown_reply = None, 0.0, "Sorry, I can't do that yet."
-        self.ground_numbers, self.withhold_others = False, False
+        self.ground_numbers, self.withhold_others, self.rescue_logprob = False, False, None
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
     rescues, confirms, overrules, trusted = Responder.rescues, Responder.confirms, Responder.overrules, Responder.trusted
     meant_for_another, only_called = Responder.meant_for_another, Responder.only_called
-    grounded = Responder.grounded
+    grounded, sure_enough = Responder.grounded, Responder.sure_enough
 
     @property
     def pass_through(self):
@@ -136,12 +136,18 @@ def test_speech_passed_over_narrowly_gets_a_second_chance_once_it_has_ended(tiny
     assert starts and abs(starts[0] / 16000 - 2.0) < 0.3, starts
     assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 1
     # silence from the LM on a second chance says nothing at all, nor does a reply to an utterance
-    # in which Whisper did not hear the assistant's name (rescue_words); repeat instructions get none
-    for heard, text in (("edge call mum", ""), ("and call mum", "Sorry, I can't do that yet.")):
+    # in which Whisper did not hear the assistant's name (name_words), nor (rescue_logprob -0.3) one
+    # Whisper heard doubtfully; repeat instructions get none
+    for heard, text, logprob, said in (("edge call mum", "", None, False), ("and call mum", "Sorry, I can't do that yet.", None, False),
+                                       ("edge call mum", "Sorry, I can't do that yet.", -0.45, False),
+                                       ("edge call mum", "Sorry, I can't do that yet.", -0.15, True)):
         quiet = StandIn(passes_third=False, rescue_above=1e-12)
-        quiet.answer = lambda instruction, audio, lm=True, heard=heard, text=text: {"text": text, "heard": heard}
+        quiet.rescue_logprob = None if logprob is None else -0.3
+        quiet.answer = lambda instruction, audio, lm=True, heard=heard, text=text, lp=logprob: {
+            "text": text, "heard": heard, **({} if lp is None else {"asr_logprob": lp})}
         events = _run(tiny_bundle[0], quiet, audio, respond_at={3})
-        assert not any("rescue" in e or e["type"] == "response.withheld" for e in events if e.get("t", 0) > 2.0)
+        later = [e for e in events if e.get("t", 0) > 2.0 and ("rescue" in e or e["type"] == "response.withheld")]
+        assert [e["type"] for e in later] == (["response.end"] if said else []), (heard, logprob, later)
         assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 1
     events = _run(tiny_bundle[0], on, audio, respond_at={3}, instruction="Transcribe what you hear.")
     assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 0

@@ -471,3 +471,22 @@ def test_hearing_recipe_trains_a_delta_that_the_export_merges_and_verifies(recor
     assert "LoRA delta trained here" in manifest["license"]
     with pytest.raises(FileNotFoundError, match="edge-train-hearing"):
         export_whisper("tiny.en", tmp_path / "x", "fp32", lora=tmp_path / "missing.npz")
+    # --no-decoder: the encoder's top layers and cross K/V only (the decoder writes as tiny.en does)
+    acoustic = whisper_tune.trainable(2, decoder=False)
+    assert acoustic("encoder.layers.3.fc1") and acoustic("xk.0") and acoustic("xv.3")
+    assert not acoustic("layers.0.q") and not acoustic("encoder.layers.1.fc1")
+
+
+def test_hearing_bench_reports_wer_and_the_name_heard_in_speech_to_ignore(bundles):
+    """edge_bench.hearing: held-out requests and speech to ignore, in held-out voices, under each
+    stream condition alone; WER per condition and the share of the speech to ignore in which
+    Whisper heard the assistant's name as a name (with what it heard)."""
+    from edge_bench import hearing
+    from edge_runtime.responder import heard_as_name
+
+    rep = hearing.run(str(bundles[0] / "int8"), n=2, ignored=4)
+    assert list(rep["conditions"]) == list(hearing.CONDITIONS)
+    for c in rep["conditions"].values():
+        assert 0 <= c["wer"] <= 1.0 and len(c["name_heard_examples"]) == round(c["name_heard"] * 4)
+        assert all(heard_as_name(["edge"], e["heard"]) for e in c["name_heard_examples"])
+    assert rep["conditions"]["clean"]["wer"] <= 0.5, rep["conditions"]["clean"]
