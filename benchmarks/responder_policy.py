@@ -171,22 +171,22 @@ def score(dump: dict) -> dict:
     base = policies()
     runs = [(name, choose, {}) for name, choose in base.items()]  # (row, policy, apply's checks)
     if any("rescue" in e for items in dump.values() for _, evs in items for e in evs):
-        name_ = {"name_words": (NAME.lower(),)}
-        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], {"rescue_above": r} | (name_ if w else {}))
+        by_name = {"name_words": (NAME.lower(),)}
+        runs += [(f"{name}+rescue>={r}{'+name' if w else ''}", base[name], {"rescue_above": r} | (by_name if w else {}))
                  for name in ("model_unsure<0.7_keep", "responder") for w in (False, True) for r in RESCUE]
-        confirmed = name_ | {"confirm": (SORRY,)}
+        confirmed = by_name | {"confirm": (SORRY,)}
         runs += [(f"model_unsure<0.7_keep+rescue>={r}+name+confirm{'+forms' if f else ''}", base["model_unsure<0.7_keep"],
                   confirmed | {"rescue_above": r, "forms": f}) for f in ((), tuple(reply_forms())) for r in RESCUE]
-        formed_ = confirmed | {"rescue_above": 0.01, "forms": tuple(reply_forms())}
+        checked = confirmed | {"rescue_above": 0.01, "forms": tuple(reply_forms())}
         runs.append(("model_unsure<0.7_keep+rescue>=0.01+name+confirm+forms+numbers", base["model_unsure<0.7_keep"],
-                     formed_ | {"ground_below": 0.7}))
+                     checked | {"ground_below": 0.7}))
         runs += [(f"model_unsure<0.7_keep+overrule({t},{c})+rescue>=0.01+name+confirm+forms{'+numbers' if g else ''}",
-                  overruled(t, c), formed_ | {"ground_below": g})
+                  overruled(t, c), checked | {"ground_below": g})
                  for t in (-0.2, -0.3, -0.4, -0.5) for c in (0.0, 0.5, 0.9) for g in (None, 1.01)]
         shipped = "model_unsure<0.7_keep+overrule(-0.3,0.5)+rescue>=0.01+name+confirm+forms+others"  # responder 0.7.0, 0.8.0
-        runs.append((shipped, overruled(-0.3, 0.5), formed_ | {"others": True}))
+        runs.append((shipped, overruled(-0.3, 0.5), checked | {"others": True}))
         runs += [(f"{shipped}{'+numbers' if g else ''}{f'+rescue_logprob>={lp}' if lp is not None else ''}",
-                  overruled(-0.3, 0.5), formed_ | {"others": True, "ground_below": g, "rescue_logprob": lp})
+                  overruled(-0.3, 0.5), checked | {"others": True, "ground_below": g, "rescue_logprob": lp})
                  for g in (None, 1.01) for lp in (None, -0.5, -0.4, -0.3, -0.25, -0.2) if g or lp is not None]
     for name, choose, checks in runs:
         row, rule = {}, 0

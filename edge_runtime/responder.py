@@ -187,9 +187,9 @@ class Responder:
     ``rescue_above``: a second chance for speech the model passed over narrowly: when its
     p(<respond>) reached this (but not its threshold) and it stayed silent, the utterance goes to the
     responder once ``rescue_wait`` seconds of the trail are unvoiced, and a reply is said only
-    when the LM writes one and Whisper heard one of ``name_words`` (the assistant's name; none
-    listed: any) and, with ``rescue_logprob``, Whisper's mean log-probability reached it (unset, the
-    default: any) (0, the default: never; not under repeat instructions); ``confirm_replies``:
+    when the LM writes one, Whisper heard one of ``name_words`` (the assistant's name; none
+    listed: any) and, when ``rescue_logprob`` is set, Whisper's mean log-probability reached it
+    (``rescue_above`` 0, the default: never; not under repeat instructions); ``confirm_replies``:
     replies of the model that Whisper always hears out (the LM still only under ``ask_below``)
     and that are withheld when it did not hear one of ``name_words`` in the utterance;
     ``reply_forms``: the replies the device can act on ("Turning on the {room} lights.", a ``{slot}``

@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     t_fit = time.monotonic()
     loss = fit(m, tok, data, a.steps, a.lr, a.batch, seed=a.seed)
     meta = {"base": provenance("tiny.en"), "rank": a.rank, "frozen_layers": a.frozen_layers, "utterances": a.utterances,
-            "addressed": a.addressed, "decoder": not a.no_decoder, "audio_minutes": data["minutes"], "steps": a.steps, "batch": a.batch, "lr": a.lr, "seed": a.seed,
+            "addressed": a.addressed, "decoder": not a.no_decoder, "audio_minutes": data["minutes"], "steps": a.steps,
+            "batch": a.batch, "lr": a.lr, "seed": a.seed,
             "voices": "train (espeak-ng, festival ked)", "wording": "train++ requests, train speech to ignore",
             "conditions": "room echo 50%, background noise, music bed 25%", "pad_seconds": PAD_SECONDS}
     np.savez(work / "hearing-lora.npz", **lora_delta(m, meta))
