@@ -100,6 +100,17 @@ def prepare(work: Path, n: int, k: int, seed: int, workers: int = 2, addressed: 
     return data
 
 
+def joined(parts: list[dict]) -> dict:
+    """Several ``prepare`` results as one training set (their lines, encodings, minutes and seconds added up)."""
+    out = dict(parts[0])
+    for more in parts[1:]:
+        out["text"], out["hidden"] = out["text"] + more["text"], out["hidden"] + more["hidden"]
+        out["minutes"] = round(out["minutes"] + more["minutes"], 1)
+        a, b = out.get("seconds", {}), more.get("seconds", {})
+        out["seconds"] = {k: round(a.get(k, 0) + b.get(k, 0), 1) for k in a.keys() | b.keys()}
+    return out
+
+
 def trainable(k: int, decoder: bool = True):
     """Which of WhisperASR's nn.Linear get a LoRA: encoder layers k.., cross K/V and (``decoder``)
     the decoder's layers. Without the decoder the delta changes what Whisper hears, not how it
@@ -170,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-decoder", action="store_true",
                     help="LoRA on the encoder's top layers and cross K/V only: the decoder's text prior stays tiny.en's")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--more-lines", type=int, nargs="+", default=[], metavar="SEED",
+                    help="also train on --utterances more lines from each of these synthesis seeds (each kept in the work folder)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     import torch
@@ -185,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     if not 0 <= a.addressed <= 1:
         ap.error("--addressed: 0 to 1")
-    data = prepare(work, a.utterances, a.frozen_layers, a.seed, workers=a.threads, addressed=a.addressed)
+    data = joined([prepare(work, a.utterances, a.frozen_layers, seed, workers=a.threads, addressed=a.addressed)
+                   for seed in [a.seed, *a.more_lines]])
     hf, tok, _ = load_hf("tiny.en")
     m = WhisperASR(hf)
     modules = add_lora(m, a.rank, float(a.rank), select=trainable(a.frozen_layers, not a.no_decoder))
@@ -194,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.steps} steps of {a.batch}", file=sys.stderr)
     t_fit = time.monotonic()
     loss = fit(m, tok, data, a.steps, a.lr, a.batch, seed=a.seed)
-    meta = {"base": provenance("tiny.en"), "rank": a.rank, "frozen_layers": a.frozen_layers, "utterances": a.utterances,
+    meta = {"base": provenance("tiny.en"), "rank": a.rank, "frozen_layers": a.frozen_layers, "utterances": len(data["text"]),
+            "line_seeds": [a.seed, *a.more_lines],
             "addressed": a.addressed, "decoder": not a.no_decoder, "audio_minutes": data["minutes"], "steps": a.steps,
             "batch": a.batch, "lr": a.lr, "seed": a.seed,
             "voices": "train (espeak-ng, festival ked)", "wording": "train++ requests, train speech to ignore",

@@ -442,15 +442,16 @@ def test_responder_training_hears_its_pairs_clean_or_as_the_streams_have_them(bu
 
 def test_hearing_recipe_trains_a_delta_that_the_export_merges_and_verifies(recordings, tmp_path):
     """edge-train-hearing (a smoke run: 6 training-voice utterances under the streams' conditions, 3
-    steps) writes a LoRA delta on tiny.en's top encoder layers and decoder; edge-export whisper
+    from each of two synthesis seeds (--more-lines), each seed's encodings kept apart; 3 steps) writes a LoRA delta on tiny.en's top encoder layers and decoder; edge-export whisper
     --lora merges it: the fp32 ONNX transcripts equal the merged PyTorch model's (the export raises
     otherwise), and the manifest records the delta. A missing delta is a one-line error."""
     from edge_export.whisper_export import export_whisper
     from edge_models import whisper_tune
     from edge_models.responder import merge_lora
 
-    assert whisper_tune.main(["--work", str(tmp_path / "h"), "--utterances", "6", "--steps", "3", "--batch", "2",
-                              "--rank", "2"]) == 0
+    assert whisper_tune.main(["--work", str(tmp_path / "h"), "--utterances", "3", "--more-lines", "7", "--steps", "3",
+                              "--batch", "2", "--rank", "2"]) == 0
+    assert sorted(f.name for f in (tmp_path / "h").glob("encoded-*.pt")) == ["encoded-3-k2-s1.pt", "encoded-3-k2-s7.pt"]
     delta = tmp_path / "h" / "hearing-lora.npz"
     d = np.load(delta)
     names = {k.rsplit(".", 1)[0] for k in d.files if k != "meta"}
@@ -460,6 +461,7 @@ def test_hearing_recipe_trains_a_delta_that_the_export_merges_and_verifies(recor
     base, merged = WhisperASR(load_hf("tiny.en")[0]), WhisperASR(load_hf("tiny.en")[0])
     meta = merge_lora(merged, delta)
     assert meta["frozen_layers"] == 2 and meta["voices"].startswith("train")
+    assert meta["utterances"] == 6 and meta["line_seeds"] == [1, 7]  # --more-lines: both seeds' lines
     assert not torch.equal(base.layers[0].q.weight, merged.layers[0].q.weight)
     assert torch.equal(base.encoder.layers[1].fc1.weight, merged.encoder.layers[1].fc1.weight)
 
