@@ -36,17 +36,16 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     from edge_models.zoo import smollm2
 
     from .pipeline import ExportOptions, export_bundle
-    from .whisper_export import export_whisper
+    from .whisper_export import delta_file, export_whisper
 
     from edge_models.whisper_tune import DEFAULT_DELTA
 
-    lora, out, t0 = Path(lora), Path(out), time.perf_counter()
+    out, t0 = Path(out), time.perf_counter()
     if asr_lora == SHIPPED:
         asr_lora = DEFAULT_DELTA if asr_model == "tiny.en" else None
-    if not lora.is_file():
-        raise FileNotFoundError(f"{lora}: no such LoRA delta (edge-train-responder writes one)")
-    if asr_lora and not Path(asr_lora).is_file():
-        raise FileNotFoundError(f"{asr_lora}: no such LoRA delta (edge-train-hearing writes one)")
+    lora = delta_file(lora, "edge-train-responder")  # both deltas now, not after a minute of building the LM
+    if asr_lora:
+        delta_file(asr_lora, "edge-train-hearing")
     meta = json.loads(bytes(np.load(lora)["meta"]).decode())
     for name in filter(None, (asr_model, asr_second)):  # the recognisers' weights ship in packages: name a missing
         model_dir(name)  # one now (WeightsNotFound says which to install), not after a minute of building the LM

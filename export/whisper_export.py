@@ -249,15 +249,21 @@ def _verification_speech() -> np.ndarray:
         return (0.2 * np.sin(2 * np.pi * 150 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
 
 
+def delta_file(path: str | Path, recipe: str) -> Path:
+    """``path``, or a one-line error naming the recipe that writes such a LoRA delta."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such LoRA delta ({recipe} writes one)")
+    return path
+
+
 def adapter(m: WhisperASR, lora: str | Path) -> dict:
     """Merge a LoRA delta into ``m``; what the manifest records of it."""
     import hashlib
 
     from edge_models.responder import merge_lora
 
-    lora = Path(lora)
-    if not lora.is_file():
-        raise FileNotFoundError(f"{lora}: no such LoRA delta (edge-train-hearing writes one)")
+    lora = delta_file(lora, "edge-train-hearing")
     meta = merge_lora(m, lora)
     log.info("merged %s (rank %s, %s steps)", lora.name, meta.get("rank"), meta.get("steps"))
     return {"file": lora.name, "sha256": hashlib.sha256(lora.read_bytes()).hexdigest(), "license": "Apache-2.0 (trained here)",

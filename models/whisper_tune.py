@@ -192,12 +192,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not 0 <= a.frozen_layers <= 4:
         ap.error("--frozen-layers: 0 to 4")
+    if not 0 <= a.addressed <= 1:
+        ap.error("--addressed: 0 to 1")
     torch.set_num_threads(a.threads)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    if not 0 <= a.addressed <= 1:
-        ap.error("--addressed: 0 to 1")
     data = joined([prepare(work, a.utterances, a.frozen_layers, seed, workers=a.threads, addressed=a.addressed)
                    for seed in [a.seed, *a.more_lines]])
     hf, tok, _ = load_hf("tiny.en")
