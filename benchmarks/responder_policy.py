@@ -38,6 +38,11 @@ model running flat out; ``edge-train-eval --responder`` paces the streams like a
     python -m edge_bench.responder_policy BUNDLE RESPONDER --out DUMP.pkl   # run (about 6 min at 24 streams)
     python -m edge_bench.responder_policy --score DUMP.pkl                  # the policies
     python -m edge_bench.responder_policy BUNDLE RESPONDER --seed-base 900000 --out DUMP.pkl  # other seeds, to check a choice
+    python -m edge_bench.responder_policy --score DUMP.pkl --lm OTHER_RESPONDER        # as if OTHER's LM had replied
+
+``--lm`` asks another responder's LM for every reply of the kept run, on the transcripts the run's
+Whisper heard (the same hearing and timing, so only the LM differs). The run keeps no second chance
+its own LM left silent, so those are not asked again: a new LM can lose second chances there, not gain them.
 """
 
 from __future__ import annotations
@@ -220,6 +225,37 @@ def score(dump: dict) -> dict:
     return out
 
 
+def relabel(dump: dict, r) -> dict:
+    """The kept run with every reply the LM wrote written again by responder ``r``'s LM
+    (``r.written``, as Responder.answer asks it) from the same transcripts; the transcription set
+    says Whisper's own."""
+    out = {}
+    for set_name, items in dump.items():
+        if set_name == "transcribe":  # Whisper's transcript is said there; no LM
+            out[set_name] = items
+            continue
+        kept = []
+        for meta, evs in items:
+            new = []
+            for e in evs:
+                asked = "rescue" in e or e["type"] in ("response.end", "response.withheld") and "model_text" in e
+                heard = (e.get("heard") or "").strip()
+                if not asked or "heard" not in e:
+                    new.append(e)
+                    continue
+                text, confidence = r.written(meta["instruction"], heard)
+                if "rescue" in e and not text:
+                    continue  # a second chance with nothing to say is not kept (as collect() keeps them)
+                e = {**e, "text": text, "lm_confidence": round(confidence, 4)}
+                if "rescue" not in e:
+                    e["type"] = "response.end" if text else "response.withheld"
+                new.append(e)
+            kept.append((meta, new))
+        out[set_name] = kept
+        print(f"{set_name}: relabelled", file=sys.stderr)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", nargs="?")
@@ -227,12 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="with BUNDLE RESPONDER: where to keep the run (pickle)")
     ap.add_argument("--score", metavar="DUMP", help="score the policies on a kept run")
     ap.add_argument("--report", help="with --score: also write the table (JSON) here")
+    ap.add_argument("--lm", metavar="RESPONDER", help="with --score: the run's replies written again by this "
+                    "responder's LM, from the transcripts the run heard")
     ap.add_argument("--seed-base", type=int, help="with BUNDLE RESPONDER: streams from these seeds instead of the tuning "
                     "seeds (say 900000: neither the tuning nor the acceptance sets use them)")
     a = ap.parse_args(argv)
     if a.score:
         with open(a.score, "rb") as f:
-            table = score(pickle.load(f))
+            dump = pickle.load(f)
+        if a.lm:
+            from edge_runtime.responder import Responder
+            from edge_runtime.sessions import SessionConfig
+            dump = relabel(dump, Responder(a.lm, SessionConfig(threads=2)))
+        table = score(dump)
         for name, row in table.items():
             print(f"{name:24s} {json.dumps(row)}")
         if a.report:

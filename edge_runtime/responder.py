@@ -359,6 +359,12 @@ class Responder:
             logits = self._ctx.feed(self.lm.embed([nxt]))
         return self.lm.tokenizer.decode(ids).strip(), confidence
 
+    def written(self, instruction: str, heard: str) -> tuple[str, float]:
+        """The LM's reply to a transcript and its confidence ("" to no words); a reply that repeats
+        what was said is written as Whisper wrote it."""
+        text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
+        return (heard.strip() if text and text == normalize(heard) else text), confidence
+
     def hear(self, audio: np.ndarray) -> tuple[str, dict]:
         """Whisper's transcript and info; with ``asr_second``, the second recogniser's instead when
         the first was unsure (under ``asr_second_below``) and the second is surer. info["second"]:
@@ -390,9 +396,7 @@ class Responder:
             elif instruction in self.repeat_instructions:
                 text, confidence = heard.strip(), 1.0
             else:
-                text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
-        if text and text == normalize(heard):  # it repeats what was said: say it as Whisper wrote it
-            text = heard.strip()
+                text, confidence = self.written(instruction, heard)
         extra = {}
         if lm and instruction not in self.repeat_instructions and text != formed(text, self.reply_forms, self.unknown_reply):
             extra, text = {"lm_text": text}, self.unknown_reply  # an action the device does not have

@@ -142,6 +142,28 @@ def test_responder_policy_replays_what_each_policy_would_have_said():
     assert [e["text"] for e in apply(bare, keep, 0.05) if e["type"] == "response.end"] == ["F", "H"]
 
 
+def test_responder_policy_relabel_asks_another_lm_on_the_same_transcripts():
+    from edge_bench.responder_policy import relabel
+
+    class Other:  # a stand-in LM: replies to what it was told, silent to the rest
+        def written(self, instruction, heard):
+            return ("Checking the time.", 0.9) if "time" in heard else ("", 1.0)
+
+    meta = {"instruction": "Answer when someone talks to you."}
+    events = [{"type": "ready"},
+              {"type": "response.withheld", "t": 1.0, "text": "", "model_text": "B", "confidence": 0.5, "heard": "Edge, the time"},
+              {"type": "response.end", "t": 2.0, "text": "A", "model_text": "A", "confidence": 0.4, "heard": "Edge, do A"},
+              {"type": "response.end", "t": 3.0, "text": "D", "model_text": "", "rescue": 0.1, "heard": "Edge, do D"},
+              {"type": "response.end", "t": 4.0, "text": "T", "model_text": "", "rescue": 0.1, "heard": "Edge, the time?"},
+              {"type": "response.end", "t": 5.0, "text": "The doorbell is ringing.", "confidence": 0.99}]
+    dump = {"assistant": [(meta, events)], "transcribe": [(meta, events)]}
+    new = relabel(dump, Other())
+    assert [(e["type"], e.get("text"), e.get("lm_confidence")) for e in new["assistant"][0][1]] == [
+        ("ready", None, None), ("response.end", "Checking the time.", 0.9), ("response.withheld", "", 1.0),
+        ("response.end", "Checking the time.", 0.9), ("response.end", "The doorbell is ringing.", None)]
+    assert new["transcribe"] is dump["transcribe"] and events[1]["type"] == "response.withheld"  # Whisper's; the run is kept
+
+
 def test_responder_policy_never_runs_on_the_acceptance_seeds(capsys):
     from edge_bench.responder_policy import main
 
