@@ -239,7 +239,7 @@ def relabel(dump: dict, r) -> dict:
             new = []
             for e in evs:
                 asked = "rescue" in e or e["type"] in ("response.end", "response.withheld") and "model_text" in e
-                heard = (e.get("heard") or "").strip()
+                heard = e.get("heard") or ""
                 if not asked or "heard" not in e:
                     new.append(e)
                     continue
