@@ -239,11 +239,10 @@ def relabel(dump: dict, r) -> dict:
             new = []
             for e in evs:
                 asked = "rescue" in e or e["type"] in ("response.end", "response.withheld") and "model_text" in e
-                heard = e.get("heard") or ""
-                if not asked or "heard" not in e:
+                if not asked or "heard" not in e:  # not a reply the LM was asked for
                     new.append(e)
                     continue
-                text, confidence = r.written(meta["instruction"], heard)
+                text, confidence = r.written(meta["instruction"], e["heard"] or "")
                 if "rescue" in e and not text:
                     continue  # a second chance with nothing to say is not kept (as collect() keeps them)
                 e = {**e, "text": text, "lm_confidence": round(confidence, 4)}
