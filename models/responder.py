@@ -312,7 +312,10 @@ def shares(results: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edge-train-responder", description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, help="folder for the delta and the report")
-    ap.add_argument("--train", type=int, default=4000, help="text pairs (train++ wording)")
+    ap.add_argument("--train", type=int, default=4000, help="text pairs (in --wording)")
+    ap.add_argument("--wording", choices=("train++", "train3"), default="train++",
+                    help="the training wording of the pairs: train++, or train3 (train++ and the teacher's lines, "
+                         "teacher_wording.py)")
     ap.add_argument("--asr", metavar="BUNDLE", help="a whisper-asr bundle: add pairs as it hears them in training voices; "
                                                     "a responder bundle: as its recognisers hear them (Responder.hear)")
     ap.add_argument("--heard", type=int, default=1500, help="with --asr: how many heard pairs")
@@ -335,10 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    data = read_as(examples(1, a.train, "train++"), rng=random.Random(4))
-    report: dict = {"train_pairs": a.train, "steps": a.steps, "batch": a.batch, "lr": a.lr, "rank": a.rank}
+    data = read_as(examples(1, a.train, a.wording), rng=random.Random(4))
+    report: dict = {"train_pairs": a.train, "wording": a.wording, "steps": a.steps, "batch": a.batch, "lr": a.lr,
+                    "rank": a.rank}
     if a.asr:
-        items = examples(6, a.heard, "train++")
+        items = examples(6, a.heard, a.wording)
         try:
             heard, report["asr_train"] = speak_and_transcribe([s for _, s, _, _ in items], a.asr, 7, voices="train",
                                                               asr_prompt=a.asr_prompt, conditions=a.asr_conditions)
@@ -361,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     report["train_loss"] = fit(lm, data, a.steps, a.lr, a.batch)
     report["train_s"] = round(time.monotonic() - t0, 1)
     meta = {"base": provenance(), "rank": a.rank, "targets": list(LORA_TARGETS), "prompt": prompt("{instruction}", "{heard}"),
-            "modes": MODES, "train_pairs": len(data), "steps": a.steps, "lr": a.lr,
+            "modes": MODES, "train_pairs": len(data), "wording": a.wording, "steps": a.steps, "lr": a.lr,
             **({"asr_conditions": a.asr_conditions} if a.asr else {})}
     np.savez(work / "responder-lora.npz", **lora_delta(hf, meta))
     report["check"] = score(lm, tests)

@@ -18,7 +18,9 @@ The three abilities (the instruction at the start of a stream selects them):
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+from pathlib import Path
 
 NAME = "Edge"
 SORRY = "Sorry, I can't do that yet."
@@ -423,7 +425,18 @@ WORDING_WIDE = {
 for _name, _more in WORDING_WIDE.items():
     _TABLES[_name]["train++"] = _TABLES[_name]["train+"] + _more
 TEMPERATURES["train++"] = TEMPERATURES["train+"]
-WORDINGS = ("train", "train+", "train++", "heldout")
+
+# --------------------------------------------------------------------------- the teacher's wording
+# "train3" is "train++" plus request templates and requests it cannot serve written by a larger
+# pretrained LM (``teacher_wording.py``: Qwen2.5-Coder-1.5B-Instruct, from PyPI packages), filtered
+# so that no held-out word, value or template gets in. Only the responder's LM is taught on it
+# (``edge-train-responder --wording train3``); slot values and everything else are train++'s.
+TEACHER_PATH = Path(__file__).resolve().parent / "data" / "teacher_wording.json"
+_teacher = json.loads(TEACHER_PATH.read_text()) if TEACHER_PATH.is_file() else {"intents": {}, "unknown": []}
+INTENTS_TEACHER = {intent: _teacher["intents"].get(intent, []) for intent in INTENTS}
+for _name, _table in _TABLES.items():
+    _table["train3"] = _table["train++"] + (_teacher["unknown"] if _name == "UNKNOWN" else [])
+WORDINGS = ("train", "train+", "train++", "train3", "heldout")
 
 
 def reply_forms() -> list[str]:
@@ -462,10 +475,12 @@ def request(rng: random.Random, split: str, intent: str | None = None) -> tuple[
     temp, genre = rng.choice(TEMPERATURES[split]), rng.choice(GENRES[split])
     spoken = {"room": room, "duration": dur, "temp": NUMBER_WORDS[temp], "genre": genre}
     said = {"room": room, "duration": dur, "temp": temp, "genre": genre}
-    if split in ("train+", "train++"):
+    if split in ("train+", "train++", "train3"):
         templates = templates + INTENTS_MORE[intent]
-    if split == "train++":
+    if split in ("train++", "train3"):
         templates = templates + INTENTS_WIDE[intent]
+    if split == "train3":
+        templates = templates + INTENTS_TEACHER[intent]
     return _fill(rng.choice(held if split == "heldout" else templates), spoken), intent, _fill(reply, said)
 
 

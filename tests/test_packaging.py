@@ -29,4 +29,5 @@ def test_wheel_holds_the_bundle_the_lora_and_the_recipes(tmp_path):
     assert recipes and {f"edge_models/recipes/{n}" for n in recipes} <= names
     bundle = {p.name for p in (ROOT / "edge_runtime" / "bundles" / "default").iterdir()}
     assert {f"edge_runtime/bundles/default/{n}" for n in bundle} <= names
-    assert {"edge_runtime/bundles/demo.wav", "edge_models/weights/responder-lora.npz"} <= names
+    assert {"edge_runtime/bundles/demo.wav", "edge_models/weights/responder-lora.npz",
+            "edge_models/data/teacher_wording.json"} <= names

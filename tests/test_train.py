@@ -39,7 +39,7 @@ def test_instruction_modes_label_differently():
     assert all(e.response is None for e in b.events if e.kind == "speech")
 
 
-@pytest.mark.parametrize("wording", ["train", "train+", "train++"])
+@pytest.mark.parametrize("wording", ["train", "train+", "train++", "train3"])
 def test_heldout_wording_never_in_training_text(wording):
     rng = random.Random(0)
     train_text = " | ".join(
@@ -55,15 +55,25 @@ def test_heldout_wording_never_in_training_text(wording):
     assert not leaks, leaks
     wider = sc.WORDING_MORE["UNKNOWN"] + sc.WORDING_MORE["ROOMS"]  # the wider wording is used, and only there
     widest = sc.WORDING_WIDE["UNKNOWN"] + sc.WORDING_WIDE["ROOMS"]
-    for lines, used in ((wider, wording != "train"), (widest, wording == "train++")):
+    teacher = [t for ts in sc.INTENTS_TEACHER.values() for t in ts if "{" not in t and len(t.split()) >= 4]
+    teacher += [u for u in sc.UNKNOWN["train3"] if u not in sc.UNKNOWN["train++"] and len(u.split()) >= 4]
+    assert len(teacher) > 100  # teacher_wording.json is there
+    for lines, used in ((wider, wording != "train"), (widest, wording in ("train++", "train3")), (teacher, wording == "train3")):
         if used:
             assert sum(w.lower() in train_text for w in lines) > len(lines) // 2
         else:
             assert not [w for w in lines if f" {w.lower()} " in f" {train_text} "]
-    if wording == "train++":  # nor the content words of held-out templates and values
-        new = " | ".join([t for ts in sc.INTENTS_WIDE.values() for t in ts]
-                         + [v for vs in sc.WORDING_WIDE.values() for v in vs]).lower()
+    if wording in ("train++", "train3"):  # nor the content words of held-out templates and values
+        new = " | ".join([t for ts in sc.INTENTS_WIDE.values() for t in ts] + [v for vs in sc.WORDING_WIDE.values() for v in vs]
+                         + ([t for ts in sc.INTENTS_TEACHER.values() for t in ts] + sc.UNKNOWN["train3"]
+                            if wording == "train3" else [])).lower()
         assert not [w for w in sc.HELDOUT_WORDS if re.search(rf"\b{w}\b", new)]
+    if wording == "train3":  # the teacher's lines: not even words made from them ("raising", "brighten")
+        from edge_models.teacher_wording import heldout_lines
+
+        held_words, _ = heldout_lines()
+        assert not [t for t in [t for ts in sc.INTENTS_TEACHER.values() for t in ts] + sc.UNKNOWN["train3"]
+                    if held_words.search(t.lower())]
 
 
 def test_scoring_matches_false_and_latency():
@@ -629,3 +639,23 @@ def test_training_loss_and_gradients_are_the_same_on_cuda():
     assert g_cpu.keys() == g_gpu.keys() and len(g_cpu) > 10
     for n in g_cpu:
         assert torch.allclose(g_cpu[n], g_gpu[n], rtol=1e-2, atol=1e-4), n
+
+
+def test_teacher_lines_are_templated_and_held_out_wording_is_dropped():
+    from edge_models import teacher_wording as T
+
+    held, templates = T.heldout_lines()
+    rooms = re.compile(r"\b(kitchen|bedroom)\b")
+    assert T.templated('3. "Could you get the kitchen lights on, please?" (polite)', "kitchen", "room", rooms, held,
+                       templates) == "could you get the {room} lights on, please"
+    assert T.templated("Set the heat to seventy-two degrees", "seventy two", "temp", None, held, templates) \
+        == "set the heat to {temp} degrees"
+    for line, value in (("make the kitchen dark", "kitchen"),  # a held-out content word
+                        ("kitchen and bedroom lights on", "kitchen"),  # a second room
+                        ("lights on in the hallway", "kitchen"),  # the room is lost
+                        ("a timer for 10 minutes", "ten minutes"),  # digits
+                        ("Hey Edge, kitchen lights on", "kitchen")):  # the name
+        assert T.templated(line, value, "room" if value == "kitchen" else "duration", rooms, held, templates) is None
+    assert T.templated("crank it up", None, None, None, held, templates) is None
+    assert T.templated("reserve a table for two", None, None, None, held, templates) is None  # a held-out unknown request
+    assert T.templated("pump the sound up a bit", None, None, None, held, templates) == "pump the sound up a bit"
