@@ -12,8 +12,10 @@ but not used (``scenarios.TEACHER_UNKNOWN``: taught on them, the LM said the Sor
 questions).
 
 The held-out wording stays held out: a line is dropped when it uses any held-out content word or
-value (``scenarios.HELDOUT_WORDS``, the held-out slot values) or equals a held-out template, and
-only training requests are shown to the teacher. Lines must keep the request's slot value
+value (``scenarios.HELDOUT_WORDS``, the held-out slot values) or a word made from one ("raising",
+"brighten"), or contains a held-out request or a held-out template's fixed start ("i need the"),
+and only training requests are shown to the teacher. A request is kept only when the teacher,
+asked again as a multiple choice (``checked``), reads it as its intent. Lines must keep the request's slot value
 (templated back to ``{room}``, ``{duration}``, ``{temp}``, ``{genre}``) and may name no other
 room, number or genre, no person and not the assistant.
 
