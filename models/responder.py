@@ -215,6 +215,27 @@ def merge_lora(hf_model, delta_path: str | Path) -> dict:
     return json.loads(bytes(d["meta"]).decode())
 
 
+def average_deltas(paths: list, rank: int) -> dict[str, np.ndarray]:
+    """The mean of saved deltas (a "model soup" of LoRA draws from one start), cut back by SVD to
+    ``rank`` per module so that it keeps one delta's size; meta says which deltas went in."""
+    ds = [np.load(p) for p in paths]
+    names = sorted({k.rsplit(".", 1)[0] for d in ds for k in d.files if k != "meta"})
+    out = {}
+    for name in names:
+        if any(f"{name}.A" not in d.files for d in ds):
+            raise ValueError(f"{name} is not in every delta")
+        # mean = [B1 .. Bn] / n @ [A1; ..; An]; its SVD from the QRs of both factors (small, exact)
+        qb, rb = np.linalg.qr(np.concatenate([d[f"{name}.B"] for d in ds], 1).astype(np.float64) / len(ds))
+        qa, ra = np.linalg.qr(np.concatenate([d[f"{name}.A"] for d in ds], 0).astype(np.float64).T)
+        u, sv, vt = np.linalg.svd(rb @ ra.T)
+        out[f"{name}.A"] = (vt[:rank] @ qa.T).astype(np.float16)
+        out[f"{name}.B"] = (qb @ u[:, :rank] * sv[:rank]).astype(np.float16)
+    metas = [json.loads(bytes(d["meta"]).decode()) for d in ds]
+    meta = {**metas[0], "rank": rank, "average_of": [{"file": Path(p).name, **m} for p, m in zip(paths, metas)]}
+    out["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    return out
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -328,19 +349,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--average", nargs="+", metavar="DELTA",
+                    help="train nothing: write the mean of these deltas (draws from one start), cut back to --rank")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the batch order (the pairs and the LoRA's start stay the same, so draws can be averaged)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if a.average:
+        try:
+            np.savez(work / "responder-lora.npz", **average_deltas(a.average, a.rank))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"edge-train-responder: error: {e}", file=sys.stderr)
+            return 2
+        print(f"edge-train-responder: the mean of {len(a.average)} deltas, rank {a.rank} -> {work / 'responder-lora.npz'}",
+              file=sys.stderr)
+        return 0
     import torch
 
     from .smollm2 import load_smollm2, provenance
 
     torch.set_num_threads(a.threads)
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     data = read_as(examples(1, a.train, a.wording), rng=random.Random(4))
     report: dict = {"train_pairs": a.train, "wording": a.wording, "steps": a.steps, "batch": a.batch, "lr": a.lr,
-                    "rank": a.rank}
+                    "rank": a.rank, "seed": a.seed}
     if a.asr:
         items = examples(6, a.heard, a.wording)
         try:
@@ -362,11 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"edge-train-responder: LoRA rank {a.rank} on {len(modules)} modules, {n_train / 1e6:.2f}M trainable; "
           f"{len(data)} pairs, {a.steps} steps of {a.batch}", file=sys.stderr)
     lm = TextLM(hf, tok, info["eos_id"], prompt)
-    report["train_loss"] = fit(lm, data, a.steps, a.lr, a.batch)
+    report["train_loss"] = fit(lm, data, a.steps, a.lr, a.batch, seed=a.seed)
     report["train_s"] = round(time.monotonic() - t0, 1)
     meta = {"base": provenance(), "rank": a.rank, "targets": list(LORA_TARGETS), "prompt": prompt("{instruction}", "{heard}"),
             "modes": MODES, "train_pairs": len(data), "wording": a.wording, "steps": a.steps, "lr": a.lr,
-            **({"asr_conditions": a.asr_conditions} if a.asr else {})}
+            "seed": a.seed, **({"asr_conditions": a.asr_conditions} if a.asr else {})}
     np.savez(work / "responder-lora.npz", **lora_delta(hf, meta))
     report["check"] = score(lm, tests)
     report["seconds"] = round(time.monotonic() - t0, 1)

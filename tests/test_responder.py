@@ -493,3 +493,35 @@ def test_lora_delta_merges_into_exactly_the_update_it_trained(tmp_path):
     with pytest.raises(ValueError, match="9 is not a module"):
         merge_lora(net(), tmp_path / "bad.npz")
     assert json.loads(bytes(np.load(tmp_path / "d.npz")["meta"]).decode())["rank"] == 2
+
+
+def test_averaged_deltas_are_the_mean_update_cut_to_its_best_low_rank(tmp_path):
+    from edge_models.responder import average_deltas, main
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        d = {f"{m}.{k}": rng.normal(size=shape).astype(np.float16)
+             for m in ("q", "v") for k, shape in (("A", (2, 6)), ("B", (5, 2)))}
+        d["meta"] = np.frombuffer(json.dumps({"rank": 2, "seed": i}).encode(), np.uint8)
+        np.savez(tmp_path / f"d{i}.npz", **d)
+        paths.append(tmp_path / f"d{i}.npz")
+    ds = [np.load(p) for p in paths]
+    for m in ("q", "v"):
+        mean = sum(d[f"{m}.B"].astype(np.float64) @ d[f"{m}.A"].astype(np.float64) for d in ds) / 3
+        full = average_deltas(paths, rank=5)  # rank 5 holds the whole mean (rank <= 5)
+        assert np.allclose(full[f"{m}.B"].astype(np.float64) @ full[f"{m}.A"], mean, atol=2e-2)
+        cut = average_deltas(paths, rank=2)
+        assert cut[f"{m}.A"].shape == (2, 6) and cut[f"{m}.B"].shape == (5, 2)
+        u, s, vt = np.linalg.svd(mean)
+        best = (u[:, :2] * s[:2]) @ vt[:2]  # Eckart-Young: the closest rank-2 update
+        assert np.allclose(cut[f"{m}.B"].astype(np.float64) @ cut[f"{m}.A"], best, atol=2e-2)
+        assert not np.allclose(best, mean, atol=2e-2)
+    meta = json.loads(bytes(average_deltas(paths, rank=2)["meta"]).decode())
+    assert meta["rank"] == 2 and [m["seed"] for m in meta["average_of"]] == [0, 1, 2]
+    assert main(["--work", str(tmp_path / "out"), "--average", *map(str, paths), "--rank", "2"]) == 0
+    assert np.load(tmp_path / "out" / "responder-lora.npz")["q.A"].shape == (2, 6)
+    d = dict(np.load(paths[0]))
+    del d["v.A"], d["v.B"]
+    np.savez(tmp_path / "short.npz", **d)
+    assert main(["--work", str(tmp_path / "out"), "--average", str(tmp_path / "short.npz"), str(paths[1])]) == 2
