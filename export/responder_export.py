@@ -53,7 +53,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     log.info("responder: SmolLM2-135M + %s -> %s", lora.name, out / "lm")
     model, tok, ref = smollm2(encoder_preset="test-tiny", lora=str(lora))
     delta = {"file": lora.name, "sha256": hashlib.sha256(lora.read_bytes()).hexdigest(), "rank": meta.get("rank"),
-             "trained": {k: meta.get(k) for k in ("train_pairs", "steps", "lr", "modes")}}
+             "trained": {k: meta.get(k) for k in ("train_pairs", "steps", "lr", "modes")},
+             **({"average_of": meta["average_of"]} if "average_of" in meta else {})}
     opts = ExportOptions(precision="int8", layouts=("shared",), max_context=max_context, name="edge-responder-lm",
                          version=version, license=LICENSE, provenance={"decoder": provenance(), "lora": delta,
                                                                       "encoder": "random test-tiny (never run)"})

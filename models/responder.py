@@ -231,7 +231,8 @@ def average_deltas(paths: list, rank: int) -> dict[str, np.ndarray]:
         out[f"{name}.A"] = (vt[:rank] @ qa.T).astype(np.float16)
         out[f"{name}.B"] = (qb @ u[:, :rank] * sv[:rank]).astype(np.float16)
     metas = [json.loads(bytes(d["meta"]).decode()) for d in ds]
-    meta = {**metas[0], "rank": rank, "average_of": [{"file": Path(p).name, **m} for p, m in zip(paths, metas)]}
+    common = {k: v for k, v in metas[0].items() if all(m.get(k) == v for m in metas)}  # the prompt, the base, ...
+    meta = {**common, "rank": rank, "average_of": [{"file": Path(p).name, **m} for p, m in zip(paths, metas)]}
     out["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     return out
 

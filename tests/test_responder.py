@@ -503,7 +503,7 @@ def test_averaged_deltas_are_the_mean_update_cut_to_its_best_low_rank(tmp_path):
     for i in range(3):
         d = {f"{m}.{k}": rng.normal(size=shape).astype(np.float16)
              for m in ("q", "v") for k, shape in (("A", (2, 6)), ("B", (5, 2)))}
-        d["meta"] = np.frombuffer(json.dumps({"rank": 2, "seed": i}).encode(), np.uint8)
+        d["meta"] = np.frombuffer(json.dumps({"rank": 2, "seed": i, "prompt": "{heard}"}).encode(), np.uint8)
         np.savez(tmp_path / f"d{i}.npz", **d)
         paths.append(tmp_path / f"d{i}.npz")
     ds = [np.load(p) for p in paths]
@@ -519,6 +519,7 @@ def test_averaged_deltas_are_the_mean_update_cut_to_its_best_low_rank(tmp_path):
         assert not np.allclose(best, mean, atol=2e-2)
     meta = json.loads(bytes(average_deltas(paths, rank=2)["meta"]).decode())
     assert meta["rank"] == 2 and [m["seed"] for m in meta["average_of"]] == [0, 1, 2]
+    assert meta["prompt"] == "{heard}" and "seed" not in meta  # what every member shares, and only that
     assert main(["--work", str(tmp_path / "out"), "--average", *map(str, paths), "--rank", "2"]) == 0
     assert np.load(tmp_path / "out" / "responder-lora.npz")["q.A"].shape == (2, 6)
     d = dict(np.load(paths[0]))
