@@ -27,6 +27,7 @@ repository carries ~5 MB; ``edge-export responder`` merges it into the SmolLM2 w
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -232,7 +233,8 @@ def average_deltas(paths: list, rank: int) -> dict[str, np.ndarray]:
         out[f"{name}.B"] = (qb @ u[:, :rank] * sv[:rank]).astype(np.float16)
     metas = [json.loads(bytes(d["meta"]).decode()) for d in ds]
     common = {k: v for k, v in metas[0].items() if all(m.get(k) == v for m in metas)}  # the prompt, the base, ...
-    meta = {**common, "rank": rank, "average_of": [{"file": Path(p).name, **m} for p, m in zip(paths, metas)]}
+    meta = {**common, "rank": rank, "average_of": [{"file": Path(p).name, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest(), **m}
+                                               for p, m in zip(paths, metas)]}
     out["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     return out
 

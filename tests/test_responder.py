@@ -520,6 +520,7 @@ def test_averaged_deltas_are_the_mean_update_cut_to_its_best_low_rank(tmp_path):
     meta = json.loads(bytes(average_deltas(paths, rank=2)["meta"]).decode())
     assert meta["rank"] == 2 and [m["seed"] for m in meta["average_of"]] == [0, 1, 2]
     assert meta["prompt"] == "{heard}" and "seed" not in meta  # what every member shares, and only that
+    assert len({m["sha256"] for m in meta["average_of"]}) == 3
     assert main(["--work", str(tmp_path / "out"), "--average", *map(str, paths), "--rank", "2"]) == 0
     assert np.load(tmp_path / "out" / "responder-lora.npz")["q.A"].shape == (2, 6)
     d = dict(np.load(paths[0]))
