@@ -27,7 +27,6 @@ repository carries ~5 MB; ``edge-export responder`` merges it into the SmolLM2 w
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.bundle import sha256_file
 from edge_runtime.responder import in_digits, normalize  # the runtime reads transcripts exactly as training did
 
 from . import scenarios as sc
@@ -233,8 +233,8 @@ def average_deltas(paths: list, rank: int) -> dict[str, np.ndarray]:
         out[f"{name}.B"] = (qb @ u[:, :rank] * sv[:rank]).astype(np.float16)
     metas = [json.loads(bytes(d["meta"]).decode()) for d in ds]
     common = {k: v for k, v in metas[0].items() if all(m.get(k) == v for m in metas)}  # the prompt, the base, ...
-    meta = {**common, "rank": rank, "average_of": [{"file": Path(p).name, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest(), **m}
-                                               for p, m in zip(paths, metas)]}
+    members = [{"file": Path(p).name, "sha256": sha256_file(Path(p)), **m} for p, m in zip(paths, metas)]
+    meta = {**common, "rank": rank, "average_of": members}
     out["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     return out
 
