@@ -184,7 +184,8 @@ class Responder:
     ``asr_pad_seconds``: silence after the utterance in Whisper's window (AsrOptions.pad_seconds);
     ``asr_prompt``: what Whisper reads as said before the utterance (AsrOptions.prompt);
     ``asr_beam``: Whisper's beam size (AsrOptions.beam_size; 1, the default: greedy);
-    ``rescue_above``: a second chance for speech the model passed over narrowly: when its
+    ``asr_dereverb_taps``: Whisper hears the utterance dereverberated (AsrOptions.dereverb_taps; 0,
+    the default: as it is; both recognisers); ``rescue_above``: a second chance for speech the model passed over narrowly: when its
     p(<respond>) reached this (but not its threshold) and it stayed silent, the utterance goes to the
     responder once ``rescue_wait`` seconds of the trail are unvoiced, and a reply is said only
     when the LM writes one, Whisper heard one of ``name_words`` (the assistant's name; none
@@ -219,7 +220,7 @@ class Responder:
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
                    "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
-                   "rescue_logprob")
+                   "rescue_logprob", "asr_dereverb_taps")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -248,9 +249,12 @@ class Responder:
         self.repeat_instructions = set(raw.get("repeat_instructions", []))
         self.repeat_below = float(raw.get("repeat_below", self.ask_below))
         self.asr_options = AsrOptions(pad_seconds=float(raw.get("asr_pad_seconds", AsrOptions.pad_seconds)),
-                                      prompt=str(raw.get("asr_prompt", "")), beam_size=int(raw.get("asr_beam", 1)))
+                                      prompt=str(raw.get("asr_prompt", "")), beam_size=int(raw.get("asr_beam", 1)),
+                                      dereverb_taps=int(raw.get("asr_dereverb_taps", 0)))
         if self.asr_options.beam_size < 1:
             raise BundleError(f"{mpath}: asr_beam must be at least 1")
+        if self.asr_options.dereverb_taps < 0:
+            raise BundleError(f"{mpath}: asr_dereverb_taps must be 0 (off) or more")
         self.asr_second = None if not raw.get("asr_second") else \
             WhisperBundle(root / raw["asr_second"], session, verify_hashes=verify_hashes)
         self.asr_second_below = float(raw.get("asr_second_below", 0.0))

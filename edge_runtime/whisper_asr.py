@@ -30,6 +30,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .bundle import BundleError, load_common
+from .dereverb import dereverb
 from .features import FeatureRecipe, mel_filterbank
 from .sessions import Runner, SessionConfig, make_session, ortvalue
 
@@ -78,7 +79,9 @@ class AsrOptions:
     the wake word, the rooms and devices a user has ("" for none); a transcript that reads three
     or more of its words back in order (``echoes``) is decoded again without it, and that decode
     is kept unless it says the same words (numbers as digits or words alike). beam_size: 1 decodes
-    greedily; more searches that many hypotheses (final decodes only: partials stay greedy)."""
+    greedily; more searches that many hypotheses (final decodes only: partials stay greedy).
+    dereverb_taps: each segment is dereverberated first (``dereverb``: WPE with this many frames of
+    its past, from 24 ms back); 0 (the default) hears it as it is."""
 
     pad_seconds: float = 15.0
     partial_every: float = 0.75
@@ -89,6 +92,7 @@ class AsrOptions:
     min_dynamics_db: float = 4.0
     prompt: str = ""
     beam_size: int = 1
+    dereverb_taps: int = 0
 
 
 class WhisperBundle:
@@ -218,6 +222,8 @@ class WhisperBundle:
         (``info["pieces"]``), so nothing past the window is lost."""
         if len(audio) > MAX_PIECE_SECONDS * SR:
             return self._transcribe_pieces(audio, opts)
+        if opts.dereverb_taps:
+            audio = dereverb(audio, opts.dereverb_taps)
         dyn = dynamics_db(audio)
         if dyn < opts.min_dynamics_db:
             return "", {"dropped": "steady sound", "dynamics_db": dyn, "no_speech_prob": None, "avg_logprob": None}

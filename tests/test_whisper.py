@@ -207,7 +207,8 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
                      (lambda m: m.update(prompt="{heard}"), "needs .instruction. before"),
                      (lambda m: m.update(reply_forms=["Checking the time."]), "reply_forms and ground_numbers need an unknown_reply"),
                      (lambda m: m.update(ground_numbers=True), "reply_forms and ground_numbers need an unknown_reply"),
-                     (lambda m: m.update(asr_beam=0), "asr_beam must be at least 1")):
+                     (lambda m: m.update(asr_beam=0), "asr_beam must be at least 1"),
+                     (lambda m: m.update(asr_dereverb_taps=-1), "asr_dereverb_taps must be 0")):
         m = dict(manifest)
         bad(m)
         (rdir / "manifest.json").write_text(json.dumps(m))
@@ -233,6 +234,9 @@ def test_a_second_recogniser_hears_again_only_what_the_first_was_unsure_of(bundl
     r = Responder(rdir)
     assert r.asr_second_options.pad_seconds == 5 and r.asr_options.pad_seconds == 15
     assert r.asr_second_options.beam_size == r.asr_options.beam_size == 1
+    assert r.asr_second_options.dereverb_taps == r.asr_options.dereverb_taps == 0
+    (rdir / "manifest.json").write_text(json.dumps(manifest | {"asr_dereverb_taps": 20}))
+    assert Responder(rdir).asr_options.dereverb_taps == Responder(rdir).asr_second_options.dereverb_taps == 20
     (rdir / "manifest.json").write_text(json.dumps(manifest | {"asr_second_beam": 5}))
     assert Responder(rdir).asr_second_options.beam_size == 5 and Responder(rdir).asr_options.beam_size == 1
     (rdir / "manifest.json").write_text(json.dumps(manifest | {"asr_second_beam": 0}))
@@ -492,3 +496,19 @@ def test_hearing_bench_reports_wer_and_the_name_heard_in_speech_to_ignore(bundle
         assert 0 <= c["wer"] <= 1.0 and len(c["name_heard_examples"]) == round(c["name_heard"] * 4)
         assert all(heard_as_name(["edge"], e["heard"]) for e in c["name_heard_examples"])
     assert rep["conditions"]["clean"]["wer"] <= 0.5, rep["conditions"]["clean"]
+
+
+def test_a_dereverberated_segment_is_what_whisper_hears(bundles, recordings, monkeypatch):
+    """AsrOptions.dereverb_taps: the segment goes through dereverb (WPE) before the log-mel, and
+    clean speech is still heard right."""
+    import edge_runtime.whisper_asr as wa
+
+    root, _ = bundles
+    b = wa.WhisperBundle(root / "int8")
+    audio, ref = recordings[UTTERANCES[0]]
+    calls, real = [], wa.dereverb
+    monkeypatch.setattr(wa, "dereverb", lambda a, taps: (calls.append((len(a), taps)), real(a, taps))[1])
+    b.transcribe(audio)
+    assert calls == []
+    text = b.transcribe(audio, wa.AsrOptions(dereverb_taps=20))[0]
+    assert calls == [(len(audio), 20)] and wer([ref], [text]) <= 0.2, text
