@@ -14,7 +14,7 @@ what that condition costs on its own:
     noise   synth.background: white to brown noise at -70 to -42 dBFS
     music   a music bed at -42 to -30 dBFS
 
-    python -m edge_bench.hearing WHISPER_BUNDLE [--n 80] [--out REPORT]
+    python -m edge_bench.hearing WHISPER_BUNDLE [--n 80] [--dereverb-taps 20] [--out REPORT]
 
 WER counts words with numbers written as digits on both sides (Whisper writes digits). Speech to
 ignore (``scenarios.not_addressed``, half in the training wording and half in the held-out one, as
@@ -44,7 +44,8 @@ def condition(name: str, rng: random.Random, voice: np.ndarray) -> np.ndarray:
     return synth.heard_as_in_a_stream(rng, voice, room_echo=name == "room", noise=name == "noise", music=name == "music")
 
 
-def run(bundle: str, n: int, seed: int = 21, pad_seconds: float | None = None, ignored: int = 80) -> dict:
+def run(bundle: str, n: int, seed: int = 21, pad_seconds: float | None = None, ignored: int = 80,
+        dereverb_taps: int = 0) -> dict:
     from edge_models import scenarios as sc
     from edge_models import synth
     from edge_models.evaluate import wer_counts
@@ -53,7 +54,7 @@ def run(bundle: str, n: int, seed: int = 21, pad_seconds: float | None = None, i
     from edge_runtime.whisper_asr import AsrOptions, WhisperBundle
 
     asr = WhisperBundle(bundle)
-    opts = AsrOptions(prompt=ASR_PROMPT, **({} if pad_seconds is None else {"pad_seconds": pad_seconds}))
+    opts = AsrOptions(prompt=ASR_PROMPT, dereverb_taps=dereverb_taps, **({} if pad_seconds is None else {"pad_seconds": pad_seconds}))
     rng = random.Random(f"hearing:{seed}")
     said = [sc.command(rng, "heldout").text for _ in range(n)]
     voices = [synth.random_voice(rng, "heldout") for _ in range(n)]
@@ -62,7 +63,7 @@ def run(bundle: str, n: int, seed: int = 21, pad_seconds: float | None = None, i
     other = [sc.not_addressed(irng, ("train", "heldout")[i % 2]).text for i in range(ignored)]
     other_audio = [synth.speak(t, synth.random_voice(irng, "heldout")) for t in other]
     words = lambda text: in_digits(normalize(text)).split()  # noqa: E731
-    out = {"bundle": bundle, "utterances": n, "pad_seconds": opts.pad_seconds, "conditions": {}}
+    out = {"bundle": bundle, "utterances": n, "pad_seconds": opts.pad_seconds, "dereverb_taps": dereverb_taps, "conditions": {}}
     for name in CONDITIONS:
         crng, errors, examples, t0 = random.Random(f"{name}:{seed}"), 0, [], time.monotonic()
         for text, voice in zip(said, audio):
@@ -89,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=80, help="utterances per condition")
     ap.add_argument("--ignored", type=int, default=80, help="utterances to ignore per condition (name_heard)")
     ap.add_argument("--pad-seconds", type=float, default=None, help="Whisper's padding (default AsrOptions')")
+    ap.add_argument("--dereverb-taps", type=int, default=0, help="Whisper hears each utterance dereverberated (AsrOptions.dereverb_taps)")
     ap.add_argument("--out", help="write the report (JSON) here")
     a = ap.parse_args(argv)
-    report = run(a.bundle, a.n, pad_seconds=a.pad_seconds, ignored=a.ignored)
+    report = run(a.bundle, a.n, pad_seconds=a.pad_seconds, ignored=a.ignored, dereverb_taps=a.dereverb_taps)
     text = json.dumps(report, indent=1)
     if a.out:
         with open(a.out, "w") as f:

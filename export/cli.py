@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rescue-logprob", default="-0.3", metavar="T",
                    help="a second chance's reply is said only when Whisper's mean log-probability reaches T "
                         "(manifest rescue_logprob; default -0.3; none: however sure Whisper was)")
+    r.add_argument("--asr-dereverb-taps", type=int, default=None, metavar="N",
+                   help="Whisper hears each utterance dereverberated with N taps (manifest asr_dereverb_taps; 0: as it is; "
+                        "default: as the hearing delta was trained)")
     r.add_argument("--no-withhold-others", action="store_true",
                    help="say replies to speech in which Whisper heard someone else addressed (manifest withhold_others)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                                               ground_numbers=not args.no_ground_numbers, withhold_others=not args.no_withhold_others,
                                               rescue_logprob=_number_or_none(r, "--rescue-logprob", args.rescue_logprob),
                                               asr_second=None if args.asr_second == "none" else args.asr_second,
-                                              asr_lora=None if args.asr_lora == "none" else args.asr_lora),
+                                              asr_lora=None if args.asr_lora == "none" else args.asr_lora,
+                                              asr_dereverb_taps=args.asr_dereverb_taps),
                              indent=2, default=str))
         elif args.cmd == "whisper":
             from .whisper_export import export_whisper

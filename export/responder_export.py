@@ -26,9 +26,12 @@ SHIPPED = "shipped"
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
                      version: str = "0.9.0", overrule: bool = True, ground_numbers: bool = True,
                      asr_second: str | None = "base", withhold_others: bool = True, asr_lora: str | Path | None = SHIPPED,
-                     rescue_logprob: float | None = -0.3) -> dict:
+                     rescue_logprob: float | None = -0.3, asr_dereverb_taps: int | None = None) -> dict:
     """``asr_lora``: a delta from ``edge-train-hearing`` merged into the first recogniser; SHIPPED (the
-    default): the one in edge_models when that recogniser is tiny.en; None: Whisper as it ships."""
+    default): the one in edge_models when that recogniser is tiny.en; None: Whisper as it ships.
+    ``asr_dereverb_taps``: both recognisers hear the utterance dereverberated (manifest
+    asr_dereverb_taps; 0: as it is); None (the default): as the hearing delta was trained (its
+    ``dereverb_taps``; none: as it is)."""
     from edge_models import scenarios as sc
     from edge_models.responder import ASR_PROMPT
     from edge_models.smollm2 import EOS, LICENSE, provenance
@@ -47,6 +50,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     if asr_lora:
         delta_file(asr_lora, "edge-train-hearing")
     meta = json.loads(bytes(np.load(lora)["meta"]).decode())
+    if asr_dereverb_taps is None:  # hear as the hearing delta was taught to
+        asr_dereverb_taps = json.loads(bytes(np.load(asr_lora)["meta"]).decode()).get("dereverb_taps", 0) if asr_lora else 0
     for name in filter(None, (asr_model, asr_second)):  # the recognisers' weights ship in packages: name a missing
         model_dir(name)  # one now (WeightsNotFound says which to install), not after a minute of building the LM
     out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +107,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # a doubtful transcript is often one it made up ("turn off the porch lights, Kate" -> "..., Edge.");
         # false responses 6 -> 4 (tuning streams) and 3 -> 2 (seeds 900000), no request lost
         manifest["rescue_logprob"] = rescue_logprob
+    if asr_dereverb_taps:  # WPE before Whisper (edge_runtime.dereverb)
+        manifest["asr_dereverb_taps"] = asr_dereverb_taps
     if withhold_others:  # a reply to "George, crank it up." as Whisper heard it is not said (tuning streams, with the
         # name counted only as a name: held-out-wording false responses 2 -> 0; acceptance streams, paced: 7 -> 1, the
         # same requests and unknown answers; README model card)

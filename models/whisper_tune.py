@@ -46,9 +46,12 @@ def written(text: str) -> str:
     return text[0].upper() + text[1:] + ("?" if opens & set(QUESTION_WORDS) else ".")
 
 
-def utterance(seed: str, addressed: float = ADDRESSED) -> tuple[str, np.ndarray]:
+def utterance(seed: str, addressed: float = ADDRESSED, dereverb_taps: int = 0) -> tuple[str, np.ndarray]:
     """One training utterance as a recogniser gets it from a stream: (text as written, 16 kHz audio);
-    a request to the assistant with probability ``addressed``, else speech to ignore."""
+    a request to the assistant with probability ``addressed``, else speech to ignore; dereverberated
+    as the responder will hear it when ``dereverb_taps`` (AsrOptions.dereverb_taps)."""
+    from edge_runtime.dereverb import dereverb
+
     from . import scenarios as sc
     from . import synth
 
@@ -56,7 +59,7 @@ def utterance(seed: str, addressed: float = ADDRESSED) -> tuple[str, np.ndarray]
     u = sc.command(rng, "train++") if rng.random() < addressed else sc.not_addressed(rng, "train")
     voice = synth.speak(u.text, synth.random_voice(rng, "train"))
     audio = synth.heard_as_in_a_stream(rng, voice, room_echo=rng.random() < 0.5, noise=True, music=rng.random() < 0.25)
-    return written(u.text), audio
+    return written(u.text), dereverb(audio, dereverb_taps)
 
 
 def frozen_part(m, audio: np.ndarray, k: int):
@@ -70,7 +73,8 @@ def frozen_part(m, audio: np.ndarray, k: int):
     return h[0].to(torch.float16)
 
 
-def prepare(work: Path, n: int, k: int, seed: int, workers: int = 2, addressed: float = ADDRESSED) -> dict:
+def prepare(work: Path, n: int, k: int, seed: int, workers: int = 2, addressed: float = ADDRESSED,
+            dereverb_taps: int = 0) -> dict:
     """Synthesize ``n`` utterances and encode their frozen part, or load them from ``work``."""
     import functools
 
@@ -78,14 +82,15 @@ def prepare(work: Path, n: int, k: int, seed: int, workers: int = 2, addressed: 
 
     from .whisper import WhisperASR, load_hf
 
-    path = work / (f"encoded-{n}-k{k}-s{seed}" + ("" if addressed == ADDRESSED else f"-a{addressed:g}") + ".pt")
+    path = work / (f"encoded-{n}-k{k}-s{seed}" + ("" if addressed == ADDRESSED else f"-a{addressed:g}")
+                   + (f"-d{dereverb_taps}" if dereverb_taps else "") + ".pt")
     if path.is_file():
         print(f"edge-train-hearing: {path.name}: reusing", file=sys.stderr)
         return torch.load(path)
     t0 = time.monotonic()
     with ProcessPoolExecutor(workers) as ex:
-        said = list(ex.map(functools.partial(utterance, addressed=addressed), [f"hearing:{seed}:{i}" for i in range(n)],
-                           chunksize=16))
+        said = list(ex.map(functools.partial(utterance, addressed=addressed, dereverb_taps=dereverb_taps),
+                           [f"hearing:{seed}:{i}" for i in range(n)], chunksize=16))
     minutes = sum(len(a) for _, a in said) / 16000 / 60
     print(f"edge-train-hearing: {n} utterances, {minutes:.1f} min of audio ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     m = WhisperASR(load_hf("tiny.en")[0])
@@ -183,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--more-lines", type=int, nargs="+", default=[], metavar="SEED",
                     help="also train on --utterances more lines from each of these synthesis seeds (each kept in the work folder)")
+    ap.add_argument("--dereverb-taps", type=int, default=0,
+                    help="train on the lines dereverberated, as a responder with this asr_dereverb_taps hears them (0: as they are)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     import torch
@@ -194,12 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--frozen-layers: 0 to 4")
     if not 0 <= a.addressed <= 1:
         ap.error("--addressed: 0 to 1")
+    if a.dereverb_taps < 0:
+        ap.error("--dereverb-taps: 0 (off) or more")
     torch.set_num_threads(a.threads)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    data = joined([prepare(work, a.utterances, a.frozen_layers, seed, workers=a.threads, addressed=a.addressed)
-                   for seed in [a.seed, *a.more_lines]])
+    data = joined([prepare(work, a.utterances, a.frozen_layers, seed, workers=a.threads, addressed=a.addressed,
+                           dereverb_taps=a.dereverb_taps) for seed in [a.seed, *a.more_lines]])
     hf, tok, _ = load_hf("tiny.en")
     m = WhisperASR(hf)
     modules = add_lora(m, a.rank, float(a.rank), select=trainable(a.frozen_layers, not a.no_decoder))
@@ -213,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             "addressed": a.addressed, "decoder": not a.no_decoder, "audio_minutes": data["minutes"], "steps": a.steps,
             "batch": a.batch, "lr": a.lr, "seed": a.seed,
             "voices": "train (espeak-ng, festival ked)", "wording": "train++ requests, train speech to ignore",
-            "conditions": "room echo 50%, background noise, music bed 25%", "pad_seconds": PAD_SECONDS}
+            "conditions": "room echo 50%, background noise, music bed 25%", "pad_seconds": PAD_SECONDS,
+            "dereverb_taps": a.dereverb_taps}
     np.savez(work / "hearing-lora.npz", **lora_delta(m, meta))
     report = meta | {"train_loss": loss, "modules": len(modules), "trainable": n_train,
                      "seconds": data.get("seconds", {}) | {"training": round(time.monotonic() - t_fit, 1),

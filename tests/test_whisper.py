@@ -454,8 +454,8 @@ def test_hearing_recipe_trains_a_delta_that_the_export_merges_and_verifies(recor
     from edge_models.responder import merge_lora
 
     assert whisper_tune.main(["--work", str(tmp_path / "h"), "--utterances", "3", "--more-lines", "7", "--steps", "3",
-                              "--batch", "2", "--rank", "2"]) == 0
-    assert sorted(f.name for f in (tmp_path / "h").glob("encoded-*.pt")) == ["encoded-3-k2-s1.pt", "encoded-3-k2-s7.pt"]
+                              "--batch", "2", "--rank", "2", "--dereverb-taps", "20"]) == 0
+    assert sorted(f.name for f in (tmp_path / "h").glob("encoded-*.pt")) == ["encoded-3-k2-s1-d20.pt", "encoded-3-k2-s7-d20.pt"]
     delta = tmp_path / "h" / "hearing-lora.npz"
     d = np.load(delta)
     names = {k.rsplit(".", 1)[0] for k in d.files if k != "meta"}
@@ -466,6 +466,7 @@ def test_hearing_recipe_trains_a_delta_that_the_export_merges_and_verifies(recor
     meta = merge_lora(merged, delta)
     assert meta["frozen_layers"] == 2 and meta["voices"].startswith("train")
     assert meta["utterances"] == 6 and meta["line_seeds"] == [1, 7]  # --more-lines: both seeds' lines
+    assert meta["dereverb_taps"] == 20  # heard dereverberated: edge-export responder hears so too
     assert not torch.equal(base.layers[0].q.weight, merged.layers[0].q.weight)
     assert torch.equal(base.encoder.layers[1].fc1.weight, merged.encoder.layers[1].fc1.weight)
 
