@@ -74,16 +74,31 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return errs / max(1, sum(len(normalize(r)) for r in refs))
 
 
-def run_one(system: str, target: str, threads: int, limit: int | None, pad: float, beam: int = 1) -> dict:
+def in_a_room(items: list) -> list:
+    """Each utterance as heard across a room (``edge_models.synth.room``: direct sound and a diffuse
+    tail, RT60 0.15-0.7 s), the room drawn from the utterance's name: the same rooms every run."""
+    import random
+
+    from edge_models.synth import room
+
+    return [(name, room(random.Random(f"room:{name}"), audio), ref) for name, audio, ref in items]
+
+
+def run_one(system: str, target: str, threads: int, limit: int | None, pad: float, beam: int = 1, room: bool = False,
+            dereverb_taps: int = 0) -> dict:
+    """``room``: every system hears the recordings across a room (``in_a_room``); ``dereverb_taps``:
+    ours dereverberates each one first (AsrOptions.dereverb_taps)."""
     import resource
 
     items = asterisk_items(limit)
+    if room:
+        items = in_a_room(items)
     if system == "ours":
         from edge_runtime.sessions import SessionConfig
         from edge_runtime.whisper_asr import AsrOptions, WhisperBundle
 
         b = WhisperBundle(target, SessionConfig(threads=threads), verify_hashes=False)
-        opts = AsrOptions(pad_seconds=pad, beam_size=beam)
+        opts = AsrOptions(pad_seconds=pad, beam_size=beam, dereverb_taps=dereverb_taps)
         b.transcribe(items[0][1], opts)  # warm-up
         fn = lambda a: b.transcribe(a, opts)[0]  # noqa: E731
     else:
@@ -107,6 +122,7 @@ def run_one(system: str, target: str, threads: int, limit: int | None, pad: floa
     wall = time.perf_counter() - t_all
     refs = [r for _, _, r in items]
     return {"system": system, "target": str(target), "threads": threads, "pad_seconds": pad if system == "ours" else 30.0, "beam": beam,
+            "room": room, "dereverb_taps": dereverb_taps if system == "ours" else 0,
             "utterances": len(items), "audio_s": round(audio_s, 1), "wer": round(wer(refs, hyps), 4),
             "latency_ms_p50": round(float(np.percentile(ms, 50)), 1), "latency_ms_p95": round(float(np.percentile(ms, 95)), 1),
             "rtf": round(wall / audio_s, 4), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -114,10 +130,12 @@ def run_one(system: str, target: str, threads: int, limit: int | None, pad: floa
             "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]}
 
 
-def compare(configs: list[tuple[str, str, float]], threads: int, limit: int | None, beam: int = 1) -> list[dict]:
+def compare(configs: list[tuple[str, str, float]], threads: int, limit: int | None, beam: int = 1, room: bool = False,
+            dereverb_taps: int = 0) -> list[dict]:
     rows = []
     for system, target, pad in configs:
-        cmd = [sys.executable, "-m", "edge_bench.asr", system, target, str(threads), str(limit or 0), str(pad), str(beam)]
+        cmd = [sys.executable, "-m", "edge_bench.asr", system, target, str(threads), str(limit or 0), str(pad), str(beam),
+               str(int(room)), str(dereverb_taps)]
         if system == "faster-whisper":
             ensure_ct2_vocabulary(Path(target))
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -153,15 +171,17 @@ def markdown(rows: list[dict]) -> str:
             continue
         search = "greedy" if r.get("beam", 1) == 1 else f"beam {r['beam']}"
         who = f"edge-runtime (ONNX, {search})" if r["system"] == "ours" else f"faster-whisper (CT2 int8, {search})"
-        window = "30 s (padded)" if r["system"] != "ours" else f"segment + {r['pad_seconds']:g} s"
+        window = "30 s (padded)" if r["system"] != "ours" else f"segment + {r['pad_seconds']:g} s" + \
+            (f", dereverberated ({r['dereverb_taps']} taps)" if r.get("dereverb_taps") else "")
         lines.append(f"| {who} | {Path(r['target']).name} | {window} | {100 * r['wer']:.1f}% | "
                      f"{r['latency_ms_p50']:.0f} / {r['latency_ms_p95']:.0f} | {r['rtf']:.3f} | {r['peak_rss_mb']:.0f} |")
     n = next(r for r in rows if "error" not in r)
-    lines.append(f"\n{n['utterances']} utterances, {n['audio_s']:.0f} s of real speech (Asterisk English prompts), "
+    lines.append(f"\n{n['utterances']} utterances, {n['audio_s']:.0f} s of real speech (Asterisk English prompts"
+                 f"{', each across a synthetic room' if n.get('room') else ''}), "
                  f"{n['threads']} threads each, same 16 kHz audio for every system.")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    system, target, threads, limit, pad, beam = sys.argv[1:7]
-    print(json.dumps(run_one(system, target, int(threads), int(limit) or None, float(pad), int(beam))))
+    system, target, threads, limit, pad, beam, room, taps = sys.argv[1:9]
+    print(json.dumps(run_one(system, target, int(threads), int(limit) or None, float(pad), int(beam), bool(int(room)), int(taps))))

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--beam", type=int, default=1, help="beam size for every system (1: greedy)")
     a.add_argument("--limit", type=int, default=0, help="first N utterances only (0: all)")
+    a.add_argument("--room", action="store_true", help="every system hears each recording across a synthetic room (RT60 0.15-0.7 s)")
+    a.add_argument("--dereverb-taps", type=int, default=0, metavar="N",
+                   help="our bundles dereverberate each recording first (AsrOptions.dereverb_taps; 0: off)")
     a.add_argument("--out", default=None, help="write JSON and Markdown here (e.g. benchmarks/results/asr)")
     args = ap.parse_args(argv)
 
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pads = args.pad + [AsrOptions().pad_seconds] * (len(args.bundle) - len(args.pad))
         configs = [("ours", b, p) for b, p in zip(args.bundle, pads)] + [("faster-whisper", m, 30.0) for m in args.faster_whisper]
-        rows = compare(configs, args.threads, args.limit or None, args.beam)
+        rows = compare(configs, args.threads, args.limit or None, args.beam, args.room, args.dereverb_taps)
         md = markdown(rows)
         print(md)
         if args.out:

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a response the same as one said in the last 10 s is withheld unless S seconds of quiet came "
                          "between: the doorbell that rings on is announced once (default 0.3; 0: never withheld)")
     ap.add_argument("--beam", type=int, default=1, help="whisper-asr bundles: beam size of final transcripts (default 1: greedy)")
+    ap.add_argument("--dereverb-taps", type=int, default=0, metavar="N",
+                    help="whisper-asr bundles: dereverberate each segment first (WPE with N taps; 20 for a room; default 0: off)")
     ap.add_argument("--context", type=int, default=None, help="KV cache tokens (default: the bundle's max)")
     ap.add_argument("--no-fifo", action="store_true", help="decode chunk by chunk instead of prefilling the backlog at once")
     ap.add_argument("--vad-gate", choices=["auto", "on", "off"], default="auto", help="skip the encoder on quiet chunks")
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             session=SessionConfig(provider=args.provider, threads=args.threads, strict=args.strict_provider),
             decoder_threads=args.decoder_threads, stats_interval=args.stats_interval,
             vad_gate={"auto": None, "on": True, "off": False}[args.vad_gate], verbose=args.verbose,
-            responder=args.responder, asr_beam=args.beam)
+            responder=args.responder, asr_beam=args.beam, asr_dereverb_taps=args.dereverb_taps)
         try:
             source = _make_source(args)
         except NoMicrophoneError as e:

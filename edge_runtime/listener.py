@@ -74,7 +74,8 @@ class ListenerOptions:
     responder: a responder bundle (folder, or a loaded Responder): Whisper + a pretrained LM write the reply to speech
     after the model decides to respond (edge_runtime/responder.py); responder_threads: its
     sessions' intra-op threads (it runs in bursts, on its own thread beside the decoder worker).
-    asr_beam: with a ``whisper-asr`` bundle, the beam size of final transcripts (1: greedy)."""
+    asr_beam: with a ``whisper-asr`` bundle, the beam size of final transcripts (1: greedy);
+    asr_dereverb_taps: ... each segment dereverberated before Whisper hears it (AsrOptions.dereverb_taps; 0: off)."""
 
     loop: LoopOptions = LoopOptions()
     session: SessionConfig = SessionConfig()
@@ -88,12 +89,15 @@ class ListenerOptions:
     responder: object = None  # str | Path | edge_runtime.responder.Responder
     responder_threads: int = 2
     asr_beam: int = 1
+    asr_dereverb_taps: int = 0
 
     def __post_init__(self) -> None:
         if self.stats_interval <= 0 or self.ring_seconds <= 0 or self.max_backlog < 1:
             raise ValueError("stats_interval and ring_seconds must be > 0, max_backlog >= 1")
         if self.asr_beam < 1:
             raise ValueError(f"--beam must be at least 1 (ListenerOptions.asr_beam; got {self.asr_beam})")
+        if self.asr_dereverb_taps < 0:
+            raise ValueError(f"--dereverb-taps must be 0 (off) or more (ListenerOptions.asr_dereverb_taps; got {self.asr_dereverb_taps})")
 
 
 class ChunkQueue:
@@ -437,7 +441,8 @@ class _AsrMode:
         from .whisper_asr import AsrOptions, Transcriber, WhisperBundle
 
         self.asr = WhisperBundle(bundle, self.options.session)
-        self.transcriber = Transcriber(self.asr, AsrOptions(beam_size=self.options.asr_beam))
+        self.transcriber = Transcriber(self.asr, AsrOptions(beam_size=self.options.asr_beam,
+                                                                dereverb_taps=self.options.asr_dereverb_taps))
         self.source = source or FeedSource(feed_rate or 16000, live=feed_live)
         self._callback = callback
         self._events = queue.Queue()

@@ -100,16 +100,18 @@ def _listen(bundle, wav, *more, code=0):
     return [json.loads(x) for x in r.stdout.splitlines() if x.strip()] if code == 0 else r.stderr
 
 
-@pytest.mark.parametrize("beam", [1, 3])
-def test_edge_listen_transcribes_real_speech_with_consistent_partials(bundles, recordings, tmp_path, beam):
+@pytest.mark.parametrize("beam,taps", [(1, 0), (3, 20)])
+def test_edge_listen_transcribes_real_speech_with_consistent_partials(bundles, recordings, tmp_path, beam, taps):
+    """Greedy, and a beam of 3 with each segment dereverberated (--dereverb-taps)."""
     root, _ = bundles
     gap = np.zeros(16000, np.float32)
     wav = tmp_path / "speech.wav"
     sf.write(wav, np.concatenate([gap] + [x for k in UTTERANCES for x in (recordings[k][0], gap)]), 16000)
-    evs = _listen(root / "int8", wav, "--beam", str(beam))
+    evs = _listen(root / "int8", wav, "--beam", str(beam), "--dereverb-taps", str(taps))
     if beam == 1:
-        err = _listen(root / "int8", wav, "--beam", "0", code=2)
-        assert err.strip().count("\n") == 0 and "--beam must be at least 1" in err, err
+        for flag, value, msg in (("--beam", "0", "--beam must be at least 1"), ("--dereverb-taps", "-1", "--dereverb-taps must be 0")):
+            err = _listen(root / "int8", wav, flag, value, code=2)
+            assert err.strip().count("\n") == 0 and msg in err, err
     finals = [e for e in evs if e["type"] == "transcript" and e["final"]]
     assert len(finals) == len(UTTERANCES), finals
     assert wer([recordings[k][1] for k in UTTERANCES], [e["text"] for e in finals]) <= 0.15
