@@ -7,7 +7,7 @@ frames, starting ``delay`` frames back) and the prediction is subtracted. The pr
 per utterance and per frequency, weighting each frame by the inverse of its estimated dry power
 (Nakatani et al., "Speech dereverberation based on variance-normalized delayed linear prediction",
 IEEE TASLP 2010), which keeps the direct sound and the early reflections that carry the words.
-About 35 ms for 2-3 s of speech. OpenBLAS is held to one thread while it runs: its small
+About 18 ms per second of audio (40-46 ms for 2-3 s). OpenBLAS is held to one thread while it runs: its small
 matrix products are no faster on more, and beside the decision loop's threads two of them took
 110-2,000 ms on this 2-core VM.
 """
