@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 SHIPPED = "shipped"
 
 
+def taught_dereverb_taps(asr_lora: str | Path | None) -> int:
+    """How the hearing delta's lines were dereverberated (edge-train-hearing --dereverb-taps; 0: not
+    at all, as for deltas from before that option, or for no delta): the responder hears so too."""
+    if not asr_lora:
+        return 0
+    return int(json.loads(bytes(np.load(asr_lora)["meta"]).decode()).get("dereverb_taps", 0))
+
+
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
                      version: str = "0.9.0", overrule: bool = True, ground_numbers: bool = True,
                      asr_second: str | None = "base", withhold_others: bool = True, asr_lora: str | Path | None = SHIPPED,
@@ -50,8 +58,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     if asr_lora:
         delta_file(asr_lora, "edge-train-hearing")
     meta = json.loads(bytes(np.load(lora)["meta"]).decode())
-    if asr_dereverb_taps is None:  # hear as the hearing delta was taught to
-        asr_dereverb_taps = json.loads(bytes(np.load(asr_lora)["meta"]).decode()).get("dereverb_taps", 0) if asr_lora else 0
+    if asr_dereverb_taps is None:
+        asr_dereverb_taps = taught_dereverb_taps(asr_lora)
     for name in filter(None, (asr_model, asr_second)):  # the recognisers' weights ship in packages: name a missing
         model_dir(name)  # one now (WeightsNotFound says which to install), not after a minute of building the LM
     out.mkdir(parents=True, exist_ok=True)

@@ -149,6 +149,13 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     from edge_models.whisper_tune import DEFAULT_DELTA  # tiny.en hears with the shipped hearing delta (0.8.0 on)
 
     assert m["provenance"]["asr_adapter"]["sha256"] == hashlib.sha256(DEFAULT_DELTA.read_bytes()).hexdigest()
+    # the shipped delta was trained on lines as they are: the responder hears as it is (no asr_dereverb_taps);
+    # a delta from edge-train-hearing --dereverb-taps 20 makes the export write 20
+    from edge_export.responder_export import taught_dereverb_taps
+
+    assert "asr_dereverb_taps" not in m and taught_dereverb_taps(DEFAULT_DELTA) == 0 and taught_dereverb_taps(None) == 0
+    np.savez(tmp_path / "taught.npz", meta=np.frombuffer(json.dumps({"dereverb_taps": 20}).encode(), np.uint8))
+    assert taught_dereverb_taps(tmp_path / "taught.npz") == 20
     asr = json.loads((tmp_path / "responder" / "asr" / "manifest.json").read_text())
     assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.9.0"
     r = Responder(tmp_path / "responder")
