@@ -185,9 +185,10 @@ class Responder:
     ``asr_prompt``: what Whisper reads as said before the utterance (AsrOptions.prompt);
     ``asr_beam``: Whisper's beam size (AsrOptions.beam_size; 1, the default: greedy);
     ``asr_dereverb_taps``: Whisper hears the utterance dereverberated (AsrOptions.dereverb_taps; 0,
-    the default: as it is; both recognisers); ``rescue_above``: a second chance for speech the model passed over narrowly: when its
-    p(<respond>) reached this (but not its threshold) and it stayed silent, the utterance goes to the
-    responder once ``rescue_wait`` seconds of the trail are unvoiced, and a reply is said only
+    the default: as it is; both recognisers); ``rescue_above``: a second chance for speech the
+    model passed over narrowly: when its p(<respond>) reached this (but not its threshold) and it
+    stayed silent, the utterance goes to the responder once ``rescue_wait`` seconds of the trail
+    are unvoiced, and a reply is said only
     when the LM writes one, Whisper heard one of ``name_words`` (the assistant's name; none
     listed: any) and, when ``rescue_logprob`` is set, Whisper's mean log-probability reached it
     (``rescue_above`` 0, the default: never; not under repeat instructions); ``confirm_replies``:
