@@ -74,25 +74,65 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return errs / max(1, sum(len(normalize(r)) for r in refs))
 
 
-def in_a_room(items: list) -> list:
-    """Each utterance as heard across a room (``edge_models.synth.room``: direct sound and a diffuse
-    tail, RT60 0.15-0.7 s), the room drawn from the utterance's name: the same rooms every run."""
+ROOMS = ("synthetic", "shoebox")
+
+
+def shoebox_ir(name: str) -> np.ndarray:
+    """The impulse response of a shoebox room drawn from ``name`` by the image method
+    (pyroomacoustics, ``pip install -e '.[bench]'``): 3-8 x 3-6 x 2.4-3.2 m, RT60 0.3-0.8 s (walls'
+    absorption by Sabine's formula), a talker 1-4 m from the microphone."""
     import random
+
+    try:
+        import pyroomacoustics as pra
+    except ImportError:
+        raise SystemExit("edge-bench asr --room shoebox needs pyroomacoustics (pip install -e '.[bench]')") from None
+    r = random.Random(f"shoebox:{name}")
+    dims = [r.uniform(3, 8), r.uniform(3, 6), r.uniform(2.4, 3.2)]
+    absorption, order = pra.inverse_sabine(r.uniform(0.3, 0.8), dims)
+    room = pra.ShoeBox(dims, fs=16000, materials=pra.Material(absorption), max_order=min(order, 30))
+    while True:
+        talker = [r.uniform(0.5, d - 0.5) for d in dims[:2]] + [r.uniform(1.0, 1.8)]
+        mic = [r.uniform(0.5, d - 0.5) for d in dims[:2]] + [r.uniform(0.7, 1.2)]
+        if 1.0 <= float(np.linalg.norm(np.subtract(talker, mic))) <= 4.0:
+            break
+    room.add_source(talker)
+    room.add_microphone(mic)
+    room.compute_rir()
+    return np.asarray(room.rir[0][0], np.float64)
+
+
+def in_a_room(items: list, kind: str = "synthetic") -> list:
+    """Each utterance as heard across a room drawn from its name (the same rooms every run):
+    ``synthetic`` (``edge_models.synth.room``: direct sound and an exponentially decaying diffuse
+    tail, RT60 0.15-0.7 s, the streams' room) or ``shoebox`` (``shoebox_ir``: the image method),
+    at the recording's peak level."""
+    import random
+
+    from scipy.signal import fftconvolve
 
     from edge_models.synth import room
 
-    return [(name, room(random.Random(f"room:{name}"), audio), ref) for name, audio, ref in items]
+    def shoebox(name: str, audio: np.ndarray) -> np.ndarray:
+        ir = shoebox_ir(name)
+        y = fftconvolve(audio, ir)[: len(audio) + len(ir) // 2]
+        return (y / (np.abs(y).max() + 1e-9) * np.abs(audio).max()).astype(np.float32)
+
+    if kind not in ROOMS:
+        raise ValueError(f"room: {kind!r} is not one of {', '.join(ROOMS)}")
+    hear = shoebox if kind == "shoebox" else lambda name, audio: room(random.Random(f"room:{name}"), audio)
+    return [(name, hear(name, audio), ref) for name, audio, ref in items]
 
 
-def run_one(system: str, target: str, threads: int, limit: int | None, pad: float, beam: int = 1, room: bool = False,
+def run_one(system: str, target: str, threads: int, limit: int | None, pad: float, beam: int = 1, room: str = "",
             dereverb_taps: int = 0) -> dict:
-    """``room``: every system hears the recordings across a room (``in_a_room``); ``dereverb_taps``:
-    ours dereverberates each one first (AsrOptions.dereverb_taps)."""
+    """``room`` (one of ROOMS; "": none): every system hears the recordings across such a room
+    (``in_a_room``); ``dereverb_taps``: ours dereverberates each one first (AsrOptions.dereverb_taps)."""
     import resource
 
     items = asterisk_items(limit)
     if room:
-        items = in_a_room(items)
+        items = in_a_room(items, room)
     if system == "ours":
         from edge_runtime.sessions import SessionConfig
         from edge_runtime.whisper_asr import AsrOptions, WhisperBundle
@@ -122,7 +162,7 @@ def run_one(system: str, target: str, threads: int, limit: int | None, pad: floa
     wall = time.perf_counter() - t_all
     refs = [r for _, _, r in items]
     return {"system": system, "target": str(target), "threads": threads, "pad_seconds": pad if system == "ours" else 30.0, "beam": beam,
-            "room": room, "dereverb_taps": dereverb_taps if system == "ours" else 0,
+            "room": room or None, "dereverb_taps": dereverb_taps if system == "ours" else 0,
             "utterances": len(items), "audio_s": round(audio_s, 1), "wer": round(wer(refs, hyps), 4),
             "latency_ms_p50": round(float(np.percentile(ms, 50)), 1), "latency_ms_p95": round(float(np.percentile(ms, 95)), 1),
             "rtf": round(wall / audio_s, 4), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -130,12 +170,12 @@ def run_one(system: str, target: str, threads: int, limit: int | None, pad: floa
             "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]}
 
 
-def compare(configs: list[tuple[str, str, float]], threads: int, limit: int | None, beam: int = 1, room: bool = False,
+def compare(configs: list[tuple[str, str, float]], threads: int, limit: int | None, beam: int = 1, room: str = "",
             dereverb_taps: int = 0) -> list[dict]:
     rows = []
     for system, target, pad in configs:
         cmd = [sys.executable, "-m", "edge_bench.asr", system, target, str(threads), str(limit or 0), str(pad), str(beam),
-               str(int(room)), str(dereverb_taps)]
+               room or "-", str(dereverb_taps)]
         if system == "faster-whisper":
             ensure_ct2_vocabulary(Path(target))
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -176,12 +216,13 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {who} | {Path(r['target']).name} | {window} | {100 * r['wer']:.1f}% | "
                      f"{r['latency_ms_p50']:.0f} / {r['latency_ms_p95']:.0f} | {r['rtf']:.3f} | {r['peak_rss_mb']:.0f} |")
     n = next(r for r in rows if "error" not in r)
-    lines.append(f"\n{n['utterances']} utterances, {n['audio_s']:.0f} s of real speech (Asterisk English prompts"
-                 f"{', each across a synthetic room' if n.get('room') else ''}), "
+    where = f", each across a {n['room']} room" if n.get("room") else ""
+    lines.append(f"\n{n['utterances']} utterances, {n['audio_s']:.0f} s of real speech (Asterisk English prompts{where}), "
                  f"{n['threads']} threads each, same 16 kHz audio for every system.")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     system, target, threads, limit, pad, beam, room, taps = sys.argv[1:9]
-    print(json.dumps(run_one(system, target, int(threads), int(limit) or None, float(pad), int(beam), bool(int(room)), int(taps))))
+    print(json.dumps(run_one(system, target, int(threads), int(limit) or None, float(pad), int(beam), "" if room == "-" else room,
+                             int(taps))))

@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--beam", type=int, default=1, help="beam size for every system (1: greedy)")
     a.add_argument("--limit", type=int, default=0, help="first N utterances only (0: all)")
-    a.add_argument("--room", action="store_true", help="every system hears each recording across a synthetic room (RT60 0.15-0.7 s)")
+    a.add_argument("--room", nargs="?", const="synthetic", default="", choices=["synthetic", "shoebox"],
+                   help="every system hears each recording across a room: synthetic (the streams' diffuse tail, RT60 "
+                        "0.15-0.7 s; the default) or shoebox (image method, RT60 0.3-0.8 s, 1-4 m; needs the bench extra)")
     a.add_argument("--dereverb-taps", type=int, default=0, metavar="N",
                    help="our bundles dereverberate each recording first (AsrOptions.dereverb_taps; 0: off)")
     a.add_argument("--out", default=None, help="write JSON and Markdown here (e.g. benchmarks/results/asr)")

@@ -515,3 +515,19 @@ def test_a_dereverberated_segment_is_what_whisper_hears(bundles, recordings, mon
     assert calls == []
     text = b.transcribe(audio, wa.AsrOptions(dereverb_taps=20))[0]
     assert calls == [(len(audio), 20)] and wer([ref], [text]) <= 0.2, text
+
+
+def test_the_asr_bench_hears_each_recording_in_its_own_room_every_run(recordings):
+    """edge-bench asr --room: a room drawn from the recording's name (the same every run), its echo
+    in the recording, at the recording's peak; an unknown kind of room is refused."""
+    from edge_bench.asr import in_a_room
+
+    items = [(k, recordings[k][0], recordings[k][1]) for k in UTTERANCES[:2]]
+    a, b = in_a_room(items), in_a_room(items, "synthetic")
+    for (name, dry, ref), (_, wet, ref_a), (_, again, _) in zip(items, a, b):
+        assert ref_a == ref and np.array_equal(wet, again) and len(wet) > len(dry)
+        assert np.abs(wet).max() == pytest.approx(np.abs(dry).max(), rel=1e-3)
+        assert np.corrcoef(wet[: len(dry)], dry)[0, 1] < 0.95  # the room's echo is in it
+    assert not np.array_equal(a[0][1][:1000], a[1][1][:1000])
+    with pytest.raises(ValueError, match="not one of"):
+        in_a_room(items, "cathedral")
