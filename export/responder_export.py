@@ -17,8 +17,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 SHIPPED = "shipped"
 
@@ -26,9 +24,9 @@ SHIPPED = "shipped"
 def taught_dereverb_taps(asr_lora: str | Path | None) -> int:
     """How the hearing delta's lines were dereverberated (edge-train-hearing --dereverb-taps; 0: not
     at all, as for deltas from before that option, or for no delta): the responder hears so too."""
-    if not asr_lora:
-        return 0
-    return int(json.loads(bytes(np.load(asr_lora)["meta"]).decode()).get("dereverb_taps", 0))
+    from edge_models.responder import delta_meta
+
+    return int(delta_meta(asr_lora).get("dereverb_taps", 0)) if asr_lora else 0
 
 
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
@@ -41,7 +39,7 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     asr_dereverb_taps; 0: as it is); None (the default): as the hearing delta was trained (its
     ``dereverb_taps``; none: as it is)."""
     from edge_models import scenarios as sc
-    from edge_models.responder import ASR_PROMPT
+    from edge_models.responder import ASR_PROMPT, delta_meta
     from edge_models.smollm2 import EOS, LICENSE, provenance
     from edge_models.whisper import model_dir
     from edge_models.zoo import smollm2
@@ -57,7 +55,7 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     lora = delta_file(lora, "edge-train-responder")  # both deltas now, not after a minute of building the LM
     if asr_lora:
         delta_file(asr_lora, "edge-train-hearing")
-    meta = json.loads(bytes(np.load(lora)["meta"]).decode())
+    meta = delta_meta(lora)
     if asr_dereverb_taps is None:
         asr_dereverb_taps = taught_dereverb_taps(asr_lora)
     for name in filter(None, (asr_model, asr_second)):  # the recognisers' weights ship in packages: name a missing

@@ -197,6 +197,12 @@ def lora_delta(model, meta: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def delta_meta(d) -> dict:
+    """What a saved delta records of its training (``lora_delta``'s meta): from a path or a loaded npz."""
+    d = np.load(d) if isinstance(d, (str, Path)) else d
+    return json.loads(bytes(d["meta"]).decode())
+
+
 def merge_lora(hf_model, delta_path: str | Path) -> dict:
     """W += B A for every module of a saved delta (B carries the scale). Returns the delta's meta."""
     import torch
@@ -213,7 +219,7 @@ def merge_lora(hf_model, delta_path: str | Path) -> dict:
             if upd.shape != w.shape:
                 raise ValueError(f"{delta_path}: {name}: update {tuple(upd.shape)} != weight {tuple(w.shape)}")
             w += upd
-    return json.loads(bytes(d["meta"]).decode())
+    return delta_meta(d)
 
 
 def average_deltas(paths: list, rank: int) -> dict[str, np.ndarray]:
@@ -231,7 +237,7 @@ def average_deltas(paths: list, rank: int) -> dict[str, np.ndarray]:
         u, sv, vt = np.linalg.svd(rb @ ra.T)
         out[f"{name}.A"] = (vt[:rank] @ qa.T).astype(np.float16)
         out[f"{name}.B"] = (qb @ u[:, :rank] * sv[:rank]).astype(np.float16)
-    metas = [json.loads(bytes(d["meta"]).decode()) for d in ds]
+    metas = [delta_meta(d) for d in ds]
     common = {k: v for k, v in metas[0].items() if all(m.get(k) == v for m in metas)}  # the prompt, the base, ...
     members = [{"file": Path(p).name, "sha256": sha256_file(Path(p)), **m} for p, m in zip(paths, metas)]
     meta = {**common, "rank": rank, "average_of": members}
