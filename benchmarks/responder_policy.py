@@ -28,6 +28,10 @@ seeds, never the acceptance streams):
   name (``heard_as_name``), and with ``name_words`` a reply to the name alone ("Hey Edge.") is not
   said (``Responder.only_called``).
 
+Not replayed: ``name_unprompted`` and ``others_unprompted`` (what Whisper hears without its prompt).
+A run keeps one transcript per utterance, so its rows score as if they were off; they were chosen
+on paced runs (``edge-train-eval --tuning --responder``, README model card).
+
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.
 
@@ -284,9 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.bundle and a.responder and a.out):
         ap.error("give BUNDLE RESPONDER --out DUMP, or --score DUMP")
     if a.seed_base is not None:
-        from edge_models.evaluate import SEED_BASE
-        if abs(a.seed_base - SEED_BASE) < 10000:  # build_set takes seed_base + 1000 * set + stream
-            ap.error(f"--seed-base {a.seed_base}: the acceptance streams' seeds are {SEED_BASE}+; choose on other seeds")
+        from edge_models.evaluate import other_seeds
+        try:
+            other_seeds(a.seed_base)
+        except ValueError as e:
+            ap.error(str(e))
     dump = collect(a.bundle, a.responder, seed_base=a.seed_base)
     with open(a.out, "wb") as f:
         pickle.dump(dump, f)

@@ -215,13 +215,20 @@ class Responder:
     ``withhold_others``: a reply Whisper heard out is withheld when Whisper heard someone else
     addressed ("George, crank it up.") and not the assistant's name (meant_for_another; default:
     off). The name in ``name_words`` counts only where it is used as a name: "the water's edge"
-    confirms nothing (heard_as_name)."""
+    confirms nothing (heard_as_name). ``asr_prompt`` says the name twice, and Whisper sometimes
+    hears it where another name was said ("Ben, what time is it?" -> "Edge, what time ..."): with
+    ``others_unprompted`` the first recogniser also hears the utterance without the prompt (its
+    window's encoding is kept, so about a fifth of a decode) and ``withhold_others`` counts
+    someone else addressed there too; with ``name_unprompted`` a second chance or a confirm reply,
+    which have nothing but the name to go on, is said only when the name is heard there too
+    (unprompted, named; both default: off)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
                    "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
-                   "rescue_logprob", "asr_dereverb_taps")
+                   "rescue_logprob", "asr_dereverb_taps", "name_unprompted",
+                   "others_unprompted")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -272,6 +279,8 @@ class Responder:
         self.unknown_reply = str(raw.get("unknown_reply", ""))
         self.ground_numbers = bool(raw.get("ground_numbers", False))
         self.withhold_others = bool(raw.get("withhold_others", False))
+        self.name_unprompted = bool(raw.get("name_unprompted", False))
+        self.others_unprompted = bool(raw.get("others_unprompted", False))
         if (self.reply_forms or self.ground_numbers) and not self.unknown_reply:
             raise BundleError(f"{mpath}: reply_forms and ground_numbers need an unknown_reply")
         if not 0.0 <= self.rescue_above < 1.0 or self.rescue_wait < 0:
@@ -327,11 +336,44 @@ class Responder:
         """Did Whisper hear one of ``name_words`` in the utterance, used as a name (heard_as_name)?"""
         return heard_as_name(self.name_words, heard)
 
-    def meant_for_another(self, instruction: str, heard: str | None) -> bool:
+    def unprompted(self, audio: np.ndarray | None, out: dict) -> str | None:
+        """What the first recogniser hears in the utterance without ``asr_prompt`` (kept in
+        ``out["heard_unprompted"]``, decoded once); None when there is nothing to decode again: no
+        audio, no prompt, or the transcript was already decoded without it (``asr_echoed``)."""
+        if "heard_unprompted" not in out:
+            if audio is None or not self.asr_options.prompt or out.get("asr_echoed"):
+                return None
+            try:
+                with self._lock:
+                    out["heard_unprompted"] = self.asr.transcribe(audio, dataclasses.replace(self.asr_options, prompt=""))[0]
+            except Exception:  # no second opinion rather than a lost reply
+                log.exception("responder: decoding without the prompt failed")
+                return None
+        return out["heard_unprompted"]
+
+    def named(self, heard: str | None, audio: np.ndarray | None, out: dict) -> bool:
+        """Was the name heard (``confirms``), and with ``name_unprompted`` heard again without the
+        prompt (``unprompted``)? Asked where the name is all a reply has to go on (second chances,
+        ``confirm_replies``)."""
+        if not self.confirms(heard):
+            return False
+        if not self.name_unprompted:
+            return True
+        again = self.unprompted(audio, out)
+        return again is None or self.confirms(again)
+
+    def meant_for_another(self, instruction: str, heard: str | None, audio: np.ndarray | None = None,
+                          out: dict | None = None) -> bool:
         """With ``withhold_others``: Whisper heard someone else addressed and not the assistant's
-        name (addresses_another), so a reply to it is withheld (never under repeat instructions)."""
-        return (self.withhold_others and instruction not in self.repeat_instructions
-                and addresses_another(self.name_words, heard) and not self.confirms(heard))
+        name (addresses_another), so a reply to it is withheld (never under repeat instructions).
+        With ``others_unprompted`` (and the utterance's ``audio`` and answer ``out``) someone else
+        addressed in what Whisper hears without its prompt (``unprompted``) counts too."""
+        if not self.withhold_others or instruction in self.repeat_instructions:
+            return False
+        if addresses_another(self.name_words, heard) and not self.confirms(heard):
+            return True
+        again = self.unprompted(audio, out) if self.others_unprompted and out is not None else None
+        return again is not None and addresses_another(self.name_words, again) and not self.confirms(again)
 
     def only_called(self, instruction: str, heard: str | None) -> bool:
         """Did Whisper hear nothing but the name, greeted or not ("Hey Edge.")? Then the request is
@@ -456,14 +498,17 @@ class ResponderWorker:
             out["unheard_text"] = text
         return said
 
-    def _withheld_because(self, instruction: str, text: str, heard: str | None, check: bool, unheard: bool) -> str | None:
+    def _withheld_because(self, instruction: str, text: str, out: dict, audio: np.ndarray | None, check: bool,
+                          unheard: bool) -> str | None:
         """Which check withholds this reply (None: none does)."""
-        r = self.responder
+        r, heard = self.responder, out.get("heard")
         if unheard:
             return "no_speech"
         if check and not r.confirms(heard):
             return "name_not_heard"
-        if text and r.meant_for_another(instruction, heard):
+        if check and text and not r.named(heard, audio, out):
+            return "name_not_heard_unprompted"
+        if text and r.meant_for_another(instruction, heard, audio, out):
             return "someone_else"
         if text and r.only_called(instruction, heard):
             return "name_alone"
@@ -476,6 +521,8 @@ class ResponderWorker:
                 if job is None:  # closed
                     return
                 self._answer(*job)
+            except Exception:  # a fault in one answer must not stop the thread: the next ones still come
+                log.exception("responder: answering failed")
             finally:
                 self._jobs.task_done()
 
@@ -488,12 +535,16 @@ class ResponderWorker:
             log.exception("responder failed")
             out, check = {"text": model_text, "heard": None, "error": str(e)}, False
         text = out.pop("text")
-        total_ms = round(1000 * (time.monotonic() - t_decided), 2)
+
+        def total_ms() -> float:  # from the decision to what is said, every check (and its decodes) included
+            return round(1000 * (time.monotonic() - t_decided), 2)
+
         if rescue is not None:
-            if text and r.confirms(out.get("heard")) and r.sure_enough(out) and not r.only_called(instruction, out.get("heard")) \
-                    and not self.answered(voiced):  # only the LM's reply
+            heard = out.get("heard")
+            if text and r.sure_enough(out) and not r.only_called(instruction, heard) and not self.answered(voiced) \
+                    and r.named(heard, audio, out) and not r.meant_for_another(instruction, heard, audio, out):  # the LM's reply
                 text = self._grounded(instruction, text, out)
-                self.say(t, text, total_ms, 0, out.get("lm_confidence", 1.0), model_text="",
+                self.say(t, text, total_ms(), 0, out.get("lm_confidence", 1.0), model_text="",
                          rescue=round(rescue, 4), said_by="responder", **out)
             return
         if overrule and not r.trusted(out, text):
@@ -504,10 +555,10 @@ class ResponderWorker:
         keep = (overrule or r.on_silence == "model" or not ask) and not unheard  # the model's reply when the LM is silent
         out["said_by"] = "responder" if text else "model" if keep else None
         text = text or (model_text if keep else "")
-        why = self._withheld_because(instruction, text, heard, check, unheard)
+        why = self._withheld_because(instruction, text, out, audio, check, unheard)
         if why:
             text, out["said_by"] = "", None
         if not text:
             out["why"] = why or "silent"  # why the reply is withheld: nothing to say, or one of the checks
         text = self._grounded(instruction, text, out)
-        self.say(t, text, total_ms, tokens, confidence, withhold=not text, model_text=model_text, **out)
+        self.say(t, text, total_ms(), tokens, confidence, withhold=not text, model_text=model_text, **out)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -117,6 +118,8 @@ class WhisperBundle:
         self.n_layers, self.n_heads, self.head_dim = d["n_layers"], d["n_heads"], d["head_dim"]
         self.max_frames = raw["encoder"]["max_frames"]
         self.providers = self.decoder.providers
+        self._encoded: tuple[np.ndarray, dict] | None = None  # the last window and its cross K/V (_encode)
+        self._encoded_lock = threading.Lock()
         n_cross = sum(1 for n in self.encoder.output_names if n.startswith("cross."))
         if n_cross != 2 * self.n_layers:
             raise BundleError(f"{root / 'manifest.json'}: decoder.n_layers: {self.n_layers} contradicts encoder.onnx ({n_cross // 2} cross K/V pairs)")
@@ -136,12 +139,24 @@ class WhisperBundle:
     def window_frames(self, n_samples: int, pad_seconds: float = 15.0) -> int:
         return window_frames(n_samples, pad_seconds, self.max_frames)
 
+    def _encode(self, feats: np.ndarray) -> dict:
+        """The encoder's cross K/V of one window (read-only OrtValues). The last window's are kept:
+        the same window decoded again (without the prompt, after an echo or for a responder's name
+        check) is not encoded twice."""
+        with self._encoded_lock:
+            last = self._encoded
+        if last is not None and last[0].shape == feats.shape and np.array_equal(last[0], feats):
+            return last[1]
+        cross = {k: ortvalue(v) for k, v in self.encoder.run({"input_features": feats[None]}).items()}
+        with self._encoded_lock:
+            self._encoded = (feats.copy(), cross)
+        return cross
+
     def _start(self, feats: np.ndarray, prefix: list[int] | None, context: list[int] | None):
         """Encode one window and read the prompt -> (step, logits after it, its cache, p(no speech)).
         ``step(ids, past)`` -> (next-token logits, the cache with ``ids`` appended); a cache is
         never changed in place, so hypotheses of a beam may share one."""
-        cross = self.encoder.run({"input_features": feats[None]})
-        io_cross = {k: ortvalue(v) for k, v in cross.items()}
+        io_cross = self._encode(feats)
         past_names = [f"past_key_values.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
         present_names = [f"present.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
 

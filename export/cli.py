@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--asr-dereverb-taps", type=int, default=None, metavar="N",
                    help="Whisper hears each utterance dereverberated with N taps (manifest asr_dereverb_taps; 0: as it is; "
                         "default: as the hearing delta was trained)")
+    r.add_argument("--no-others-unprompted", action="store_true",
+                   help="someone else addressed in what Whisper hears without its prompt does not withhold a reply "
+                        "(manifest others_unprompted)")
+    r.add_argument("--name-unprompted", action="store_true",
+                   help="a second chance or the model's Sorry is said only when Whisper hears the name without its prompt "
+                        "too (manifest name_unprompted; fewer false responses, as many right answers lost)")
     r.add_argument("--no-withhold-others", action="store_true",
                    help="say replies to speech in which Whisper heard someone else addressed (manifest withhold_others)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
@@ -122,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                                               rescue_logprob=_number_or_none(r, "--rescue-logprob", args.rescue_logprob),
                                               asr_second=None if args.asr_second == "none" else args.asr_second,
                                               asr_lora=None if args.asr_lora == "none" else args.asr_lora,
-                                              asr_dereverb_taps=args.asr_dereverb_taps),
+                                              asr_dereverb_taps=args.asr_dereverb_taps,
+                                              others_unprompted=not args.no_others_unprompted,
+                                              name_unprompted=args.name_unprompted),
                              indent=2, default=str))
         elif args.cmd == "whisper":
             from .whisper_export import export_whisper

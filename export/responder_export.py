@@ -30,9 +30,10 @@ def taught_dereverb_taps(asr_lora: str | Path | None) -> int:
 
 
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
-                     version: str = "0.9.0", overrule: bool = True, ground_numbers: bool = True,
+                     version: str = "0.10.0", overrule: bool = True, ground_numbers: bool = True,
                      asr_second: str | None = "base", withhold_others: bool = True, asr_lora: str | Path | None = SHIPPED,
-                     rescue_logprob: float | None = -0.3, asr_dereverb_taps: int | None = None) -> dict:
+                     rescue_logprob: float | None = -0.3, asr_dereverb_taps: int | None = None,
+                     others_unprompted: bool = True, name_unprompted: bool = False) -> dict:
     """``asr_lora``: a delta from ``edge-train-hearing`` merged into the first recogniser; SHIPPED (the
     default): the one in edge_models when that recogniser is tiny.en; None: Whisper as it ships.
     ``asr_dereverb_taps``: both recognisers hear the utterance dereverberated (manifest
@@ -113,6 +114,14 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # a doubtful transcript is often one it made up ("turn off the porch lights, Kate" -> "..., Edge.");
         # false responses 6 -> 4 (tuning streams) and 3 -> 2 (seeds 900000), no request lost
         manifest["rescue_logprob"] = rescue_logprob
+    # the prompt says the name twice, and Whisper hears it where another name was said ("Ben, what time is it?" ->
+    # "Edge, ..."): it hears the utterance again without the prompt (the window's encoding kept, about 40 ms)
+    if others_unprompted:  # someone else addressed there withholds the reply (tuning streams, paced: false responses
+        # 4 -> 2 and 2 -> 2, no request lost; README model card)
+        manifest["others_unprompted"] = True
+    if name_unprompted:  # a second chance or the model's Sorry needs the name there too (opt-in: tuning streams false
+        # 4 -> 2, 2 -> 0, but seeds 900000 and the acceptance streams lost as many right answers as false ones)
+        manifest["name_unprompted"] = True
     if asr_dereverb_taps:  # WPE before Whisper (edge_runtime.dereverb)
         manifest["asr_dereverb_taps"] = asr_dereverb_taps
     if withhold_others:  # a reply to "George, crank it up." as Whisper heard it is not said (tuning streams, with the

@@ -61,6 +61,14 @@ SEED_BASE = 500000  # acceptance streams
 TUNING_SEED_BASE = 700000  # streams for choosing runtime settings (the same sets, other seeds)
 
 
+def other_seeds(seed_base: int) -> int:
+    """``seed_base`` for streams to check a choice on, or ValueError when its streams would be the
+    acceptance streams (``build_set`` draws seed_base + 1000 * set + stream)."""
+    if abs(seed_base - SEED_BASE) < 10000:
+        raise ValueError(f"--seed-base {seed_base}: the acceptance streams' seeds are {SEED_BASE}+; choose on other seeds")
+    return seed_base
+
+
 def norm(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
 
@@ -328,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sensitivity", type=float, default=0.5, help="as edge-listen --sensitivity")
     ap.add_argument("--tuning", action="store_true",
                     help=f"streams from the tuning seeds ({TUNING_SEED_BASE}+), not the acceptance seeds: for choosing settings")
+    ap.add_argument("--seed-base", type=int, metavar="N",
+                    help="streams from seeds N+ (say 900000: neither the tuning nor the acceptance streams): to check a "
+                         "choice made on the tuning seeds")
     ap.add_argument("--examples", type=int, default=6, help="error examples kept per set in the report")
     ap.add_argument("--training-voices", action="store_true",
                     help="a diagnostic: the same sets spoken in training voices (espeak-ng, festival ked), not held-out ones")
@@ -359,8 +370,16 @@ def main(argv: list[str] | None = None) -> int:
         from edge_runtime.listener import DEFAULT_BUNDLE
 
         args.bundle = str(DEFAULT_BUNDLE)
+    seed_base = TUNING_SEED_BASE if args.tuning else SEED_BASE
+    if args.seed_base is not None:
+        if args.tuning:
+            ap.error("give --tuning or --seed-base, not both")
+        try:
+            seed_base = other_seeds(args.seed_base)
+        except ValueError as e:
+            ap.error(str(e))
     report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","), keep_examples=args.examples,
-                             sensitivity=args.sensitivity, seed_base=TUNING_SEED_BASE if args.tuning else SEED_BASE,
+                             sensitivity=args.sensitivity, seed_base=seed_base,
                              voices="train" if args.training_voices else "heldout", min_confidence=args.min_confidence,
                              responder=args.responder, pace=not args.unpaced)
     text = json.dumps(report, indent=2)

@@ -164,13 +164,21 @@ def test_responder_policy_relabel_asks_another_lm_on_the_same_transcripts():
     assert new["transcribe"] is dump["transcribe"] and events[1]["type"] == "response.withheld"  # Whisper's; the run is kept
 
 
-def test_responder_policy_never_runs_on_the_acceptance_seeds(capsys):
+def test_responder_policy_and_train_eval_never_run_on_the_acceptance_seeds_by_seed_base(capsys):
     from edge_bench.responder_policy import main
+    from edge_models.evaluate import main as train_eval
+    from edge_models.evaluate import other_seeds
 
     for seed in ("500000", "503000", "495000"):
-        with pytest.raises(SystemExit) as e:
-            main(["BUNDLE", "RESPONDER", "--out", "x.pkl", "--seed-base", seed])
-        assert e.value.code == 2 and "acceptance streams' seeds" in capsys.readouterr().err
+        for run in (lambda: main(["BUNDLE", "RESPONDER", "--out", "x.pkl", "--seed-base", seed]),
+                    lambda: train_eval(["BUNDLE", "--seed-base", seed])):
+            with pytest.raises(SystemExit) as e:
+                run()
+            assert e.value.code == 2 and "acceptance streams' seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        train_eval(["BUNDLE", "--seed-base", "900000", "--tuning"])
+    assert e.value.code == 2 and "not both" in capsys.readouterr().err
+    assert other_seeds(900000) == 900000
 
 
 def test_near_misses_counts_the_highest_p_of_each_unanswered_utterance():

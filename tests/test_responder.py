@@ -25,11 +25,12 @@ class StandIn:
         self.rescue_above, self.rescue_wait, self.name_words, self.confirm_replies = rescue_above, 0.5, ["edge"], set()
         self.overrule_logprob, self.overrule_confidence, self.unknown_reply = None, 0.0, "Sorry, I can't do that yet."
         self.ground_numbers, self.withhold_others, self.rescue_logprob = False, False, None
+        self.name_unprompted = self.others_unprompted = False
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
     rescues, confirms, overrules, trusted = Responder.rescues, Responder.confirms, Responder.overrules, Responder.trusted
     meant_for_another, only_called = Responder.meant_for_another, Responder.only_called
-    grounded, sure_enough = Responder.grounded, Responder.sure_enough
+    grounded, sure_enough, named, unprompted = Responder.grounded, Responder.sure_enough, Responder.named, Responder.unprompted
 
     @property
     def pass_through(self):
@@ -527,3 +528,61 @@ def test_averaged_deltas_are_the_mean_update_cut_to_its_best_low_rank(tmp_path):
     del d["v.A"], d["v.B"]
     np.savez(tmp_path / "short.npz", **d)
     assert main(["--work", str(tmp_path / "out"), "--average", str(tmp_path / "short.npz"), str(paths[1])]) == 2
+
+
+def test_with_name_unprompted_the_name_must_be_heard_again_without_the_prompt():
+    """name_unprompted: where the name is all a reply has to go on (a confirm reply, a second
+    chance), Whisper decodes the utterance again without its prompt (once, and not when the
+    transcript was already decoded without it) and the reply is said only when it hears the name
+    there too; what it heard rides on the event as ``heard_unprompted``."""
+    import threading
+    from types import SimpleNamespace
+
+    from edge_runtime.responder import ResponderWorker
+    from edge_runtime.whisper_asr import AsrOptions
+
+    ben, lights = "Edge, what time is it?", "Edge, turn on the lights."
+    without = {ben: "Ben, what time is it?", lights: lights}  # what Whisper hears without the prompt
+    jobs = iter([(ben, False), (lights, False), (ben, False), (lights, False), (ben, True)])  # (heard, echoed)
+    last, decodes = [], []
+
+    def answer(instruction, audio, lm=True):
+        heard, echoed = next(jobs)
+        last.append(heard)
+        return {"text": "Checking the time." if lm else "", "heard": heard, **({"asr_echoed": True} if echoed else {})}
+
+    def transcribe(audio, opts):
+        decodes.append(opts.prompt)
+        return without[last[-1]], {}
+
+    s = StandIn(ask_below=0.0, passes_third=False, rescue_above=1e-12)
+    s.confirm_replies, s.name_unprompted, s._lock, s.answer = {"Sorry, I can't do that yet."}, True, threading.Lock(), answer
+    s.asr, s.asr_options = SimpleNamespace(transcribe=transcribe), AsrOptions(prompt="Hey Edge, turn on the kitchen lights.")
+    said = []
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold, kw.get("why"),
+                                                                                      kw.get("heard_unprompted"))))
+    audio, sorry = np.zeros(16000, np.float32), "Sorry, I can't do that yet."
+    for t, rescue in ((1.0, None), (2.0, None), (3.0, 0.05), (4.0, 0.05), (5.0, None)):
+        worker.submit(t, 0.0, "" if rescue else sorry, 0.9, 6, "Answer when someone talks to you.", audio,
+                      ask=rescue is not None, check=rescue is None, rescue=rescue)
+    worker.close()
+    assert said == [(1.0, "", True, "name_not_heard_unprompted", "Ben, what time is it?"),
+                    (2.0, sorry, False, None, lights),
+                    # the second chance at 3.0, its name not heard without the prompt, is not said at all
+                    (4.0, "Checking the time.", False, None, lights),
+                    (5.0, sorry, False, None, None)], said  # decoded without the prompt already: not again
+    assert decodes == [""] * 4
+    s.name_unprompted = False  # off (responders before 0.10.0): the prompted transcript's name is enough
+    assert s.named(ben, audio, {}) and decodes == [""] * 4
+    # others_unprompted (with withhold_others): someone else addressed in the unprompted hearing withholds any reply
+    s.others_unprompted, s.withhold_others, said[:] = True, True, []
+    jobs = iter([(ben, False), (lights, False)])
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, withhold, kw.get("why"),
+                                                                                      kw.get("heard_unprompted"))))
+    for t in (6.0, 7.0):
+        worker.submit(t, 0.0, "Checking the time.", 0.5, 6, "Answer when someone talks to you.", audio)
+    worker.close()
+    assert said == [(6.0, "", True, "someone_else", "Ben, what time is it?"),
+                    (7.0, "Checking the time.", False, None, lights)], said
+    s.withhold_others = False
+    assert not s.meant_for_another("Answer when someone talks to you.", ben, audio, {"heard_unprompted": "Ben, what time?"})

@@ -531,3 +531,22 @@ def test_the_asr_bench_hears_each_recording_in_its_own_room_every_run(recordings
     assert not np.array_equal(a[0][1][:1000], a[1][1][:1000])
     with pytest.raises(ValueError, match="not one of"):
         in_a_room(items, "cathedral")
+
+
+def test_a_window_decoded_again_is_encoded_once(bundles, recordings, monkeypatch):
+    """The last window's encoder output is kept: the same utterance decoded again without the
+    prompt (a responder's name check, name_unprompted) reads it instead of encoding again, and
+    hears what a bundle that encodes it afresh hears; another window is encoded."""
+    import edge_runtime.whisper_asr as wa
+
+    root, _ = bundles
+    b, fresh = wa.WhisperBundle(root / "int8"), wa.WhisperBundle(root / "int8")
+    runs, real = [], b.encoder.run
+    monkeypatch.setattr(b.encoder, "run", lambda feeds: (runs.append(feeds["input_features"].shape), real(feeds))[1])
+    audio = recordings[UTTERANCES[0]][0]
+    prompted = b.transcribe(audio, wa.AsrOptions(prompt="Hey Edge, turn on the kitchen lights."))[0]
+    again = b.transcribe(audio, wa.AsrOptions())[0]
+    assert len(runs) == 1, runs
+    assert again == fresh.transcribe(audio, wa.AsrOptions())[0] and prompted
+    b.transcribe(recordings[UTTERANCES[1]][0])
+    assert len(runs) == 2
