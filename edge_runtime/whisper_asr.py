@@ -142,7 +142,8 @@ class WhisperBundle:
     def _encode(self, feats: np.ndarray) -> dict:
         """The encoder's cross K/V of one window (read-only OrtValues). The last window's are kept:
         the same window decoded again (without the prompt, after an echo or for a responder's name
-        check) is not encoded twice."""
+        check) is not encoded twice. One window's K/V stay in memory: about 10 MB for tiny.en over a
+        17 s window, 18 MB at the full 30 s."""
         with self._encoded_lock:
             last = self._encoded
         if last is not None and last[0].shape == feats.shape and np.array_equal(last[0], feats):
