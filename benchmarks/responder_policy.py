@@ -28,9 +28,10 @@ seeds, never the acceptance streams):
   name (``heard_as_name``), and with ``name_words`` a reply to the name alone ("Hey Edge.") is not
   said (``Responder.only_called``).
 
-Not replayed: ``name_unprompted`` and ``others_unprompted`` (what Whisper hears without its prompt).
-A run keeps one transcript per utterance, so its rows score as if they were off; they were chosen
-on paced runs (``edge-train-eval --tuning --responder``, README model card).
+Not replayed: ``name_unprompted`` and ``others_unprompted`` (what Whisper hears without its prompt)
+and ``reread_below`` (Whisper's other readings of an utterance). A run keeps one transcript per
+utterance, so its rows score as if they were off; they were chosen on paced runs
+(``edge-train-eval --tuning --responder``, README model card).
 
 In the transcription set the responder's reply is Whisper's transcript, as it ships (manifest
 ``repeat_instructions``), so its ``model_unsure<C`` rows choose ``repeat_below``.

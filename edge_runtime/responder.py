@@ -221,14 +221,16 @@ class Responder:
     window's encoding is kept, so about a fifth of a decode) and ``withhold_others`` counts
     someone else addressed there too; with ``name_unprompted`` a second chance or a confirm reply,
     which have nothing but the name to go on, is said only when the name is heard there too
-    (unprompted, named; both default: off)."""
+    (unprompted, named; both default: off). ``reread_below``: when the LM's confidence in its reply
+    is under this, Whisper's ``reread_beam`` (default 5) likeliest readings of the utterance are
+    answered too and the likeliest reading-and-reply is said (``reread``; default 0: off)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
                    "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
                    "rescue_logprob", "asr_dereverb_taps", "name_unprompted",
-                   "others_unprompted")
+                   "others_unprompted", "reread_below", "reread_beam")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -281,6 +283,9 @@ class Responder:
         self.withhold_others = bool(raw.get("withhold_others", False))
         self.name_unprompted = bool(raw.get("name_unprompted", False))
         self.others_unprompted = bool(raw.get("others_unprompted", False))
+        self.reread_below, self.reread_beam = float(raw.get("reread_below", 0.0)), int(raw.get("reread_beam", 5))
+        if self.reread_beam < 2:
+            raise BundleError(f"{mpath}: reread_beam must be at least 2")
         if (self.reply_forms or self.ground_numbers) and not self.unknown_reply:
             raise BundleError(f"{mpath}: reply_forms and ground_numbers need an unknown_reply")
         if not 0.0 <= self.rescue_above < 1.0 or self.rescue_wait < 0:
@@ -412,6 +417,32 @@ class Responder:
         text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
         return (heard.strip() if text and text == normalize(heard) else text), confidence
 
+    def reread(self, instruction: str, audio: np.ndarray, heard: str, info: dict, text: str,
+               confidence: float) -> tuple[str, str, float, dict]:
+        """The LM was unsure of its reply to ``heard`` (under ``reread_below``): the recogniser that
+        heard it gives its ``reread_beam`` likeliest readings (WhisperBundle.readings), the LM
+        answers each, and the reading whose mean log-probability plus the log of the LM's
+        confidence is highest is the one answered (a word misheard in the first reading is often
+        right in another: "the grudge lights" / "the garage lights") -> (transcript, reply,
+        confidence, note: how many readings, the milliseconds, and what was heard and replied
+        before when another reading won)."""
+        logprob = info.get("avg_logprob")
+        if logprob is None or not heard.strip():
+            return heard, text, confidence, {}
+        t0 = time.monotonic()
+        second = info.get("second", {}).get("read")
+        asr, opts = (self.asr_second, self.asr_second_options) if second else (self.asr, self.asr_options)
+        readings = asr.readings(audio, opts, self.reread_beam, prompted=not info.get("echoed"))
+        best = (logprob + np.log(max(confidence, 1e-6)), heard, text, confidence)
+        for other, score in readings:
+            if other != heard.strip():
+                reply, conf = self.written(instruction, other)
+                best = max(best, (score + np.log(max(conf, 1e-6)), other, reply, conf), key=lambda b: b[0])
+        note = {"readings": len(readings), "ms": round(1000 * (time.monotonic() - t0), 1)}
+        if best[1] != heard:
+            note |= {"first_heard": heard, "first_text": text, "first_confidence": round(confidence, 4)}
+        return best[1], best[2], best[3], note
+
     def hear(self, audio: np.ndarray) -> tuple[str, dict]:
         """Whisper's transcript and info; with ``asr_second``, the second recogniser's instead when
         the first was unsure (under ``asr_second_below``) and the second is surer. info["second"]:
@@ -434,6 +465,7 @@ class Responder:
         ``lm`` False only Whisper runs (its transcript is in "heard", "text" is "")."""
         if audio is None:
             return {"text": "", "heard": None, "asr_ms": 0.0, "lm_ms": 0.0}
+        reread: dict = {}
         with self._lock:
             t0 = time.monotonic()
             heard, info = self.hear(audio)
@@ -444,9 +476,11 @@ class Responder:
                 text, confidence = heard.strip(), 1.0
             else:
                 text, confidence = self.written(instruction, heard)
-        extra = {}
+                if confidence < self.reread_below:
+                    heard, text, confidence, reread = self.reread(instruction, audio, heard, info, text, confidence)
+        extra: dict = {"reread": reread} if reread else {}
         if lm and instruction not in self.repeat_instructions and text != formed(text, self.reply_forms, self.unknown_reply):
-            extra, text = {"lm_text": text}, self.unknown_reply  # an action the device does not have
+            extra["lm_text"], text = text, self.unknown_reply  # an action the device does not have
         logprob = info.get("avg_logprob")
         if "second" in info:
             extra["asr_second"] = info["second"]

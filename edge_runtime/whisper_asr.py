@@ -243,7 +243,7 @@ class WhisperBundle:
         dyn = dynamics_db(audio)
         if dyn < opts.min_dynamics_db:
             return "", {"dropped": "steady sound", "dynamics_db": dyn, "no_speech_prob": None, "avg_logprob": None}
-        budget = int(8 + opts.max_tokens_per_second * len(audio) / SR)
+        budget = self.budget(audio, opts)
         context = self.context_ids(opts.prompt)
         mel = whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds))
         ids, info = self.decode(mel, budget, context, opts.beam_size)
@@ -274,6 +274,28 @@ class WhisperBundle:
         elif text and compression_ratio(text) > opts.compression_ratio_threshold:
             info["dropped"] = "repetitive"
         return ("" if info["dropped"] else text), info
+
+    @staticmethod
+    def budget(audio: np.ndarray, opts: AsrOptions) -> int:
+        """The most tokens a decode of ``audio`` may write."""
+        return int(8 + opts.max_tokens_per_second * len(audio) / SR)
+
+    def readings(self, audio: np.ndarray, opts: AsrOptions, n: int, prompted: bool = True) -> list[tuple[str, float]]:
+        """The ``n`` likeliest readings of an utterance that ``transcribe`` heard with ``opts``, by a
+        beam of ``n`` in the same window (its encoding is kept from that decode, so only the decoder
+        runs), with ``opts.prompt`` as context unless ``prompted`` is False (a transcript decoded
+        without it, ``echoed``) -> [(text, mean log-probability per token, the end token counted)],
+        distinct texts, likeliest first; [] for audio too long for one window."""
+        if len(audio) > MAX_PIECE_SECONDS * SR:
+            return []
+        if opts.dereverb_taps:
+            audio = dereverb(audio, opts.dereverb_taps)
+        mel = whisper_log_mel(audio, self.window_frames(len(audio), opts.pad_seconds))
+        _, info = self.beam(mel, n, self.budget(audio, opts), context=self.context_ids(opts.prompt) if prompted else None)
+        out: dict[str, float] = {}
+        for toks, score in info["finished"]:
+            out.setdefault(self.tokenizer.decode(cut_loop(toks)).strip(), score)
+        return [(t, s) for t, s in out.items() if t]
 
     def _transcribe_pieces(self, audio: np.ndarray, opts: AsrOptions) -> tuple[str, dict]:
         outs = [self.transcribe(piece, opts) for piece in split_long(audio, MAX_PIECE_SECONDS)]
@@ -312,7 +334,8 @@ def beam_search(step, logits: np.ndarray, state, log_probs, eot: int, beam_size:
     the ``beam_size`` best continuations by total log-probability; one ending among them (end of
     text, the token budget, a loop) is finished instead. It stops when ``beam_size`` are finished,
     and the finished one with the highest mean log-probability per token wins (the end token
-    counted, so a hypothesis cut short pays for it) -> (tokens, {avg_logprob, stopped}).
+    counted, so a hypothesis cut short pays for it) -> (tokens, {avg_logprob, stopped, finished}),
+    ``finished`` being every finished hypothesis as (tokens, that mean), best first.
     """
     live = [(list(prefix or []), 0.0, [], logits, state)]  # tokens, total log-prob, their log-probs, logits, state
     done: list[tuple[list[int], float, list[float], str]] = []
@@ -339,9 +362,11 @@ def beam_search(step, logits: np.ndarray, state, log_probs, eot: int, beam_size:
             if slots == beam_size:
                 break
         live = [(toks, total, lps, *step([toks[-1]], st)) for toks, total, lps, st in kept]
-    toks, _, lps, stopped = max(done, key=lambda d: d[1] / len(d[2]))
+    done.sort(key=lambda d: -d[1] / len(d[2]))
+    toks, _, lps, stopped = done[0]
     words = lps[:-1] if stopped == "eot" else lps  # as greedy's: the end token's log-prob is no word's
-    return toks, {"avg_logprob": float(np.mean(words)) if words else 0.0, "stopped": stopped}
+    return toks, {"avg_logprob": float(np.mean(words)) if words else 0.0, "stopped": stopped,
+                  "finished": [(d[0], d[1] / len(d[2])) for d in done]}
 
 
 RETRY_PAD_SECONDS = 30.0

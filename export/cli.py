@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--name-unprompted", action="store_true",
                    help="a second chance or the model's Sorry is said only when Whisper hears the name without its prompt "
                         "too (manifest name_unprompted; fewer false responses, as many right answers lost)")
+    r.add_argument("--reread-below", default="0.7", metavar="C",
+                   help="an LM reply of confidence under C is weighed against Whisper's other readings of the utterance "
+                        "(manifest reread_below; default 0.7; none: never)")
     r.add_argument("--no-withhold-others", action="store_true",
                    help="say replies to speech in which Whisper heard someone else addressed (manifest withhold_others)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                                               asr_lora=None if args.asr_lora == "none" else args.asr_lora,
                                               asr_dereverb_taps=args.asr_dereverb_taps,
                                               others_unprompted=not args.no_others_unprompted,
-                                              name_unprompted=args.name_unprompted),
+                                              name_unprompted=args.name_unprompted,
+                                              reread_below=_number_or_none(r, "--reread-below", args.reread_below)),
                              indent=2, default=str))
         elif args.cmd == "whisper":
             from .whisper_export import export_whisper

@@ -30,10 +30,11 @@ def taught_dereverb_taps(asr_lora: str | Path | None) -> int:
 
 
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
-                     version: str = "0.10.0", overrule: bool = True, ground_numbers: bool = True,
+                     version: str = "0.11.0", overrule: bool = True, ground_numbers: bool = True,
                      asr_second: str | None = "base", withhold_others: bool = True, asr_lora: str | Path | None = SHIPPED,
                      rescue_logprob: float | None = -0.3, asr_dereverb_taps: int | None = None,
-                     others_unprompted: bool = True, name_unprompted: bool = False) -> dict:
+                     others_unprompted: bool = True, name_unprompted: bool = False,
+                     reread_below: float | None = 0.7) -> dict:
     """``asr_lora``: a delta from ``edge-train-hearing`` merged into the first recogniser; SHIPPED (the
     default): the one in edge_models when that recogniser is tiny.en; None: Whisper as it ships.
     ``asr_dereverb_taps``: both recognisers hear the utterance dereverberated (manifest
@@ -122,6 +123,10 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     if name_unprompted:  # a second chance or the model's Sorry needs the name there too (opt-in: tuning streams false
         # 4 -> 2, 2 -> 0, but seeds 900000 and the acceptance streams lost as many right answers as false ones)
         manifest["name_unprompted"] = True
+    if reread_below is not None:  # an LM reply under this confidence is weighed against Whisper's other readings
+        # (beam 5): "the grudge lights" -> "the garage lights" (tuning streams, cut utterances: held-out-wording
+        # requests 130 -> 134 of 157, training wording 169 -> 170, unknown alike; README model card)
+        manifest["reread_below"] = reread_below
     if asr_dereverb_taps:  # WPE before Whisper (edge_runtime.dereverb)
         manifest["asr_dereverb_taps"] = asr_dereverb_taps
     if withhold_others:  # a reply to "George, crank it up." as Whisper heard it is not said (tuning streams, with the

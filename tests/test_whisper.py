@@ -3,6 +3,7 @@
 Real recordings: the Asterisk English prompts (Debian asterisk-core-sounds-en-wav, installed by
 .ci/run); we do not train Whisper, so they may be used here."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -381,6 +382,14 @@ def test_beam_search_keeps_each_hypothesis_on_its_own_state():
         path = [log_probs(logits_of(tuple(toks[:i])), i == 0)[t] for i, t in enumerate(toks)]
         assert info["stopped"] in ("eot", "budget") and info["avg_logprob"] == pytest.approx(np.mean(path))
         differs += toks != greedy
+        # every finished hypothesis, best first, scored by the mean of its own path (the end token counted)
+        finished = info["finished"]
+        assert finished[0][0] == toks and len(finished) >= 4
+        assert [f[1] for f in finished] == sorted((f[1] for f in finished), reverse=True)
+        for hyp, score in finished:
+            ended = len(hyp) < 8
+            path = [log_probs(logits_of(tuple(hyp[:i])), i == 0)[t] for i, t in enumerate(hyp + [eot] * ended)]
+            assert score == pytest.approx(np.mean(path))
     assert differs >= 5  # the search is not greedy in disguise
 
 
@@ -550,3 +559,72 @@ def test_a_window_decoded_again_is_encoded_once(bundles, recordings, monkeypatch
     assert again == fresh.transcribe(audio, wa.AsrOptions())[0] and prompted
     b.transcribe(recordings[UTTERANCES[1]][0])
     assert len(runs) == 2
+
+
+def test_readings_are_a_beam_over_the_kept_window(bundles, recordings, monkeypatch):
+    """WhisperBundle.readings: the n likeliest distinct readings of an utterance just transcribed,
+    from its kept encoding (no second encode), the first being what a beam of n transcribes."""
+    import edge_runtime.whisper_asr as wa
+
+    root, _ = bundles
+    b = wa.WhisperBundle(root / "int8")
+    runs, real = [], b.encoder.run
+    monkeypatch.setattr(b.encoder, "run", lambda feeds: (runs.append(1), real(feeds))[1])
+    audio, ref = recordings[UTTERANCES[0]]
+    opts = wa.AsrOptions(prompt="Hey Edge, turn on the kitchen lights.")
+    b.transcribe(audio, opts)
+    got = b.readings(audio, opts, 4)
+    assert len(runs) == 1
+    texts = [t for t, _ in got]
+    assert len(got) >= 2 and len(set(texts)) == len(texts) and all(texts)
+    assert [s for _, s in got] == sorted((s for _, s in got), reverse=True) and all(s < 0 for _, s in got)
+    assert texts[0] == b.transcribe(audio, dataclasses.replace(opts, beam_size=4))[0]
+    assert wer([ref], [texts[0]]) <= 0.2
+    assert b.readings(np.zeros(int(26 * 16000), np.float32), opts, 4) == []  # longer than one window
+
+
+def test_an_unsure_reply_is_read_again_over_whisper_s_other_readings(bundles, tiny_bundle, tmp_path):
+    """reread_below: when the LM's confidence is under it, each of Whisper's reread_beam readings is
+    answered and the reading with the highest mean log-probability + log(LM confidence) is said;
+    off by default, never under repeat instructions, never for a sure reply."""
+    from edge_runtime.bundle import BundleError
+    from edge_runtime.responder import Responder
+
+    root, _ = bundles
+    rdir = tmp_path / "responder"
+    rdir.mkdir()
+    manifest = {"schema": "edge-bundle/1", "kind": "responder", "name": "test-responder", "lm": str(tiny_bundle[0]),
+                "asr": str(root / "int8"), "prompt": "<instr>{instruction}</instr>{heard}<reply>", "end_token": "<|end|>",
+                "repeat_instructions": ["Transcribe what you hear."], "max_tokens": 4}
+    (rdir / "manifest.json").write_text(json.dumps(manifest))
+    assert Responder(rdir).reread_below == 0.0
+    (rdir / "manifest.json").write_text(json.dumps(manifest | {"reread_below": 0.7, "reread_beam": 1}))
+    with pytest.raises(BundleError, match="reread_beam must be at least 2"):
+        Responder(rdir)
+    (rdir / "manifest.json").write_text(json.dumps(manifest | {"reread_below": 0.7}))
+    r = Responder(rdir)
+    assert r.reread_beam == 5
+    replies = {"Turn on the grudge lights.": ("Turning on the grudge lights.", 0.2),
+               "Turn on the garage lights.": ("Turning on the garage lights.", 0.9),
+               "Turn on the grudge light.": ("Turning on the grudge light.", 0.95),
+               "Turn on the lights.": ("Turning on the lights.", 0.99)}
+    read, beams = [], []
+    r.asr.transcribe = lambda audio, opts: ("Turn on the grudge lights.", {"avg_logprob": -0.2})
+    r.asr.readings = lambda audio, opts, n, prompted=True: (beams.append(n), [
+        ("Turn on the grudge lights.", -0.25), ("Turn on the garage lights.", -0.4), ("Turn on the grudge light.", -2.5)])[1]
+    r.reply_with_confidence = lambda instruction, heard: (read.append(heard), replies[heard])[1]
+    audio = np.zeros(16000, np.float32)
+    out = r.answer("Answer when someone talks to you.", audio)
+    # -0.4 + log 0.9 beats -0.2 + log 0.2 and -2.5 + log 0.95; the first reading is not answered twice
+    assert out["text"] == "Turning on the garage lights." and out["heard"] == "Turn on the garage lights."
+    assert out["lm_confidence"] == 0.9 and beams == [5] and len(read) == 3
+    assert out["reread"]["readings"] == 3 and out["reread"]["first_text"] == "Turning on the grudge lights."
+    assert out["reread"]["first_heard"] == "Turn on the grudge lights." and out["reread"]["ms"] >= 0
+    assert r.answer("Transcribe what you hear.", audio)["text"] == "Turn on the grudge lights." and beams == [5]
+    r.asr.transcribe = lambda audio, opts: ("Turn on the lights.", {"avg_logprob": -0.1})
+    out = r.answer("Answer when someone talks to you.", audio)
+    assert out["text"] == "Turning on the lights." and "reread" not in out and beams == [5]
+    r.asr.transcribe = lambda audio, opts: ("Turn on the grudge lights.", {"avg_logprob": -0.2})
+    r.asr.readings = lambda audio, opts, n, prompted=True: [("Turn on the grudge lights.", -0.25)]
+    out = r.answer("Answer when someone talks to you.", audio)  # no other reading: the first reply stands
+    assert out["text"] == "Turning on the grudge lights." and out["reread"] == {"readings": 1, "ms": out["reread"]["ms"]}
