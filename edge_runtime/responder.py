@@ -432,12 +432,16 @@ class Responder:
         t0 = time.monotonic()
         second = info.get("second", {}).get("read")
         asr, opts = (self.asr_second, self.asr_second_options) if second else (self.asr, self.asr_options)
-        readings = asr.readings(audio, opts, self.reread_beam, prompted=not info.get("echoed"))
         best = (logprob + np.log(max(confidence, 1e-6)), heard, text, confidence)
-        for other, score in readings:
-            if other != heard.strip():
-                reply, conf = self.written(instruction, other)
-                best = max(best, (score + np.log(max(conf, 1e-6)), other, reply, conf), key=lambda b: b[0])
+        try:
+            readings = asr.readings(audio, opts, self.reread_beam, prompted=not info.get("echoed"))
+            for other, score in readings:
+                if other != heard.strip():
+                    reply, conf = self.written(instruction, other)
+                    best = max(best, (score + np.log(max(conf, 1e-6)), other, reply, conf), key=lambda b: b[0])
+        except Exception:  # the first reading's reply rather than none
+            log.exception("responder: reading the utterance again failed")
+            return heard, text, confidence, {"failed": True}
         note = {"readings": len(readings), "ms": round(1000 * (time.monotonic() - t0), 1)}
         if best[1] != heard:
             note |= {"first_heard": heard, "first_text": text, "first_confidence": round(confidence, 4)}

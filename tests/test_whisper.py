@@ -628,3 +628,6 @@ def test_an_unsure_reply_is_read_again_over_whisper_s_other_readings(bundles, ti
     r.asr.readings = lambda audio, opts, n, prompted=True: [("Turn on the grudge lights.", -0.25)]
     out = r.answer("Answer when someone talks to you.", audio)  # no other reading: the first reply stands
     assert out["text"] == "Turning on the grudge lights." and out["reread"] == {"readings": 1, "ms": out["reread"]["ms"]}
+    r.asr.readings = lambda audio, opts, n, prompted=True: 1 / 0
+    out = r.answer("Answer when someone talks to you.", audio)  # a failed reading: the first reply, not none
+    assert out["text"] == "Turning on the grudge lights." and out["reread"] == {"failed": True}
