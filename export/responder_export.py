@@ -124,8 +124,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # 4 -> 2, 2 -> 0, but seeds 900000 and the acceptance streams lost as many right answers as false ones)
         manifest["name_unprompted"] = True
     if reread_below is not None:  # an LM reply under this confidence is weighed against Whisper's other readings
-        # (beam 5): "the grudge lights" -> "the garage lights" (tuning streams, cut utterances: held-out-wording
-        # requests 130 -> 134 of 157, training wording 169 -> 170, unknown alike; README model card)
+        # (beam 5): "the grudge lights" -> "the garage lights". Paced, held-out-wording requests 122 -> 125 (tuning
+        # seeds), 101 -> 105 (seeds 900000), 125 -> 124 (acceptance streams); p90 latency +0.4-0.5 s (model card)
         manifest["reread_below"] = reread_below
     if asr_dereverb_taps:  # WPE before Whisper (edge_runtime.dereverb)
         manifest["asr_dereverb_taps"] = asr_dereverb_taps
