@@ -150,19 +150,24 @@ def test_no_text_from_silence_noise_or_tones(bundles, tmp_path, kind):
     assert evs[-1]["type"] == "end" and evs[-1]["t"] == pytest.approx(60.0, abs=0.05)
 
 
+def _responder_manifest(rdir, bundles, tiny_bundle, **more) -> dict:
+    """A responder bundle in ``rdir`` over the test Whisper (int8) and the random test-tiny LM; its manifest."""
+    rdir.mkdir()
+    manifest = {"schema": "edge-bundle/1", "kind": "responder", "name": "test-responder", "lm": str(tiny_bundle[0]),
+                "asr": str(bundles[0] / "int8"), "prompt": "<instr>{instruction}</instr>{heard}<reply>",
+                "end_token": "<|end|>", **more}
+    (rdir / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
 def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_instruction(bundles, recordings, tiny_bundle, tmp_path):
     """The real stage: trail -> Whisper -> the LM (here the random test-tiny bundle, so its words
     are noise, but they must be the words of the whole prompt fed at once)."""
     from edge_runtime.bundle import BundleError
     from edge_runtime.responder import Responder, SpeechTrail
 
-    root, _ = bundles
     rdir = tmp_path / "responder"
-    rdir.mkdir()
-    manifest = {"schema": "edge-bundle/1", "kind": "responder", "name": "test-responder", "lm": str(tiny_bundle[0]),
-                "asr": str(root / "int8"), "prompt": "<instr>{instruction}</instr>{heard}<reply>", "end_token": "<|end|>",
-                "pass_through": ["The doorbell is ringing."], "max_tokens": 8}
-    (rdir / "manifest.json").write_text(json.dumps(manifest))
+    manifest = _responder_manifest(rdir, bundles, tiny_bundle, pass_through=["The doorbell is ringing."], max_tokens=8)
     r = Responder(rdir)
     audio, ref = recordings[UTTERANCES[0]]
     trail = SpeechTrail()
@@ -590,13 +595,8 @@ def test_an_unsure_reply_is_read_again_over_whisper_s_other_readings(bundles, ti
     from edge_runtime.bundle import BundleError
     from edge_runtime.responder import Responder
 
-    root, _ = bundles
     rdir = tmp_path / "responder"
-    rdir.mkdir()
-    manifest = {"schema": "edge-bundle/1", "kind": "responder", "name": "test-responder", "lm": str(tiny_bundle[0]),
-                "asr": str(root / "int8"), "prompt": "<instr>{instruction}</instr>{heard}<reply>", "end_token": "<|end|>",
-                "repeat_instructions": ["Transcribe what you hear."], "max_tokens": 4}
-    (rdir / "manifest.json").write_text(json.dumps(manifest))
+    manifest = _responder_manifest(rdir, bundles, tiny_bundle, repeat_instructions=["Transcribe what you hear."], max_tokens=4)
     assert Responder(rdir).reread_below == 0.0
     (rdir / "manifest.json").write_text(json.dumps(manifest | {"reread_below": 0.7, "reread_beam": 1}))
     with pytest.raises(BundleError, match="reread_beam must be at least 2"):
