@@ -46,7 +46,10 @@ class LoopOptions:
         under it is not said: a ``response.withheld`` event carries it instead.
     repeat_gap: seconds of quiet that make a sound or an utterance a new one (Repeats): the same
         response said again within ``repeat_within`` s with no such gap since is withheld (reason
-        ``repeat``); a response that could be one is held until it is whole. 0: never withheld."""
+        ``repeat``); a response that could be one is held until it is whole. 0: never withheld.
+    same_sound: an alert said within ``repeat_within`` s of another alert, while the same tones
+        sound as when that one was said (Repeats.same_sound: spectral peaks alike to this cosine),
+        is a repeat too, pauses or not: a smoke alarm's beep groups, a doorbell rung twice. 0: off."""
 
     instruction: str | None = None
     sensitivity: float = 0.5
@@ -58,6 +61,7 @@ class LoopOptions:
     min_confidence: float = 0.0
     repeat_gap: float = 0.3
     repeat_within: float = 10.0
+    same_sound: float = 0.7
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sensitivity <= 1.0:
@@ -72,6 +76,8 @@ class LoopOptions:
             raise ValueError(f"decide_each_up_to must be >= 1, got {self.decide_each_up_to}")
         if self.repeat_gap < 0 or self.repeat_within <= 0:
             raise ValueError(f"repeat_gap must be >= 0 and repeat_within > 0, got {self.repeat_gap}, {self.repeat_within}")
+        if not 0.0 <= self.same_sound <= 1.0:
+            raise ValueError(f"same_sound must be in [0, 1], got {self.same_sound}")
         if self.context is not None and self.context < 64:
             raise ValueError(f"context must be >= 64 tokens, got {self.context}")
 
@@ -189,17 +195,43 @@ class Samples:
         return self.count
 
 
+def tones(audio: np.ndarray, n: int = 2048, low_bin: int = 20) -> np.ndarray | None:
+    """The tonal peaks of ``audio`` (16 kHz: 7.8 Hz bins): the log power spectrum of its loudest
+    30% of frames (``n`` samples, half overlapping) above its running median over 41 bins, from
+    ``low_bin`` up, as a unit vector; None when it holds no whole frame or no peak. Two stretches
+    of one alarm or bell give nearly the same vector; another bell, a knock or noise do not."""
+    if len(audio) < n:
+        return None
+    frames = np.lib.stride_tricks.sliding_window_view(np.asarray(audio, np.float64), n)[:: n // 2] * np.hanning(n)
+    power = np.square(np.abs(np.fft.rfft(frames, axis=1)))
+    energy = power.sum(axis=1)
+    level = np.log10(power[energy >= np.percentile(energy, 70)].mean(axis=0) + 1e-10)
+    floor = np.median(np.lib.stride_tricks.sliding_window_view(np.pad(level, 20, mode="edge"), 41), axis=1)
+    peaks = np.maximum(level - floor, 0.0)
+    peaks[:low_bin] = 0.0
+    norm = float(np.linalg.norm(peaks))
+    return peaks / norm if norm > 1e-6 else None
+
+
 class Repeats:
     """Is a response a repeat: the same text said again while what prompted it goes on? A doorbell
     that rings on, or a knock that keeps knocking, can make the model answer twice; a second
     doorbell after a pause is a new event. A response is a repeat when the same text was said less
     than ``within`` s before it and the audio has had no quiet gap of ``gap`` s since: no run of
     20 ms frames within ``margin`` dB of the floor (the 5th percentile of the last
-    ``floor_seconds``). ``gap`` 0, or chunks that carry no audio: nothing is a repeat."""
+    ``floor_seconds``). ``gap`` 0, or chunks that carry no audio: nothing is a repeat.
+
+    Alarms pause between beeps, so a gap does not end them: one of ``sounds`` (the alert replies)
+    is also a repeat when another of them was said less than ``within`` s before and the last
+    ``sound_seconds`` of audio have the same tones (``tones``, cosine >= ``same_sound``; 0: off)
+    as the ``sound_seconds`` before that one was said. The same tones are one event even when
+    the model names them differently the second time."""
 
     def __init__(self, gap: float = 0.3, within: float = 10.0, margin: float = 6.0, floor_seconds: float = 10.0,
-                 sample_rate: int = 16000):
+                 sample_rate: int = 16000, sounds: frozenset = frozenset(), same_sound: float = 0.0,
+                 sound_seconds: float = 1.2):
         self.gap, self.within, self.margin = gap, within, margin
+        self.sounds, self.same_sound = (sounds, same_sound) if gap > 0 and same_sound > 0 else (frozenset(), 0.0)
         self.frame = sample_rate // 50  # 20 ms
         self.frame_s = self.frame / sample_rate
         self._db: collections.deque = collections.deque(maxlen=max(1, int(floor_seconds / self.frame_s)))
@@ -207,6 +239,8 @@ class Repeats:
         self._run = 0  # frames in the quiet run going on
         self._gaps: collections.deque = collections.deque(maxlen=64)  # [start, end] of quiet runs of gap s or more
         self._said: dict[str, float] = {}  # text -> stream time it was last said
+        self._tail = np.zeros(int(sound_seconds * sample_rate) if self.sounds else 0, np.float32)  # the latest audio
+        self._heard: collections.deque = collections.deque(maxlen=16)  # (time, tones) when an alert was said
         self._judged = False  # audio came (chunks without samples: nothing is judged a repeat)
         self._lock = threading.Lock()  # the loop pushes and asks; a responder's thread says and asks too
 
@@ -223,6 +257,9 @@ class Repeats:
             self._judged = True
             self._db.extend(db.tolist())
             self._mark_gaps(db < np.percentile(np.fromiter(self._db, float), 5) + self.margin, t_end)
+            if len(self._tail):
+                keep = min(len(samples), len(self._tail))
+                self._tail = np.concatenate([self._tail[keep:], np.asarray(samples[-keep:], np.float32)])
 
     def _mark_gaps(self, quiet: np.ndarray, t_end: float) -> None:
         """Carry the quiet run over these 20 ms frames (True: quiet; the last ends at ``t_end``); a run
@@ -241,14 +278,24 @@ class Repeats:
         return 0 <= t - t0 < self.within and \
             not any(min(e, t) - max(s, t0) >= self.gap - 1e-6 for s, e in self._gaps)
 
+    def _sounds_on(self, t: float) -> bool:
+        """Do the tones of an alert said less than ``within`` before ``t`` sound now?"""
+        recent = [heard for t0, heard in self._heard if 0 <= t - t0 < self.within]
+        now = tones(self._tail) if recent else None
+        return now is not None and any(float(now @ heard) >= self.same_sound for heard in recent)
+
     def possible(self, t: float) -> bool:
         """Could a response at ``t`` be a repeat (of anything said)?"""
         with self._lock:
-            return self._judged and any(self._goes_on(t0, t) for t0 in self._said.values())
+            return self._judged and (any(self._goes_on(t0, t) for t0 in self._said.values())
+                                     or any(0 <= t - t0 < self.within for t0, _ in self._heard))
 
     def is_repeat(self, text: str, t: float) -> bool:
         with self._lock:
-            return self._judged and text in self._said and self._goes_on(self._said[text], t)
+            if not self._judged:
+                return False
+            return (text in self._said and self._goes_on(self._said[text], t)) or \
+                (text in self.sounds and self._sounds_on(t))
 
     def said(self, text: str, t: float) -> None:
         if not text:
@@ -257,6 +304,10 @@ class Repeats:
             self._said[text] = max(t, self._said.get(text, t))
             for old in [k for k, v in self._said.items() if t - v >= self.within]:
                 del self._said[old]
+            if text in self.sounds and self._judged:
+                heard = tones(self._tail)
+                if heard is not None:
+                    self._heard.append((t, heard))
 
 
 def _p_respond(logits: np.ndarray, silent: int, respond: int) -> float:
@@ -309,7 +360,9 @@ class DecisionLoop:
         self.responses = 0
         self.withheld = 0
         self.rescues = 0  # utterances handed to the responder for a second chance
-        self._repeats = Repeats(self.opts.repeat_gap, self.opts.repeat_within, sample_rate=self.b.manifest.sample_rate)
+        self.rescues_late = 0  # ... not handed over: the speech went on past the responder's rescue_late
+        self._repeats = Repeats(self.opts.repeat_gap, self.opts.repeat_within, sample_rate=self.b.manifest.sample_rate,
+                                sounds=frozenset(self.b.manifest.alert_words), same_sound=self.opts.same_sound)
         self._near: tuple[float, float] | None = None  # (armed at, highest p) of a narrowly passed-over utterance
         self._heard_upto = -1  # trail frame up to which speech was answered or handed over (never a second time)
         self._handed = -2  # the last voiced trail frame of the utterance last handed over for a second chance
@@ -360,7 +413,10 @@ class DecisionLoop:
         """Arm when p(<respond>) reaches the responder's ``rescue_above`` without a response; once the
         speech has ended (``rescue_wait`` s unvoiced, or 5 s after arming), hand the utterance to the
         responder, which says a reply only if its LM writes one, Whisper heard the name, and the
-        model has not answered that utterance itself meanwhile (``_answered``). A response disarms."""
+        model has not answered that utterance itself meanwhile (``_answered``); with the responder's
+        ``rescue_late``, not when that came more than ``rescue_late`` s after arming (counted in
+        ``rescues_late``: a reply that late answers nothing the listener still waits for). A
+        response disarms."""
         if responds:
             if self.trail.last_voiced == self._handed:  # no speech since: it answers that utterance
                 self._answered.append(self._handed)
@@ -369,7 +425,9 @@ class DecisionLoop:
         if p >= self.responder.rescue_above:
             self._near = (self._near[0], max(p, self._near[1])) if self._near else (t, p)
         if self._near and (self.trail.quiet_seconds() >= self.responder.rescue_wait or t - self._near[0] >= 5.0):
-            if self.trail.last_voiced >= self._heard_upto:  # speech since the last answer
+            late = self.responder.rescue_late is not None and t - self._near[0] > self.responder.rescue_late
+            self.rescues_late += late and self.trail.last_voiced >= self._heard_upto
+            if self.trail.last_voiced >= self._heard_upto and not late:  # speech since the last answer
                 self.rescues += 1
                 self._handed = self.trail.last_voiced
                 self.worker.submit(round(t, 3), t_decided, "", self._near[1], 0, self.instruction,

@@ -188,7 +188,8 @@ class Responder:
     the default: as it is; both recognisers); ``rescue_above``: a second chance for speech the
     model passed over narrowly: when its p(<respond>) reached this (but not its threshold) and it
     stayed silent, the utterance goes to the responder once ``rescue_wait`` seconds of the trail
-    are unvoiced, and a reply is said only
+    are unvoiced (or 5 s after; with ``rescue_late``, only when that is at most ``rescue_late`` s
+    after; default: any), and a reply is said only
     when the LM writes one, Whisper heard one of ``name_words`` (the assistant's name; none
     listed: any) and, when ``rescue_logprob`` is set, Whisper's mean log-probability reached it
     (``rescue_above`` 0, the default: never; not under repeat instructions); ``confirm_replies``:
@@ -230,7 +231,7 @@ class Responder:
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
                    "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
                    "rescue_logprob", "asr_dereverb_taps", "name_unprompted",
-                   "others_unprompted", "reread_below", "reread_beam")
+                   "others_unprompted", "reread_below", "reread_beam", "rescue_late")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -275,6 +276,9 @@ class Responder:
             raise BundleError(f"{mpath}: asr_second_beam must be at least 1")
         self.rescue_above, self.rescue_wait = float(raw.get("rescue_above", 0.0)), float(raw.get("rescue_wait", 0.5))
         self.rescue_logprob = None if raw.get("rescue_logprob") is None else float(raw["rescue_logprob"])
+        self.rescue_late = None if raw.get("rescue_late") is None else float(raw["rescue_late"])
+        if self.rescue_late is not None and self.rescue_late <= 0:
+            raise BundleError(f"{mpath}: rescue_late must be above 0 (or absent: any)")
         self.name_words = [normalize(w) for w in raw.get("name_words", [])]
         self.confirm_replies = set(raw.get("confirm_replies", []))
         self.reply_forms = [reply_form(f) for f in raw.get("reply_forms", [])]

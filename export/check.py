@@ -56,7 +56,8 @@ def format_info(d: dict) -> str:
         pol = d["policy"]
         heard = f", when {' or '.join(map(repr, pol['name_words']))} is heard" if pol["name_words"] else ""
         wait = 0.5 if pol["rescue_wait"] is None else pol["rescue_wait"]  # the Responder's default
-        chance = f"second chance from p {pol['rescue_above']} ({wait} s after the speech{heard})" \
+        late = "" if pol.get("rescue_late") is None else f", given up {pol['rescue_late']} s after arming"
+        chance = f"second chance from p {pol['rescue_above']} ({wait} s after the speech{heard}{late})" \
             if pol["rescue_above"] else "no second chances"
         overrule = "sure replies said at once" if pol["overrule_logprob"] is None else \
             f"sure replies overruled by the LM's at Whisper log-prob >= {pol['overrule_logprob']} and LM confidence >= {pol['overrule_confidence'] or 0.0}"

@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--reread-below", default="0.7", metavar="C",
                    help="an LM reply of confidence under C is weighed against Whisper's other readings of the utterance "
                         "(manifest reread_below; default 0.7; none: never)")
+    r.add_argument("--rescue-late", default="2.0", metavar="S",
+                   help="a second chance is given up when the speech goes on more than S seconds after the loop armed it "
+                        "(manifest rescue_late; default 2.0; none: handed over 5 s after arming at the latest)")
     r.add_argument("--no-withhold-others", action="store_true",
                    help="say replies to speech in which Whisper heard someone else addressed (manifest withhold_others)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
@@ -134,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                                               asr_dereverb_taps=args.asr_dereverb_taps,
                                               others_unprompted=not args.no_others_unprompted,
                                               name_unprompted=args.name_unprompted,
-                                              reread_below=_number_or_none(r, "--reread-below", args.reread_below)),
+                                              reread_below=_number_or_none(r, "--reread-below", args.reread_below),
+                                              rescue_late=_number_or_none(r, "--rescue-late", args.rescue_late)),
                              indent=2, default=str))
         elif args.cmd == "whisper":
             from .whisper_export import export_whisper

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import speechlike
 from edge_runtime.listener import Listener, ListenerOptions
-from edge_runtime.loop import Context, LoopOptions, Repeats, ScriptedDecider
+from edge_runtime.loop import Context, LoopOptions, Repeats, ScriptedDecider, tones
 from edge_runtime.model import Bundle
 from edge_runtime.sessions import SessionConfig
 
@@ -259,6 +259,51 @@ def test_a_response_said_again_while_its_sound_goes_on_is_a_repeat():
     assert r.is_repeat("The doorbell is ringing.", 9.6)  # the tone never stopped
     feed(16.0, r)
     assert not r.is_repeat("The doorbell is ringing.", 16.0)  # 10 s on
+
+
+def _beeps(seconds: float, hz: float, sr: int = 16000, seed: int = 4) -> np.ndarray:
+    """A smoke alarm's temporal-three pattern: three 0.5 s beeps 0.5 s apart, then 1.5 s of the floor."""
+    t = np.arange(int(seconds * sr)) / sr
+    on = (t % 4.0 < 2.5) & (t % 1.0 < 0.5)
+    tone = np.sin(2 * np.pi * hz * t) + 0.3 * np.sin(4 * np.pi * hz * t)  # a piezo horn: a tone and its octave
+    return (0.1 * on * tone + _floor(seconds, sr, seed)).astype(np.float32)
+
+
+def test_an_alert_said_again_while_the_same_tones_sound_is_a_repeat_through_their_pauses():
+    """``same_sound``: an alarm's pauses end nothing: an alert said again (under any alert reply)
+    within 10 s while the same tones sound is a repeat; another alarm's tones, speech replies,
+    ``same_sound`` 0 and 10 s later are not. ``tones`` tells two alarms apart and finds none in noise."""
+    first, other = _beeps(8.0, 3130.0), _beeps(8.0, 2270.0, seed=5)
+    audio = np.concatenate([_floor(1.0), first, other, first])
+    smoke, timer, lights = "The smoke alarm is going off.", "The kitchen timer is beeping.", "Turning on the lights."
+    sounds = frozenset({smoke, timer})
+    r, off = Repeats(gap=0.3, sounds=sounds, same_sound=0.7), Repeats(gap=0.3, sounds=sounds, same_sound=0.0)
+    t = 0.0
+
+    def feed(upto: float) -> None:
+        nonlocal t
+        while t < upto - 1e-9:
+            i = int(round(t * 16000))
+            for rep in (r, off):
+                rep.push(audio[i:i + 6400], t + 0.4)
+            t = round(t + 0.4, 3)
+    feed(2.0)
+    for rep in (r, off):
+        rep.said(smoke, 2.0)
+        rep.said(lights, 2.0)
+    feed(5.6)  # the second beep group, after a pause of 1.5 s
+    assert r.possible(5.6) and r.is_repeat(smoke, 5.6) and r.is_repeat(timer, 5.6)
+    assert not r.is_repeat(lights, 5.6)  # not an alert reply: the gap ends it
+    assert not off.is_repeat(smoke, 5.6)
+    feed(10.8)  # another alarm
+    assert not r.is_repeat(smoke, 10.8)
+    r.said(smoke, 10.8)
+    feed(22.0)
+    assert not r.is_repeat(smoke, 22.0)  # the first alarm again, but more than 10 s after it was announced
+    a, b = tones(first[:19200]), tones(first[64000:83200])  # two beep groups
+    assert float(a @ b) > 0.8 and float(a @ tones(other[:19200])) < 0.5
+    noise = np.random.default_rng(0).standard_normal(19200)
+    assert tones(noise[:1000]) is None and float(tones(noise) @ a) < 0.3
 
 
 def test_the_loop_withholds_a_repeated_response(slow_bundle, tmp_path):

@@ -24,7 +24,7 @@ class StandIn:
         self.repeat_instructions, self.repeat_below = {"Transcribe what you hear."}, 0.5
         self.rescue_above, self.rescue_wait, self.name_words, self.confirm_replies = rescue_above, 0.5, ["edge"], set()
         self.overrule_logprob, self.overrule_confidence, self.unknown_reply = None, 0.0, "Sorry, I can't do that yet."
-        self.ground_numbers, self.withhold_others, self.rescue_logprob = False, False, None
+        self.ground_numbers, self.withhold_others, self.rescue_logprob, self.rescue_late = False, False, None, None
         self.name_unprompted = self.others_unprompted = False
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
@@ -152,6 +152,22 @@ def test_speech_passed_over_narrowly_gets_a_second_chance_once_it_has_ended(tiny
         assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 1
     events = _run(tiny_bundle[0], on, audio, respond_at={3}, instruction="Transcribe what you hear.")
     assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 0
+
+
+def test_a_second_chance_is_dropped_when_the_speech_ends_more_than_rescue_late_after_arming(tiny_bundle):
+    """rescue_late: the loop arms at 2.0 s (the first chunk after the answered utterance) and the
+    second utterance has ended, 0.5 s quiet, by about 4.0 s: with rescue_late 3 s it is handed over
+    as before; with 1 s it is not (stats: rescues 0, rescues_late 1), and nothing is said."""
+    audio = _speech_at_1_and_3_s()
+    for late, handed in ((3.0, True), (1.0, False)):
+        s = StandIn(passes_third=False, rescue_above=1e-12)
+        s.rescue_late = late
+        s.answer = lambda instruction, audio, lm=True, s=s: (s.heard_audio.append(audio), {
+            "text": "Sorry, I can't do that yet." if len(s.heard_audio) == 2 else "", "heard": "edge call mum"})[1]
+        events = _run(tiny_bundle[0], s, audio, respond_at={3})
+        stats = [e for e in events if e["type"] == "stats"][-1]
+        assert (stats["rescues"], stats["rescues_late"]) == ((1, 0) if handed else (0, 1)), (late, stats)
+        assert len(s.heard_audio) == 1 + handed and len([e for e in events if "rescue" in e]) == handed
 
 
 def test_a_second_chance_is_not_said_when_the_model_answers_that_utterance_itself_meanwhile(tiny_bundle):
