@@ -426,12 +426,14 @@ class DecisionLoop:
             self._near = (self._near[0], max(p, self._near[1])) if self._near else (t, p)
         if self._near and (self.trail.quiet_seconds() >= self.responder.rescue_wait or t - self._near[0] >= 5.0):
             late = self.responder.rescue_late is not None and t - self._near[0] > self.responder.rescue_late
-            self.rescues_late += late and self.trail.last_voiced >= self._heard_upto
-            if self.trail.last_voiced >= self._heard_upto and not late:  # speech since the last answer
-                self.rescues += 1
-                self._handed = self.trail.last_voiced
-                self.worker.submit(round(t, 3), t_decided, "", self._near[1], 0, self.instruction,
-                                   self.trail.utterance(), rescue=self._near[1], voiced=self._handed)
+            if self.trail.last_voiced >= self._heard_upto:  # speech since the last answer
+                if late:  # it ran on past rescue_late: a reply now would come after the listener stopped waiting
+                    self.rescues_late += 1
+                else:
+                    self.rescues += 1
+                    self._handed = self.trail.last_voiced
+                    self.worker.submit(round(t, 3), t_decided, "", self._near[1], 0, self.instruction,
+                                       self.trail.utterance(), rescue=self._near[1], voiced=self._handed)
             self._near, self._heard_upto = None, self.trail.frames
 
     def _respond_to(self, chunk: Chunk, t_decided: float) -> None:
