@@ -241,6 +241,8 @@ class Repeats:
         self._said: dict[str, float] = {}  # text -> stream time it was last said
         self._tail = np.zeros(int(sound_seconds * sample_rate) if self.sounds else 0, np.float32)  # the latest audio
         self._heard: collections.deque = collections.deque(maxlen=16)  # (time, tones) when an alert was said
+        self._tones: tuple[int, np.ndarray | None] = (-1, None)  # (chunks pushed, tones of the tail then)
+        self._pushed = 0  # chunks pushed into the tail
         self._judged = False  # audio came (chunks without samples: nothing is judged a repeat)
         self._lock = threading.Lock()  # the loop pushes and asks; a responder's thread says and asks too
 
@@ -260,6 +262,13 @@ class Repeats:
             if len(self._tail):
                 keep = min(len(samples), len(self._tail))
                 self._tail = np.concatenate([self._tail[keep:], np.asarray(samples[-keep:], np.float32)])
+                self._pushed += 1
+
+    def _tones_now(self) -> np.ndarray | None:
+        """``tones`` of the tail, computed once per chunk pushed (an alert is judged, then said)."""
+        if self._tones[0] != self._pushed:
+            self._tones = (self._pushed, tones(self._tail))
+        return self._tones[1]
 
     def _mark_gaps(self, quiet: np.ndarray, t_end: float) -> None:
         """Carry the quiet run over these 20 ms frames (True: quiet; the last ends at ``t_end``); a run
@@ -281,7 +290,7 @@ class Repeats:
     def _sounds_on(self, t: float) -> bool:
         """Do the tones of an alert said less than ``within`` before ``t`` sound now?"""
         recent = [heard for t0, heard in self._heard if 0 <= t - t0 < self.within]
-        now = tones(self._tail) if recent else None
+        now = self._tones_now() if recent else None
         return now is not None and any(float(now @ heard) >= self.same_sound for heard in recent)
 
     def possible(self, t: float) -> bool:
@@ -305,7 +314,7 @@ class Repeats:
             for old in [k for k, v in self._said.items() if t - v >= self.within]:
                 del self._said[old]
             if text in self.sounds and self._judged:
-                heard = tones(self._tail)
+                heard = self._tones_now()
                 if heard is not None:
                     self._heard.append((t, heard))
 

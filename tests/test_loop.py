@@ -306,6 +306,24 @@ def test_an_alert_said_again_while_the_same_tones_sound_is_a_repeat_through_thei
     assert tones(noise[:1000]) is None and float(tones(noise) @ a) < 0.3
 
 
+def test_an_alert_judged_then_said_reads_its_tones_once(monkeypatch):
+    """The loop asks is_repeat and then says the alert on the same audio: one FFT, not two."""
+    import edge_runtime.loop as loop_module
+
+    calls = []
+    monkeypatch.setattr(loop_module, "tones", lambda audio: calls.append(1) or tones(audio))
+    smoke = "The smoke alarm is going off."
+    r = Repeats(gap=0.3, sounds=frozenset({smoke}), same_sound=0.7)
+    audio = _beeps(8.0, 3130.0)
+    for i in range(0, 4 * 6400, 6400):
+        r.push(audio[i:i + 6400], (i + 6400) / 16000)
+    r.said(smoke, 1.6)
+    r.push(audio[25600:32000], 2.0)
+    assert r.is_repeat(smoke, 2.0)
+    r.said(smoke, 2.0)  # as the loop would for a second alert (here one judged a repeat is not said)
+    assert len(calls) == 2  # once when first said, once for the chunk at 2.0 s
+
+
 def test_the_loop_withholds_a_repeated_response(slow_bundle, tmp_path):
     """Two responses during one unbroken sound: a second with the first's text is held whole and
     withheld (reason repeat) with ``repeat_gap`` on, and said with it 0."""
