@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--same-sound", type=float, default=0.7, metavar="C",
                     help="an alert said in the last 10 s is not said again while the same tones sound (their spectral "
                          "peaks alike to cosine C), pauses or not: a smoke alarm's beep groups (default 0.7; 0: off)")
+    ap.add_argument("--line-pause", type=float, default=0.5, metavar="S",
+                    help="with --responder, under transcription: a line waits until the speech has paused S seconds, "
+                         "and the model's lines meanwhile are one line of the whole utterance (default 0.5; 0: at once)")
+    ap.add_argument("--line-wait", type=float, default=1.2, metavar="S",
+                    help="with --line-pause: a line waits at most S seconds after the model wrote it (default 1.2)")
     ap.add_argument("--beam", type=int, default=1, help="whisper-asr bundles: beam size of final transcripts (default 1: greedy)")
     ap.add_argument("--dereverb-taps", type=int, default=0, metavar="N",
                     help="whisper-asr bundles: dereverberate each segment first (WPE with N taps; 20 for a room; default 0: off)")
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         opts = ListenerOptions(
             loop=LoopOptions(instruction=args.instruction, sensitivity=args.sensitivity, min_confidence=args.min_confidence,
                              max_response_tokens=args.max_response_tokens, fifo=not args.no_fifo, context=args.context,
-                             repeat_gap=args.repeat_gap, same_sound=args.same_sound),
+                             repeat_gap=args.repeat_gap, same_sound=args.same_sound,
+                             line_pause=args.line_pause, line_wait=args.line_wait),
             session=SessionConfig(provider=args.provider, threads=args.threads, strict=args.strict_provider),
             decoder_threads=args.decoder_threads, stats_interval=args.stats_interval,
             vad_gate={"auto": None, "on": True, "off": False}[args.vad_gate], verbose=args.verbose,

@@ -420,7 +420,7 @@ class Listener:
             "chunk_ms_p50": _pct(lp.compute_ms, 50), "chunk_ms_p95": _pct(lp.compute_ms, 95),
             "chunk_ms_p99": _pct(lp.compute_ms, 99), "decision_lag_ms_p50": _pct(lp.decision_lag_ms, 50),
             "decision_lag_ms_p99": _pct(lp.decision_lag_ms, 99), "first_token_ms_p50": _pct(lp.first_token_ms, 50),
-            "decisions": lp.decisions, "responses": lp.responses, "withheld": lp.withheld, "rescues": lp.rescues, "rescues_late": lp.rescues_late, "backlog_max": self._chunks.max_seen,
+            "decisions": lp.decisions, "responses": lp.responses, "withheld": lp.withheld, "rescues": lp.rescues, "rescues_late": lp.rescues_late, "lines_joined": lp.lines_joined, "backlog_max": self._chunks.max_seen,
             "dropped_ms": round(self.dropped_ms, 1), "gated_chunks": self.gated_chunks,
             "evictions": lp.ctx.evictions, "context_tokens": lp.ctx.cache.length,
             "rss_mb": round(rss_mb(), 1), "rtf": round(wall / self._t_stream, 4) if self._t_stream else None,

@@ -49,7 +49,13 @@ class LoopOptions:
         ``repeat``); a response that could be one is held until it is whole. 0: never withheld.
     same_sound: an alert said within ``repeat_within`` s of another alert, while the same tones
         sound as when that one was said (Repeats.same_sound: spectral peaks alike to this cosine),
-        is a repeat too, pauses or not: a smoke alarm's beep groups, a doorbell rung twice. 0: off."""
+        is a repeat too, pauses or not: a smoke alarm's beep groups, a doorbell rung twice. 0: off.
+    line_pause: with a responder, under its transcription instructions, a line waits until the
+        speech has been unvoiced this many seconds, and the model's lines while it waits are one
+        line: a line written at a pause inside an utterance and the model's line again at its end
+        become one line over the whole utterance. 0: each line is said when the model writes it.
+    line_wait: ... but a line waits at most this many seconds after the model first wrote it (noise
+        the voice detector takes for speech would hold it past the point it answers anything)."""
 
     instruction: str | None = None
     sensitivity: float = 0.5
@@ -62,6 +68,8 @@ class LoopOptions:
     repeat_gap: float = 0.3
     repeat_within: float = 10.0
     same_sound: float = 0.7
+    line_pause: float = 0.5
+    line_wait: float = 1.2
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sensitivity <= 1.0:
@@ -78,6 +86,8 @@ class LoopOptions:
             raise ValueError(f"repeat_gap must be >= 0 and repeat_within > 0, got {self.repeat_gap}, {self.repeat_within}")
         if not 0.0 <= self.same_sound <= 1.0:
             raise ValueError(f"same_sound must be in [0, 1], got {self.same_sound}")
+        if self.line_pause < 0 or self.line_wait <= 0:
+            raise ValueError(f"line_pause must be >= 0 and line_wait > 0, got {self.line_pause}, {self.line_wait}")
         if self.context is not None and self.context < 64:
             raise ValueError(f"context must be >= 64 tokens, got {self.context}")
 
@@ -354,6 +364,8 @@ class DecisionLoop:
         asked = self.instruction.lower()  # alert replies the instruction does not ask for are withheld (reason "unasked")
         self._unasked = frozenset(r for r, words in m.alert_words.items() if not any(w in asked for w in words))
         self.ctx = Context(bundle, opts.context or m.decoder.max_context, opts.evict_fraction)
+        # transcript lines wait for the speaker to pause (line_pause)
+        self._lines = opts.line_pause > 0 and responder is not None and self.instruction in responder.repeat_instructions
         self.reset()
 
     def reset(self) -> None:
@@ -376,6 +388,10 @@ class DecisionLoop:
         self._heard_upto = -1  # trail frame up to which speech was answered or handed over (never a second time)
         self._handed = -2  # the last voiced trail frame of the utterance last handed over for a second chance
         self._answered: collections.deque = collections.deque(maxlen=64)  # ... of those the model then answered itself
+        self._line: dict | None = None  # a transcript line waiting for the speaker to pause (line_pause)
+        self._last_line = ("", -1e9)  # (text, t) of the last line said under line_pause
+        self.lines_joined = 0  # lines of the model's that joined a waiting line
+        self._t = 0.0  # the end of the last chunk
         if self.trail is not None:
             self.trail.reset()
 
@@ -417,6 +433,10 @@ class DecisionLoop:
             self._respond_to(last, t1)
         else:
             self._pending = self._silent
+        self._t = last.t_end
+        if self._line is not None and (self.trail.quiet_seconds() >= self.opts.line_pause
+                                       or self._t - self._line["t"] >= self.opts.line_wait - 1e-6):
+            self._say_line()
 
     def _second_chance(self, p: float, t: float, responds: bool, t_decided: float) -> None:
         """Arm when p(<respond>) reaches the responder's ``rescue_above`` without a response; once the
@@ -479,6 +499,9 @@ class DecisionLoop:
         text = self.b.tokenizer.decode(ids)
         if self.worker is not None and confidence >= self.opts.min_confidence:
             r = self.responder
+            if self._lines:
+                self._wait_for_pause(t, text, confidence, len(ids))
+                return
             ask, check = r.asks(self.instruction, text, confidence), text in r.confirm_replies
             overrule = r.overrules(self.instruction, text, confidence)
             if ask or check or overrule:  # the responder writes or checks what is said, on its own thread: the loop goes on deciding
@@ -487,6 +510,31 @@ class DecisionLoop:
                 return
         self.say(t, text, round(1000 * (time.monotonic() - t_decided), 2), len(ids), confidence,
                  withhold=confidence < self.opts.min_confidence, held=hold, first_ms=first_ms, text_sent=text_sent)
+
+    def _wait_for_pause(self, t: float, text: str, confidence: float, tokens: int) -> None:
+        """Hold a transcript line until the speech pauses (``line_pause``, or ``line_wait`` after the
+        model first wrote it); a line already waiting is replaced by this one, which read more of
+        the utterance, and the utterance is heard from where the waiting one's began."""
+        since, first = self.trail.run_start(), t
+        if self._line is not None:
+            self.lines_joined += 1
+            first, held = self._line["t"], self._line["since"]
+            since = held if since is None else since if held is None else min(since, held)
+        self._line = {"t": first, "text": text, "confidence": confidence, "tokens": tokens, "since": since,
+                      "voiced": self.trail.last_voiced}
+
+    def _say_line(self) -> None:
+        """Say the waiting line now that the speech has paused: Whisper's transcript of the whole
+        utterance when the responder asks for it, or when the speech went on after the model wrote
+        its line (it did not hear all of it); else the model's own line."""
+        line, self._line = self._line, None
+        t, now = round(self._t, 3), time.monotonic()
+        went_on = self.trail.last_voiced > line["voiced"]
+        if went_on or self.responder.asks(self.instruction, line["text"], line["confidence"]):
+            self.worker.submit(t, now, line["text"], line["confidence"], line["tokens"], self.instruction,
+                               self.trail.utterance(since=line["since"]))
+        else:
+            self.say(t, line["text"], 0.0, line["tokens"], line["confidence"])
 
     def say(self, t: float, text: str, total_ms: float, tokens: int, confidence: float, withhold: bool = False,
             held: bool = True, first_ms: float | None = None, text_sent: str = "", **extra) -> None:
@@ -507,6 +555,8 @@ class DecisionLoop:
                        "reason": reason, "confidence": round(confidence, 4), "total_ms": total_ms, "tokens": tokens, **extra})
             return
         self._repeats.said(text, t)
+        if self._lines:
+            self._last_line = (text, t)
         self.responses += 1
         if held:
             self.emit({"type": "response.start", "t": t})
@@ -523,14 +573,20 @@ class DecisionLoop:
 
     def _not_said_because(self, text: str, t: float, held: bool) -> str | None:
         """Why a whole response is not said: an alert reply the instruction did not ask for
-        (``unasked``), a ``repeat``; None: it is said. A streamed one is said."""
+        (``unasked``), a ``repeat`` (or, under ``line_pause``, the line said last, again within
+        ``line_wait`` s: a line said before the utterance ended, written again at its end); None:
+        it is said. A streamed one is said."""
         if not held:
             return None
         if text in self._unasked:
             return "unasked"
+        if self._lines and text == self._last_line[0] and t - self._last_line[1] <= self.opts.line_wait + 1e-6:
+            return "repeat"
         return "repeat" if self._repeats.is_repeat(text, t) else None
 
     def close(self) -> None:
         """Wait for the responder to finish what it was handed (the stream is ending)."""
+        if self._line is not None:
+            self._say_line()
         if self.worker is not None:
             self.worker.close()

@@ -156,18 +156,35 @@ class SpeechTrail:
         order = (self.frames - held + np.arange(held)) % self.max_frames
         return self._audio[order], self._voiced[order]
 
-    def utterance(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2,
-                  tail: float | None = 0.3) -> np.ndarray | None:
-        """The last voiced run from ``preroll`` before it to ``tail`` after its last voiced frame
-        (None: to the end of the trail), or None when no speech ended in the last ``recent`` s."""
+    def _last_run(self, recent: float, gap: float) -> tuple[np.ndarray, int | None, int | None]:
+        """(frames held, the first and last voiced frame of the last voiced run in them), the run's
+        frames None when no speech ended in the last ``recent`` s."""
         frames, voiced = self._ordered()
         idx = np.flatnonzero(voiced)
         if not len(idx) or idx[-1] < len(voiced) - recent * SR / FRAME:
-            return None
+            return frames, None, None
         breaks = np.flatnonzero(np.diff(idx) > gap * SR / FRAME)
-        start = idx[breaks[-1] + 1] if len(breaks) else idx[0]
+        return frames, int(idx[breaks[-1] + 1] if len(breaks) else idx[0]), int(idx[-1])
+
+    def run_start(self, recent: float = 2.5, gap: float = 0.5) -> int | None:
+        """The frame (counted since reset) where ``utterance`` would start its run, before the
+        preroll; None: no speech ended in the last ``recent`` s."""
+        frames, start, _ = self._last_run(recent, gap)
+        return None if start is None else self.frames - len(frames) + start
+
+    def utterance(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2,
+                  tail: float | None = 0.3, since: int | None = None) -> np.ndarray | None:
+        """The last voiced run from ``preroll`` before it to ``tail`` after its last voiced frame
+        (None: to the end of the trail), or None when no speech ended in the last ``recent`` s.
+        ``since``: a frame (``run_start``) where the run starts at the latest, so that speech that
+        paused for longer than ``gap`` since then is heard whole."""
+        frames, start, last = self._last_run(recent, gap)
+        if start is None:
+            return None
+        if since is not None:
+            start = min(start, max(0, since - (self.frames - len(frames))))
         start = max(0, start - int(preroll * SR / FRAME))
-        end = None if tail is None else idx[-1] + 1 + int(tail * SR / FRAME)
+        end = None if tail is None else last + 1 + int(tail * SR / FRAME)
         return frames[start:end].reshape(-1)
 
 

@@ -62,8 +62,8 @@ def _speech_at_1_and_3_s():
     return audio
 
 
-def _run(bundle, stand_in, audio, respond_at=(3, 8, 12), instruction=None):
-    loop = LoopOptions(max_response_tokens=6, fifo=False, instruction=instruction)
+def _run(bundle, stand_in, audio, respond_at=(3, 8, 12), instruction=None, **loop_options):
+    loop = LoopOptions(max_response_tokens=6, fifo=False, instruction=instruction, **loop_options)
     with Listener(bundle, options=ListenerOptions(loop=loop, responder=stand_in),
                   decider=ScriptedDecider(respond_at), feed_live=False) as li:
         li.feed(audio)
@@ -402,6 +402,53 @@ def test_a_paced_evaluation_feeds_the_stream_in_real_time_while_the_responder_wo
         upto[pace] = max(t for wall, t in seen if wall <= done[0])  # how far the model had read when the answer came
     assert upto[False] >= 11.6  # the whole stream, meanwhile
     assert upto[True] <= 1.6 + 2.0 + 0.4 + 0.8 + 0.8, upto  # the answer's 2 s, the ring and queue, a little slack
+
+
+def test_a_transcript_line_waits_for_the_speaker_to_pause_and_joins_the_models_lines_meanwhile(tiny_bundle):
+    """line_pause: the speech (0.2-1.5 s and 2.2-3.5 s: one utterance with a 0.7 s pause) gets a
+    line from the model at 1.6 s and again at 3.6 s. With line_pause 0 both are written at once;
+    with 0.5 (shorter than the pause) both too, each once 0.5 s of it is unvoiced; with 1.0 they
+    are one line, written once the speech has paused 1 s, of the whole utterance, unless
+    ``line_wait`` (0.8 s) says the first one before the second comes. A line the speech went on
+    after is heard again even when the model was sure of it; the same line again within
+    ``line_wait`` is a repeat."""
+    audio = _speech_at_1_and_3_s()
+
+    def lines(line_pause, line_wait=3.0, respond_at=(3, 8), repeat_below=0.5, same=False, withheld=None):
+        s = StandIn(passes_third=False)
+        s.repeat_below = repeat_below
+        s.answer = lambda instruction, audio, lm=True: (s.heard_audio.append(audio), {
+            "text": "Line." if same else f"Line {len(s.heard_audio)}.", "heard": "words"})[1]
+        events = _run(tiny_bundle[0], s, audio, respond_at=set(respond_at), instruction="Transcribe what you hear.",
+                      line_pause=line_pause, line_wait=line_wait)
+        ends = sorted((e for e in events if e["type"] == "response.end"), key=lambda e: e["t"])
+        if withheld is not None:
+            withheld.extend(e for e in events if e["type"] == "response.withheld")
+        return [e["t"] for e in ends], s.heard_audio, [e for e in events if e["type"] == "stats"][-1]["lines_joined"]
+
+    def whole(got):  # from 0.2 s before the first part to 0.3 s after the second
+        starts = [k for k in range(0, len(audio) - len(got) + 1, 320) if np.array_equal(audio[k : k + len(got)], got)]
+        return bool(starts) and starts[0] / 16000 <= 0.2 and len(got) >= 3.2 * 16000
+
+    assert lines(0.0)[::2] == ([1.6, 3.6], 0)
+    said, _, joined = lines(0.5)
+    assert said[0] == 2.0 and said[1] in (3.6, 4.0) and joined == 0, said  # once 0.5 s of each is unvoiced
+    said, heard, joined = lines(1.0)
+    assert len(said) == 1 and 4.4 <= said[0] <= 4.8 and joined == 1 and len(heard) == 1 and whole(heard[0]), said
+    said, heard, joined = lines(1.0, line_wait=0.8)
+    assert said[0] == 2.4 and len(said) == 2 and joined == 0 and not whole(heard[0]), said
+    # the model sure of its one line at 1.6 s (never asked): the speech went on, so Whisper hears it all
+    said, heard, _ = lines(1.0, respond_at=(3,), repeat_below=0.0)
+    assert len(said) == 1 and 4.4 <= said[0] <= 4.8 and len(heard) == 1 and whole(heard[0])
+    said, heard, _ = lines(0.0, respond_at=(3,), repeat_below=0.0)
+    assert said == [1.6] and not heard  # without line_pause: the model's own line, at once
+    # line_wait 2 s says the first line at 3.6 s, before the model's second at 4.0 s; that one, the
+    # same words again within line_wait, is withheld as a repeat; other words are said
+    for same in (True, False):
+        held: list = []
+        said, heard, _ = lines(1.0, line_wait=2.0, respond_at=(3, 9), same=same, withheld=held)
+        assert said[0] == 3.6 and len(heard) == 2 and len(said) == 2 - same, (same, said)
+        assert [e["reason"] for e in held] == (["repeat"] if same else [])
 
 
 def test_transcription_instructions_ask_the_responder_under_their_own_threshold():
