@@ -316,6 +316,11 @@ class Repeats:
             return (text in self._said and self._goes_on(self._said[text], t)) or \
                 (text in self.sounds and self._sounds_on(t))
 
+    def said_lately(self, text: str, t: float, seconds: float) -> bool:
+        """Was ``text`` said at most ``seconds`` before ``t``, gaps or not?"""
+        with self._lock:
+            return text in self._said and 0 <= t - self._said[text] <= seconds + 1e-6
+
     def said(self, text: str, t: float) -> None:
         if not text:
             return
@@ -389,7 +394,6 @@ class DecisionLoop:
         self._handed = -2  # the last voiced trail frame of the utterance last handed over for a second chance
         self._answered: collections.deque = collections.deque(maxlen=64)  # ... of those the model then answered itself
         self._line: dict | None = None  # a transcript line waiting for the speaker to pause (line_pause)
-        self._last_line = ("", -1e9)  # (text, t) of the last line said under line_pause
         self.lines_joined = 0  # lines of the model's that joined a waiting line
         self._t = 0.0  # the end of the last chunk
         if self.trail is not None:
@@ -518,8 +522,8 @@ class DecisionLoop:
         since, first = self.trail.run_start(), t
         if self._line is not None:
             self.lines_joined += 1
-            first, held = self._line["t"], self._line["since"]
-            since = held if since is None else since if held is None else min(since, held)
+            first = self._line["t"]
+            since = min((f for f in (since, self._line["since"]) if f is not None), default=None)
         self._line = {"t": first, "text": text, "confidence": confidence, "tokens": tokens, "since": since,
                       "voiced": self.trail.last_voiced}
 
@@ -555,8 +559,6 @@ class DecisionLoop:
                        "reason": reason, "confidence": round(confidence, 4), "total_ms": total_ms, "tokens": tokens, **extra})
             return
         self._repeats.said(text, t)
-        if self._lines:
-            self._last_line = (text, t)
         self.responses += 1
         if held:
             self.emit({"type": "response.start", "t": t})
@@ -573,14 +575,14 @@ class DecisionLoop:
 
     def _not_said_because(self, text: str, t: float, held: bool) -> str | None:
         """Why a whole response is not said: an alert reply the instruction did not ask for
-        (``unasked``), a ``repeat`` (or, under ``line_pause``, the line said last, again within
+        (``unasked``), a ``repeat`` (or, under ``line_pause``, a line said again within
         ``line_wait`` s: a line said before the utterance ended, written again at its end); None:
         it is said. A streamed one is said."""
         if not held:
             return None
         if text in self._unasked:
             return "unasked"
-        if self._lines and text == self._last_line[0] and t - self._last_line[1] <= self.opts.line_wait + 1e-6:
+        if self._lines and self._repeats.said_lately(text, t, self.opts.line_wait):
             return "repeat"
         return "repeat" if self._repeats.is_repeat(text, t) else None
 
