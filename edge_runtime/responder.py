@@ -432,11 +432,19 @@ class Responder:
             logits = self._ctx.feed(self.lm.embed([nxt]))
         return self.lm.tokenizer.decode(ids).strip(), confidence
 
-    def written(self, instruction: str, heard: str) -> tuple[str, float]:
+    def written(self, instruction: str, heard: str, asked: dict | None = None) -> tuple[str, float]:
         """The LM's reply to a transcript and its confidence ("" to no words); a reply that repeats
-        what was said is written as Whisper wrote it."""
-        text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
-        return (heard.strip() if text and text == normalize(heard) else text), confidence
+        what was said is written as Whisper wrote it. ``asked``: the LM's replies so far, by the
+        text it reads (``normalize``): transcripts that differ only in case or punctuation are
+        asked once."""
+        read = normalize(heard)
+        if asked is not None and read in asked:
+            text, confidence = asked[read]
+        else:
+            text, confidence = self.reply_with_confidence(instruction, heard) if heard.strip() else ("", 1.0)
+            if asked is not None:
+                asked[read] = text, confidence
+        return (heard.strip() if text and text == read else text), confidence
 
     def reread(self, instruction: str, audio: np.ndarray, heard: str, info: dict, text: str,
                confidence: float) -> tuple[str, str, float, dict]:
@@ -445,8 +453,11 @@ class Responder:
         answers each, and the reading whose mean log-probability plus the log of the LM's
         confidence is highest is the one answered (a word misheard in the first reading is often
         right in another: "the grudge lights" / "the garage lights") -> (transcript, reply,
-        confidence, note: how many readings, the milliseconds, and what was heard and replied
-        before when another reading won)."""
+        confidence, note: how many readings, how many the LM answered, the milliseconds, and what
+        was heard and replied before when another reading won). The choice is that of asking the
+        LM about every reading, for fewer replies: a confidence is at most 1, so a reading whose
+        log-probability alone does not beat the best so far cannot win and is not answered (nor
+        any less likely one), and readings the LM reads alike are answered once."""
         logprob = info.get("avg_logprob")
         if logprob is None or not heard.strip():
             return heard, text, confidence, {}
@@ -454,16 +465,19 @@ class Responder:
         second = info.get("second", {}).get("read")
         asr, opts = (self.asr_second, self.asr_second_options) if second else (self.asr, self.asr_options)
         best = (logprob + np.log(max(confidence, 1e-6)), heard, text, confidence)
+        asked = {normalize(heard): (text, confidence)}
         try:
             readings = asr.readings(audio, opts, self.reread_beam, prompted=not info.get("echoed"))
-            for other, score in readings:
+            for other, score in sorted(readings, key=lambda r: -r[1]):
+                if score <= best[0]:
+                    break
                 if other != heard.strip():
-                    reply, conf = self.written(instruction, other)
+                    reply, conf = self.written(instruction, other, asked)
                     best = max(best, (score + np.log(max(conf, 1e-6)), other, reply, conf), key=lambda b: b[0])
         except Exception:  # the first reading's reply rather than none
             log.exception("responder: reading the utterance again failed")
             return heard, text, confidence, {"failed": True}
-        note = {"readings": len(readings), "ms": round(1000 * (time.monotonic() - t0), 1)}
+        note = {"readings": len(readings), "answered": len(asked) - 1, "ms": round(1000 * (time.monotonic() - t0), 1)}
         if best[1] != heard:
             note |= {"first_heard": heard, "first_text": text, "first_confidence": round(confidence, 4)}
         return best[1], best[2], best[3], note
