@@ -241,14 +241,18 @@ class Responder:
     which have nothing but the name to go on, is said only when the name is heard there too
     (unprompted, named; both default: off). ``reread_below``: when the LM's confidence in its reply
     is under this, Whisper's ``reread_beam`` (default 5) likeliest readings of the utterance are
-    answered too and the likeliest reading-and-reply is said (``reread``; default 0: off)."""
+    answered too and the likeliest reading-and-reply is said (``reread``; default 0: off).
+    ``silence_withholds``: when the LM, asked about an utterance in which Whisper heard words,
+    writes nothing and is at least this sure of it, the model's reply is withheld too, whatever
+    ``on_silence`` or ``overrule`` would keep: the LM read the words as no request ("We walked along
+    the water, Edge."; default: unset, off; not under repeat instructions)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
                    "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
                    "rescue_logprob", "asr_dereverb_taps", "name_unprompted",
-                   "others_unprompted", "reread_below", "reread_beam", "rescue_late")
+                   "others_unprompted", "reread_below", "reread_beam", "rescue_late", "silence_withholds")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -307,6 +311,9 @@ class Responder:
         self.reread_below, self.reread_beam = float(raw.get("reread_below", 0.0)), int(raw.get("reread_beam", 5))
         if self.reread_beam < 2:
             raise BundleError(f"{mpath}: reread_beam must be at least 2")
+        self.silence_withholds = None if raw.get("silence_withholds") is None else float(raw["silence_withholds"])
+        if self.silence_withholds is not None and not 0.0 <= self.silence_withholds <= 1.0:
+            raise BundleError(f"{mpath}: silence_withholds must be in [0, 1] (or absent: off)")
         if (self.reply_forms or self.ground_numbers) and not self.unknown_reply:
             raise BundleError(f"{mpath}: reply_forms and ground_numbers need an unknown_reply")
         if not 0.0 <= self.rescue_above < 1.0 or self.rescue_wait < 0:
@@ -400,6 +407,12 @@ class Responder:
             return True
         again = self.unprompted(audio, out) if self.others_unprompted and out is not None else None
         return again is not None and addresses_another(self.name_words, again) and not self.confirms(again)
+
+    def declines(self, instruction: str, text: str, out: dict) -> bool:
+        """Did the LM read the words Whisper heard as no request: silent (``text`` "") and at least
+        ``silence_withholds`` sure of it? Then nothing is said, not even the model's reply."""
+        return (self.silence_withholds is not None and not text and instruction not in self.repeat_instructions
+                and bool((out.get("heard") or "").strip()) and out.get("lm_confidence", 0.0) >= self.silence_withholds)
 
     def only_called(self, instruction: str, heard: str | None) -> bool:
         """Did Whisper hear nothing but the name, greeted or not ("Hey Edge.")? Then the request is
@@ -572,11 +585,13 @@ class ResponderWorker:
         return said
 
     def _withheld_because(self, instruction: str, text: str, out: dict, audio: np.ndarray | None, check: bool,
-                          unheard: bool) -> str | None:
+                          unheard: bool, declined: bool = False) -> str | None:
         """Which check withholds this reply (None: none does)."""
         r, heard = self.responder, out.get("heard")
         if unheard:
             return "no_speech"
+        if declined and text:
+            return "no_request"
         if check and not r.confirms(heard):
             return "name_not_heard"
         if check and text and not r.named(heard, audio, out):
@@ -620,6 +635,7 @@ class ResponderWorker:
                 self.say(t, text, total_ms(), 0, out.get("lm_confidence", 1.0), model_text="",
                          rescue=round(rescue, 4), said_by="responder", **out)
             return
+        declined = ask and r.declines(instruction, text, out)  # the LM's own silence, not an untrusted reply's
         if overrule and not r.trusted(out, text):
             text = ""  # the model was sure, and the LM's reply is not trusted over it
         heard = out.get("heard")
@@ -628,7 +644,7 @@ class ResponderWorker:
         keep = (overrule or r.on_silence == "model" or not ask) and not unheard  # the model's reply when the LM is silent
         out["said_by"] = "responder" if text else "model" if keep else None
         text = text or (model_text if keep else "")
-        why = self._withheld_because(instruction, text, out, audio, check, unheard)
+        why = self._withheld_because(instruction, text, out, audio, check, unheard, declined)
         if why:
             text, out["said_by"] = "", None
         if not text:

@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rescue-late", default="2.0", metavar="S",
                    help="a second chance is given up when the speech goes on more than S seconds after the loop armed it "
                         "(manifest rescue_late; default 2.0; none: handed over 5 s after arming at the latest)")
+    r.add_argument("--silence-withholds", default="0.8", metavar="C",
+                   help="when the LM writes nothing and is at least C sure of it, the model's reply is withheld too "
+                        "(manifest silence_withholds; default 0.8; none: the model's reply is said)")
     r.add_argument("--no-withhold-others", action="store_true",
                    help="say replies to speech in which Whisper heard someone else addressed (manifest withhold_others)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                                               others_unprompted=not args.no_others_unprompted,
                                               name_unprompted=args.name_unprompted,
                                               reread_below=_number_or_none(r, "--reread-below", args.reread_below),
+                                              silence_withholds=_number_or_none(r, "--silence-withholds", args.silence_withholds),
                                               rescue_late=_number_or_none(r, "--rescue-late", args.rescue_late)),
                              indent=2, default=str))
         elif args.cmd == "whisper":

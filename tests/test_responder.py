@@ -26,10 +26,11 @@ class StandIn:
         self.overrule_logprob, self.overrule_confidence, self.unknown_reply = None, 0.0, "Sorry, I can't do that yet."
         self.ground_numbers, self.withhold_others, self.rescue_logprob, self.rescue_late = False, False, None, None
         self.name_unprompted = self.others_unprompted = False
+        self.silence_withholds = None
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
     rescues, confirms, overrules, trusted = Responder.rescues, Responder.confirms, Responder.overrules, Responder.trusted
-    meant_for_another, only_called = Responder.meant_for_another, Responder.only_called
+    meant_for_another, only_called, declines = Responder.meant_for_another, Responder.only_called, Responder.declines
     grounded, sure_enough, named, unprompted = Responder.grounded, Responder.sure_enough, Responder.named, Responder.unprompted
 
     @property
@@ -251,6 +252,42 @@ def test_a_reply_is_withheld_when_whisper_heard_someone_else_addressed():
     up = "Turning the volume up."
     assert said == [(0, up, False, None), (1, up, False, None), (2, up, False, None), (3, up, False, None),
                     (0, "", True, "someone_else"), (1, up, False, None), (2, up, False, None), (3, up, False, None)]
+
+
+def test_the_lms_sure_silence_withholds_the_models_reply():
+    """silence_withholds: the LM read Whisper's words as no request ("We walked along the water,
+    Edge." -> silence, 0.99 sure), so the model's reply, which on_silence "model" and a sure reply's
+    overrule would keep, is withheld too (why ``no_request``). Not when the LM is less sure of its
+    silence, not when Whisper heard no words, not when the LM wrote a reply it is not trusted with,
+    not under repeat instructions, and off when unset."""
+    from edge_runtime.responder import ResponderWorker
+
+    s = StandIn(ask_below=0.7, on_silence="model", passes_third=False)
+    s.overrule_logprob, s.overrule_confidence = -0.3, 0.5
+    water = "We walked along the water, Edge."
+    answers = [{"text": "", "heard": water, "lm_confidence": 0.99},  # unsure model, LM sure it is no request
+               {"text": "", "heard": water, "lm_confidence": 0.6},  # LM not that sure
+               {"text": "", "heard": "", "lm_confidence": 1.0},  # Whisper heard no words
+               {"text": "", "heard": water, "lm_confidence": 0.99, "asr_logprob": -0.1},  # sure model: overrule's check
+               {"text": "Turning the volume up.", "heard": water, "lm_confidence": 0.3, "asr_logprob": -0.1},  # untrusted
+               {"text": "", "heard": water, "lm_confidence": 0.99}]  # under repeat instructions
+    sorry, answer = "Sorry, I can't do that yet.", "Answer when someone talks to you."
+    jobs = [(sorry, 0.5, answer, {}), (sorry, 0.5, answer, {}), (sorry, 0.5, answer, {}),
+            (sorry, 0.9, answer, {"ask": False, "overrule": True}), (sorry, 0.9, answer, {"ask": False, "overrule": True}),
+            ("We walked along the water's edge.", 0.3, "Transcribe what you hear.", {})]
+    said = []
+    worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append((t, text, kw.get("why"))))
+    for setting in (None, 0.8):
+        s.silence_withholds, queue = setting, iter(answers)
+        s.answer = lambda instruction, audio, lm=True: dict(next(queue))
+        for t, (text, confidence, instruction, kw) in enumerate(jobs):
+            worker.submit(t, 0.0, text, confidence, 6, instruction, None, **kw)
+        worker._jobs.join()
+    worker.close()
+    kept = [(0, sorry, None), (1, sorry, None), (2, sorry, None), (3, sorry, None), (4, sorry, None),
+            (5, "We walked along the water's edge.", None)]
+    assert said[:6] == kept  # unset: the model's reply is said whenever the LM is silent
+    assert said[6:] == [(0, "", "no_request"), kept[1], kept[2], (3, "", "no_request"), kept[4], kept[5]]
 
 
 def test_a_reply_to_the_name_alone_is_withheld_until_the_request_is_said():

@@ -157,13 +157,17 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     np.savez(tmp_path / "taught.npz", meta=np.frombuffer(json.dumps({"dereverb_taps": 20}).encode(), np.uint8))
     assert taught_dereverb_taps(tmp_path / "taught.npz") == 20
     asr = json.loads((tmp_path / "responder" / "asr" / "manifest.json").read_text())
-    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.12.0"
+    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.13.0"
     r = Responder(tmp_path / "responder")
     assert (r.overrule_logprob, r.overrule_confidence) == (-0.3, 0.5)  # the shipped policy (0.5.0 on)
     assert r.ground_numbers and r.rescue_logprob == -0.3  # 0.9.0 on
     assert r.others_unprompted and not r.name_unprompted  # 0.10.0 on
     assert (r.reread_below, r.reread_beam) == (0.7, 5)  # 0.11.0 on
     assert r.rescue_late == 2.0  # 0.12.0 on
+    assert r.silence_withholds == 0.8 and r.declines("Answer when someone talks to you.", "", {  # 0.13.0 on
+        "heard": "We walked along the water, Edge.", "lm_confidence": 0.998})
+    text, confidence = r.written("Answer when someone talks to you.", "We walked along the water, Edge.")
+    assert text == "" and confidence >= r.silence_withholds  # the shipped LM reads that near miss as no request
     assert r.withhold_others and r.confirms("Edge, pass the salt.") and not r.confirms("the water's edge")  # 0.7.0 on
     assert r.asr_second.raw["multilingual"] and r.asr_second_below == -0.3 and r.asr_second_options.pad_seconds == 5  # Whisper base
     assert r.reply(sc.DEFAULT_INSTRUCTION, "hey edge turn on the kitchen lights") == "Turning on the kitchen lights."
