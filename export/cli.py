@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rescue-late", default="2.0", metavar="S",
                    help="a second chance is given up when the speech goes on more than S seconds after the loop armed it "
                         "(manifest rescue_late; default 2.0; none: handed over 5 s after arming at the latest)")
-    r.add_argument("--silence-withholds", default="0.8", metavar="C",
+    r.add_argument("--silence-withholds", default="0.7", metavar="C",
                    help="when the LM writes nothing and is at least C sure of it, the model's reply is withheld too "
-                        "(manifest silence_withholds; default 0.8; none: the model's reply is said)")
+                        "(manifest silence_withholds; default 0.7; none: the model's reply is said)")
     r.add_argument("--no-withhold-others", action="store_true",
                    help="say replies to speech in which Whisper heard someone else addressed (manifest withhold_others)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")

@@ -164,7 +164,7 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     assert r.others_unprompted and not r.name_unprompted  # 0.10.0 on
     assert (r.reread_below, r.reread_beam) == (0.7, 5)  # 0.11.0 on
     assert r.rescue_late == 2.0  # 0.12.0 on
-    assert r.silence_withholds == 0.8 and r.declines("Answer when someone talks to you.", "", {  # 0.13.0 on
+    assert r.silence_withholds == 0.7 and r.declines("Answer when someone talks to you.", "", {  # 0.13.0 on
         "heard": "We walked along the water, Edge.", "lm_confidence": 0.998})
     text, confidence = r.written("Answer when someone talks to you.", "We walked along the water, Edge.")
     assert text == "" and confidence >= r.silence_withholds  # the shipped LM reads that near miss as no request
