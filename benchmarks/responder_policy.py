@@ -28,8 +28,9 @@ seeds, never the acceptance streams):
   name (``heard_as_name``), and with ``name_words`` a reply to the name alone ("Hey Edge.") is not
   said (``Responder.only_called``).
 
-Not replayed: ``name_unprompted`` and ``others_unprompted`` (what Whisper hears without its prompt)
-and ``reread_below`` (Whisper's other readings of an utterance). A run keeps one transcript per
+Not replayed: ``name_unprompted`` and ``others_unprompted`` (what Whisper hears without its prompt),
+``reread_below`` (Whisper's other readings of an utterance) and ``silence_withholds`` (chosen on
+paced runs by asking the LM again about each reply the model said: model card, session 34). A run keeps one transcript per
 utterance, so its rows score as if they were off; they were chosen on paced runs
 (``edge-train-eval --tuning --responder``, README model card).
 
