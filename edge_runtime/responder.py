@@ -478,7 +478,8 @@ class Responder:
         second = info.get("second", {}).get("read")
         asr, opts = (self.asr_second, self.asr_second_options) if second else (self.asr, self.asr_options)
         best = (logprob + np.log(max(confidence, 1e-6)), heard, text, confidence)
-        asked = {normalize(heard): (text, confidence)}
+        read = normalize(heard)  # what the LM read, and (written's repeat undone) what it wrote: as written() keeps it
+        asked = {read: (read if text and text == heard.strip() else text, confidence)}
         try:
             readings = asr.readings(audio, opts, self.reread_beam, prompted=not info.get("echoed"))
             for other, score in sorted(readings, key=lambda r: -r[1]):
