@@ -7,7 +7,9 @@ Sets (all with held-out voices: flite and festival kal, never heard in training;
 seeds no training stream used):
 
 - ``voices``: training wording, one set per ability (assistant, alerts, transcribe);
-- ``wording``: held-out templates, slot values, wake phrasings, near misses and unknown requests.
+- ``wording``: held-out templates, slot values, wake phrasings, near misses and unknown requests;
+- ``wording2``: the second held-out wording (session 35: other request templates and unknown
+  requests, the same held-out values, wake phrasings, near misses and other speech).
 
 ``--training-voices`` builds the same sets in training voices instead (a diagnostic: how much of
 an error rate is the unseen voices and how much the model itself).
@@ -56,6 +58,7 @@ SETS = {  # name: (wording split, mode, kinds override)
     "alerts": ("train", "alerts", None),
     "transcribe": ("train", "transcribe", None),
     "assistant-wording": ("heldout", "assistant", None),
+    "assistant-wording2": ("heldout2", "assistant", None),  # the second held-out wording (scenarios.INTENTS_FRESH)
 }
 SEED_BASE = 500000  # acceptance streams
 TUNING_SEED_BASE = 700000  # streams for choosing runtime settings (the same sets, other seeds)

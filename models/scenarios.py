@@ -439,7 +439,40 @@ INTENTS_TEACHER = {intent: _teacher["intents"].get(intent, []) for intent in INT
 TEACHER_UNKNOWN = _teacher["unknown"]
 for _name, _table in _TABLES.items():
     _table["train3"] = _table["train++"]
-WORDINGS = ("train", "train+", "train++", "train3", "heldout")
+
+# --------------------------------------------------------------------------- the second held-out wording
+# "heldout2" (evaluation set ``assistant-wording2``) was written in session 35, before any training
+# wording aimed at what the first held-out wording's failures showed (the LM reads a complaint by its
+# keyword: "it's too quiet" -> quieter). Three request templates per intent and six requests the
+# assistant cannot serve, none of them in any training wording; said with the held-out slot values,
+# wake phrasings, conversation, names and near misses. FRESH_WORDS are its templates' own words:
+# no training wording uses them (a test checks that), so the requests said as statements that
+# ``train4`` adds cannot have been written towards them.
+INTENTS_FRESH = {
+    "lights_on": ["it's way too murky in the {room}", "flick the {room} lights on", "the {room} is like a cave"],
+    "lights_off": ["douse the {room} lights", "the {room} lights are still on", "the {room} can go dark now"],
+    "timer": ["give me a shout in {duration}", "ping me after {duration}", "the noodles need {duration}"],
+    "time": ["I wonder what the time is", "I've lost track of the time", "what time are we at"],
+    "weather": ["should I wear a jacket today", "what are the skies doing", "will it stay dry this afternoon"],
+    "music": ["I'm craving some {genre}", "stick on some {genre}", "spin a few {genre} songs"],
+    "stop_music": ["turn that racket off", "I'd like some peace, no more songs", "give the music a rest"],
+    "volume_up": ["push the volume higher", "I can barely make out the words", "it's hardly audible"],
+    "volume_down": ["that's deafening", "tone it down", "dial the volume back"],
+    "thermostat": ["bring the house up to {temp} degrees", "nudge the heating to {temp} degrees",
+                   "I'm chilly, put it on {temp}"],
+}
+UNKNOWN["heldout2"] = ["cancel my magazine subscription", "how many legs does a spider have", "empty the dishwasher",
+                       "find a babysitter for Saturday", "what's the quickest way to the airport",
+                       "pick up my dry cleaning"]
+FRESH_WORDS = ["murky", "flick", "cave", "douse", "still on", "go dark", "shout", "ping", "noodles", "wonder",
+               "lost track", "we at", "jacket", "skies", "dry", "craving", "stick", "spin", "racket", "peace", "rest",
+               "push", "barely", "make out", "hardly", "audible", "deafening", "tone", "dial", "bring the house",
+               "chilly", "nudge", "magazine", "subscription", "spider", "empty", "babysitter", "quickest", "airport"]
+for _name, _table in _TABLES.items():
+    if _name != "UNKNOWN":
+        _table["heldout2"] = _table["heldout"]
+HELDOUT = ("heldout", "heldout2")
+WORDINGS = ("train", "train+", "train++", "train3", "heldout", "heldout2")
 
 
 def reply_forms() -> list[str]:
@@ -484,14 +517,16 @@ def request(rng: random.Random, split: str, intent: str | None = None) -> tuple[
         templates = templates + INTENTS_WIDE[intent]
     if split == "train3":
         templates = templates + INTENTS_TEACHER[intent]
-    return _fill(rng.choice(held if split == "heldout" else templates), spoken), intent, _fill(reply, said)
+    if split in HELDOUT:
+        templates = held if split == "heldout" else INTENTS_FRESH[intent]
+    return _fill(rng.choice(templates), spoken), intent, _fill(reply, said)
 
 
 def command(rng: random.Random, split: str, intent: str | None = None) -> Utterance:
     """An addressed request: a known intent (with slots) or, for intent 'unknown', one it cannot serve.
     Held-out commands use held-out templates and slot values; the wake phrase may be either."""
     body, intent, reply = request(rng, split, intent)
-    wake = rng.choice(WAKE["heldout"] + WAKE["train"] if split == "heldout" else WAKE["train"])
+    wake = rng.choice(WAKE["heldout"] + WAKE["train"] if split in HELDOUT else WAKE["train"])
     return Utterance(_fill(wake, {"c": body}), True, intent, reply)
 
 

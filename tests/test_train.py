@@ -75,6 +75,29 @@ def test_heldout_wording_never_in_training_text(wording):
                     if held_words.search(t.lower())]
 
 
+def training_lines(wording: str) -> list[str]:
+    """Every template and list entry a training wording can say (lower case)."""
+    lines = []
+    for intent, (templates, _, _) in sc.INTENTS.items():
+        lines += templates + (sc.INTENTS_MORE[intent] if wording != "train" else [])
+        lines += sc.INTENTS_WIDE[intent] if wording not in ("train", "train+") else []
+        lines += sc.INTENTS_TEACHER[intent] if wording == "train3" else []
+    for table in (sc.UNKNOWN, sc.CONVERSATION, sc.NEAR_MISSES, sc.OTHER_NAMES, sc.ROOMS, sc.DURATIONS, sc.GENRES):
+        lines += table[wording]
+    return [t.lower() for t in lines + (sc.TEACHER_UNKNOWN if wording == "train3" else [])]
+
+
+@pytest.mark.parametrize("wording", ["train", "train+", "train++", "train3"])
+def test_second_heldout_wording_uses_words_no_training_wording_has(wording):
+    lines = training_lines(wording)
+    assert len(lines) > 200
+    assert not [(w, t) for w in sc.FRESH_WORDS for t in lines if re.search(rf"\b{re.escape(w)}\b", t)]
+    fresh = [t for ts in sc.INTENTS_FRESH.values() for t in ts] + sc.UNKNOWN["heldout2"]
+    assert len(fresh) == 36 and all(any(re.search(rf"\b{re.escape(w)}\b", t.lower()) for w in sc.FRESH_WORDS) for t in fresh)
+    said = [sc.command(random.Random(seed), "heldout2", "lights_on").text for seed in range(20)]
+    assert all(any(t.format(room=r) in u for t in sc.INTENTS_FRESH["lights_on"] for r in sc.ROOMS["heldout"]) for u in said)
+
+
 def test_scoring_matches_false_and_latency():
     meta = {"duration": 40.0, "events": [
         {"kind": "speech", "start": 1.0, "end": 2.5, "what": "Edge, what time is it", "response": "Checking the time.",
