@@ -472,7 +472,37 @@ for _name, _table in _TABLES.items():
     if _name != "UNKNOWN":
         _table["heldout2"] = _table["heldout"]
 HELDOUT = ("heldout", "heldout2")
-WORDINGS = ("train", "train+", "train++", "train3", "heldout", "heldout2")
+
+# --------------------------------------------------------------------------- requests said as statements
+# "train4" (``edge-train-responder --wording train4``; only the responder's LM is taught on it) is
+# "train++" plus requests said as a need or a complaint rather than a command: every training
+# wording had commands only ("make it quieter"), so the LM read a complaint by its keyword ("it's
+# too quiet" -> quieter -> down; session 34). Written in session 35 after the second held-out
+# wording was committed; they use none of its words (FRESH_WORDS) nor the first one's
+# (HELDOUT_WORDS), a test checks both.
+INTENTS_SAID = {
+    "lights_on": ["it's gloomy in the {room}", "I can't see a thing in the {room}", "the {room} is pitch black",
+                  "it's getting gloomy in the {room}, lights please"],
+    "lights_off": ["the {room} lights are wasting power", "the {room} lights are glaring",
+                   "nobody is using the {room}, switch the lights off", "I'm finished in the {room}, lights off please"],
+    "timer": ["the cake is in for {duration}, time it", "my tea steeps for {duration}, set a timer",
+              "I'm boiling eggs, start a {duration} timer"],
+    "time": ["I don't know what time it is", "my watch stopped, what time is it", "I have no clue what time it is"],
+    "weather": ["I'm going out, what's the weather like", "I'm heading out, will it rain",
+                "I'm planning a walk, how's the weather"],
+    "music": ["I'm bored, play some {genre}", "a bit of {genre} would cheer me up", "this place needs some {genre}"],
+    "stop_music": ["this music is driving me mad", "the music is giving me a headache, stop it",
+                   "I'm trying to sleep, stop the music", "I've had enough of this song"],
+    "volume_up": ["it's too quiet", "the sound is too low", "the volume is too low", "it's not loud enough",
+                  "I can't follow it, it's too soft", "it's so quiet I can't follow it"],
+    "volume_down": ["it's blasting", "the noise is unbearable", "the volume is too high", "it's so noisy I can't think",
+                    "the sound is too strong", "the neighbours will complain about the noise"],
+    "thermostat": ["I'm freezing, set it to {temp}", "it's too cold, heat it to {temp} degrees",
+                   "it's too hot, set the heat to {temp} degrees", "I'm cold, make it {temp} degrees"],
+}
+for _name, _table in _TABLES.items():
+    _table["train4"] = _table["train++"]
+WORDINGS = ("train", "train+", "train++", "train3", "train4", "heldout", "heldout2")
 
 
 def reply_forms() -> list[str]:
@@ -511,12 +541,14 @@ def request(rng: random.Random, split: str, intent: str | None = None) -> tuple[
     temp, genre = rng.choice(TEMPERATURES[split]), rng.choice(GENRES[split])
     spoken = {"room": room, "duration": dur, "temp": NUMBER_WORDS[temp], "genre": genre}
     said = {"room": room, "duration": dur, "temp": temp, "genre": genre}
-    if split in ("train+", "train++", "train3"):
+    if split in ("train+", "train++", "train3", "train4"):
         templates = templates + INTENTS_MORE[intent]
-    if split in ("train++", "train3"):
+    if split in ("train++", "train3", "train4"):
         templates = templates + INTENTS_WIDE[intent]
     if split == "train3":
         templates = templates + INTENTS_TEACHER[intent]
+    if split == "train4":
+        templates = templates + INTENTS_SAID[intent]
     if split in HELDOUT:
         templates = held if split == "heldout" else INTENTS_FRESH[intent]
     return _fill(rng.choice(templates), spoken), intent, _fill(reply, said)
