@@ -139,7 +139,7 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     work = tmp_path / "train"
     assert train_responder(["--work", str(work), "--train", "24", "--test", "2", "--steps", "2", "--batch", "4", "--threads", "2"]) == 0
     report = json.loads((work / "report.json").read_text())
-    assert report["steps"] == 2 and set(report["check"]) == {"training_wording", "heldout_wording"}
+    assert report["steps"] == 2 and set(report["check"]) == {"training_wording", "heldout_wording", "heldout2_wording"}
     assert np.load(work / "responder-lora.npz")["model.layers.0.self_attn.q_proj.A"].shape == (8, 576)
 
     out = export_responder(DEFAULT_LORA, tmp_path / "responder")
@@ -157,7 +157,7 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     np.savez(tmp_path / "taught.npz", meta=np.frombuffer(json.dumps({"dereverb_taps": 20}).encode(), np.uint8))
     assert taught_dereverb_taps(tmp_path / "taught.npz") == 20
     asr = json.loads((tmp_path / "responder" / "asr" / "manifest.json").read_text())
-    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.13.0"
+    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.14.0"
     r = Responder(tmp_path / "responder")
     assert (r.overrule_logprob, r.overrule_confidence) == (-0.3, 0.5)  # the shipped policy (0.5.0 on)
     assert r.ground_numbers and r.rescue_logprob == -0.3  # 0.9.0 on
