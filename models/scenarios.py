@@ -3,7 +3,8 @@
 Everything here is text and sound *kinds*; ``synth.py`` turns it into audio. Each list is split
 into a ``train`` part and a ``heldout`` part: held-out templates, slot values, wake-word phrasings
 and near misses never appear in a training stream, so an evaluation on them measures wording the
-model has not seen (``split="heldout"``).
+model has not seen (``split="heldout"``; ``"heldout2"``, written in session 35, has other request
+templates and unknown requests with the same held-out values and other speech).
 
 The three abilities (the instruction at the start of a stream selects them):
 
