@@ -504,6 +504,16 @@ INTENTS_SAID = {
 for _name, _table in _TABLES.items():
     _table["train4"] = _table["train++"]
 WORDINGS = ("train", "train+", "train++", "train3", "train4", "heldout", "heldout2")
+# the request templates each training wording adds to INTENTS' own, in order
+_MORE_TEMPLATES = {"train+": (INTENTS_MORE,), "train++": (INTENTS_MORE, INTENTS_WIDE),
+                   "train3": (INTENTS_MORE, INTENTS_WIDE, INTENTS_TEACHER), "train4": (INTENTS_MORE, INTENTS_WIDE, INTENTS_SAID)}
+
+
+def templates(intent: str, split: str) -> list[str]:
+    """The spoken request templates of ``intent`` in a wording (split)."""
+    if split in HELDOUT:
+        return INTENTS[intent][1] if split == "heldout" else INTENTS_FRESH[intent]
+    return INTENTS[intent][0] + [t for more in _MORE_TEMPLATES.get(split, ()) for t in more[intent]]
 
 
 def reply_forms() -> list[str]:
@@ -537,22 +547,12 @@ def request(rng: random.Random, split: str, intent: str | None = None) -> tuple[
     intent = intent or rng.choice([*INTENTS, "unknown"])
     if intent == "unknown":
         return rng.choice(UNKNOWN[split]), "unknown", SORRY
-    templates, held, reply = INTENTS[intent]
+    reply = INTENTS[intent][2]
     room, dur = rng.choice(ROOMS[split]), rng.choice(DURATIONS[split])
     temp, genre = rng.choice(TEMPERATURES[split]), rng.choice(GENRES[split])
     spoken = {"room": room, "duration": dur, "temp": NUMBER_WORDS[temp], "genre": genre}
     said = {"room": room, "duration": dur, "temp": temp, "genre": genre}
-    if split in ("train+", "train++", "train3", "train4"):
-        templates = templates + INTENTS_MORE[intent]
-    if split in ("train++", "train3", "train4"):
-        templates = templates + INTENTS_WIDE[intent]
-    if split == "train3":
-        templates = templates + INTENTS_TEACHER[intent]
-    if split == "train4":
-        templates = templates + INTENTS_SAID[intent]
-    if split in HELDOUT:
-        templates = held if split == "heldout" else INTENTS_FRESH[intent]
-    return _fill(rng.choice(templates), spoken), intent, _fill(reply, said)
+    return _fill(rng.choice(templates(intent, split)), spoken), intent, _fill(reply, said)
 
 
 def command(rng: random.Random, split: str, intent: str | None = None) -> Utterance:

@@ -82,12 +82,7 @@ def test_heldout_wording_never_in_training_text(wording):
 
 def training_lines(wording: str) -> list[str]:
     """Every template and list entry a training wording can say (lower case)."""
-    lines = []
-    for intent, (templates, _, _) in sc.INTENTS.items():
-        lines += templates + (sc.INTENTS_MORE[intent] if wording != "train" else [])
-        lines += sc.INTENTS_WIDE[intent] if wording not in ("train", "train+") else []
-        lines += sc.INTENTS_TEACHER[intent] if wording == "train3" else []
-        lines += sc.INTENTS_SAID[intent] if wording == "train4" else []
+    lines = [t for intent in sc.INTENTS for t in sc.templates(intent, wording)]
     for table in (sc.UNKNOWN, sc.CONVERSATION, sc.NEAR_MISSES, sc.OTHER_NAMES, sc.ROOMS, sc.DURATIONS, sc.GENRES):
         lines += table[wording]
     return [t.lower() for t in lines + (sc.TEACHER_UNKNOWN if wording == "train3" else [])]
