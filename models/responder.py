@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--average", nargs="+", metavar="DELTA",
                     help="train nothing: write the mean of these deltas (draws from one start), cut back to --rank")
+    ap.add_argument("--check", metavar="DELTA",
+                    help="train nothing: score this delta on the --test check sets (WORK/check.json)")
     ap.add_argument("--seed", type=int, default=0,
                     help="the batch order (the pairs and the LoRA's start stay the same, so draws can be averaged)")
     ap.add_argument("--threads", type=int, default=2)
@@ -380,6 +382,21 @@ def main(argv: list[str] | None = None) -> int:
     from .smollm2 import load_smollm2, provenance
 
     torch.set_num_threads(a.threads)
+    tests = {"training_wording": read_as(examples(3, a.test, "train")),
+             "heldout_wording": read_as(examples(2, a.test, "heldout")),
+             "heldout2_wording": read_as(examples(2, a.test, "heldout2"))}
+    if a.check:
+        _, tok, info = load_smollm2()
+        try:
+            meta = merge_lora(info["hf_model"], a.check)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"edge-train-responder: error: {e}", file=sys.stderr)
+            return 2
+        check = score(TextLM(info["hf_model"], tok, info["eos_id"], prompt), tests)
+        (work / "check.json").write_text(json.dumps({"delta": str(a.check), "sha256": sha256_file(Path(a.check)),
+                                                     "meta": meta, "check": check}, indent=2))
+        print(json.dumps(shares(check)))
+        return 0
     t0 = time.monotonic()
     data = read_as(examples(1, a.train, a.wording), rng=random.Random(4))
     report: dict = {"train_pairs": a.train, "wording": a.wording, "steps": a.steps, "batch": a.batch, "lr": a.lr,
@@ -396,9 +413,6 @@ def main(argv: list[str] | None = None) -> int:
         data += read_as(items, heard)
         print(f"edge-train-responder: Whisper WER on {a.heard} training-voice utterances {report['asr_train']['wer']:.3f}",
               file=sys.stderr)
-    tests = {"training_wording": read_as(examples(3, a.test, "train")),
-             "heldout_wording": read_as(examples(2, a.test, "heldout")),
-             "heldout2_wording": read_as(examples(2, a.test, "heldout2"))}
     _, tok, info = load_smollm2()
     hf = info["hf_model"]
     modules = add_lora(hf, a.rank, 2.0 * a.rank)

@@ -141,6 +141,9 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     report = json.loads((work / "report.json").read_text())
     assert report["steps"] == 2 and set(report["check"]) == {"training_wording", "heldout_wording", "heldout2_wording"}
     assert np.load(work / "responder-lora.npz")["model.layers.0.self_attn.q_proj.A"].shape == (8, 576)
+    assert train_responder(["--work", str(work), "--check", str(DEFAULT_LORA), "--test", "4", "--threads", "2"]) == 0
+    check = json.loads((work / "check.json").read_text())  # a delta scored on the check sets, nothing trained
+    assert set(check["check"]) == set(report["check"]) and check["sha256"] == hashlib.sha256(DEFAULT_LORA.read_bytes()).hexdigest()
 
     out = export_responder(DEFAULT_LORA, tmp_path / "responder")
     m = json.loads((tmp_path / "responder" / "manifest.json").read_text())
