@@ -343,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edge-train-responder", description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, help="folder for the delta and the report")
     ap.add_argument("--train", type=int, default=4000, help="text pairs (in --wording)")
-    ap.add_argument("--wording", choices=("train++", "train3", "train4"), default="train++",
+    ap.add_argument("--wording", choices=("train++", "train3", "train4", "train5"), default="train++",
                     help="the training wording of the pairs: train++, train3 (train++ and the teacher's lines, "
-                         "teacher_wording.py) or train4 (train++ and requests said as a need or a complaint)")
+                         "teacher_wording.py), train4 (train++ and requests said as a need or a complaint) or train5 (both)")
     ap.add_argument("--asr", metavar="BUNDLE", help="a whisper-asr bundle: add pairs as it hears them in training voices; "
                                                     "a responder bundle: as its recognisers hear them (Responder.hear)")
     ap.add_argument("--heard", type=int, default=1500, help="with --asr: how many heard pairs")

@@ -501,19 +501,21 @@ INTENTS_SAID = {
     "thermostat": ["I'm freezing, set it to {temp}", "it's too cold, heat it to {temp} degrees",
                    "it's too hot, set the heat to {temp} degrees", "I'm cold, make it {temp} degrees"],
 }
+# "train5" is both: train++ with the teacher's lines and the requests said as statements.
 for _name, _table in _TABLES.items():
-    _table["train4"] = _table["train++"]
-WORDINGS = ("train", "train+", "train++", "train3", "train4", "heldout", "heldout2")
+    _table["train4"] = _table["train5"] = _table["train++"]
+WORDINGS = ("train", "train+", "train++", "train3", "train4", "train5", "heldout", "heldout2")
 # the request templates each training wording adds to INTENTS' own, in order
-_MORE_TEMPLATES = {"train+": (INTENTS_MORE,), "train++": (INTENTS_MORE, INTENTS_WIDE),
-                   "train3": (INTENTS_MORE, INTENTS_WIDE, INTENTS_TEACHER), "train4": (INTENTS_MORE, INTENTS_WIDE, INTENTS_SAID)}
+MORE_TEMPLATES = {"train+": (INTENTS_MORE,), "train++": (INTENTS_MORE, INTENTS_WIDE),
+                   "train3": (INTENTS_MORE, INTENTS_WIDE, INTENTS_TEACHER), "train4": (INTENTS_MORE, INTENTS_WIDE, INTENTS_SAID),
+                   "train5": (INTENTS_MORE, INTENTS_WIDE, INTENTS_TEACHER, INTENTS_SAID)}
 
 
 def templates(intent: str, split: str) -> list[str]:
     """The spoken request templates of ``intent`` in a wording (split)."""
     if split in HELDOUT:
         return INTENTS[intent][1] if split == "heldout" else INTENTS_FRESH[intent]
-    return INTENTS[intent][0] + [t for more in _MORE_TEMPLATES.get(split, ()) for t in more[intent]]
+    return INTENTS[intent][0] + [t for more in MORE_TEMPLATES.get(split, ()) for t in more[intent]]
 
 
 def reply_forms() -> list[str]:

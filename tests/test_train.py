@@ -39,7 +39,15 @@ def test_instruction_modes_label_differently():
     assert all(e.response is None for e in b.events if e.kind == "speech")
 
 
-@pytest.mark.parametrize("wording", ["train", "train+", "train++", "train3", "train4"])
+TRAINING_WORDINGS = [w for w in sc.WORDINGS if w not in sc.HELDOUT]
+
+
+def uses(wording: str, table: dict) -> bool:
+    """Whether a training wording's request templates include ``table``'s (scenarios.MORE_TEMPLATES)."""
+    return any(more is table for more in sc.MORE_TEMPLATES.get(wording, ()))
+
+
+@pytest.mark.parametrize("wording", TRAINING_WORDINGS)
 def test_heldout_wording_never_in_training_text(wording):
     rng = random.Random(0)
     train_text = " | ".join(
@@ -60,19 +68,18 @@ def test_heldout_wording_never_in_training_text(wording):
                if "{" not in t and len(t.split()) >= 4 and t.lower().removesuffix(" please") not in plain]
     assert len(teacher) > 100  # teacher_wording.json is there
     said = [t for ts in sc.INTENTS_SAID.values() for t in ts if "{" not in t]
-    for lines, used in ((wider, wording != "train"), (widest, wording in ("train++", "train3", "train4")),
-                        (teacher, wording == "train3"), (said, wording == "train4")):
+    for lines, used in ((wider, wording != "train"), (widest, uses(wording, sc.INTENTS_WIDE)),
+                        (teacher, uses(wording, sc.INTENTS_TEACHER)), (said, uses(wording, sc.INTENTS_SAID))):
         if used:
             assert sum(w.lower() in train_text for w in lines) > len(lines) // 2
         else:
             assert not [w for w in lines if f" {w.lower()} " in f" {train_text} "]
-    if wording in ("train++", "train3", "train4"):  # nor the content words of held-out templates and values
-        new = " | ".join([t for ts in sc.INTENTS_WIDE.values() for t in ts] + [v for vs in sc.WORDING_WIDE.values() for v in vs]
-                         + ([t for ts in sc.INTENTS_TEACHER.values() for t in ts] + sc.TEACHER_UNKNOWN
-                            if wording == "train3" else [])
-                         + ([t for ts in sc.INTENTS_SAID.values() for t in ts] if wording == "train4" else [])).lower()
+    if uses(wording, sc.INTENTS_WIDE):  # nor the content words of held-out templates and values
+        new = " | ".join([t for more in sc.MORE_TEMPLATES[wording][1:] for ts in more.values() for t in ts]
+                         + [v for vs in sc.WORDING_WIDE.values() for v in vs]
+                         + (sc.TEACHER_UNKNOWN if uses(wording, sc.INTENTS_TEACHER) else [])).lower()
         assert not [w for w in sc.HELDOUT_WORDS if re.search(rf"\b{w}\b", new)]
-    if wording == "train3":  # the teacher's lines: not even words made from them ("raising", "brighten")
+    if uses(wording, sc.INTENTS_TEACHER):  # the teacher's lines: not even words made from them ("raising", "brighten")
         from edge_models.teacher_wording import heldout_lines
 
         held_words, _ = heldout_lines()
@@ -85,10 +92,10 @@ def training_lines(wording: str) -> list[str]:
     lines = [t for intent in sc.INTENTS for t in sc.templates(intent, wording)]
     for table in (sc.UNKNOWN, sc.CONVERSATION, sc.NEAR_MISSES, sc.OTHER_NAMES, sc.ROOMS, sc.DURATIONS, sc.GENRES):
         lines += table[wording]
-    return [t.lower() for t in lines + (sc.TEACHER_UNKNOWN if wording == "train3" else [])]
+    return [t.lower() for t in lines + (sc.TEACHER_UNKNOWN if uses(wording, sc.INTENTS_TEACHER) else [])]
 
 
-@pytest.mark.parametrize("wording", ["train", "train+", "train++", "train3", "train4"])
+@pytest.mark.parametrize("wording", TRAINING_WORDINGS)
 def test_second_heldout_wording_uses_words_no_training_wording_has(wording):
     lines = training_lines(wording)
     assert len(lines) > 200
