@@ -164,8 +164,9 @@ def score_stream(stream_meta: dict, events: list[dict]) -> dict:
                 hit = i
                 break
         if hit is None:
-            false.append({"t": t, "text": r["text"], "cause": false_cause(stream_meta["events"], t, wanted, used),
-                          "confidence": r.get("confidence")})
+            ev = event_at(stream_meta["events"], t)
+            false.append({"t": t, "text": r["text"], "cause": false_cause(ev, wanted, used), "confidence": r.get("confidence"),
+                          "what": ev["what"] if ev else None, "heard": r.get("heard"), "said_by": r.get("said_by")})
             continue
         used[hit] = True
         ev = wanted[hit]
@@ -173,28 +174,35 @@ def score_stream(stream_meta: dict, events: list[dict]) -> dict:
         lat = (t - ref_t) + compute_s + (r.get("first_token_ms") or 0.0) / 1000
         rows.append({"event": ev, "text": r["text"], "correct": meaning(r["text"]) == meaning(ev["response"]),
                      "exact": r["text"].strip() == ev["response"],
-                     "latency_s": round(lat, 3), "confidence": r.get("confidence")})
+                     "latency_s": round(lat, 3), "confidence": r.get("confidence"), "heard": r.get("heard")})
     missed = [ev for i, ev in enumerate(wanted) if not used[i]]
     quiet_s = stream_meta["duration"] - sum(ev["end"] - ev["start"] for ev in wanted)
     return {"matched": rows, "missed": missed, "false": false, "wanted": len(wanted), "quiet_s": quiet_s}
 
 
-def false_cause(events: list[dict], t: float, wanted: list[dict], used: list[bool]) -> str:
-    """What was heard when a false response began: the latest event whose window (as for
-    matching) holds ``t``. ``repeat`` (a second answer to an answered event), ``late`` (an answer
-    to an event that was asked for, after its window), ``unwatched:CLASS``, ``distractor:CLASS``,
-    ``speech:INTENT`` (other, near_miss, ...), or ``background``."""
-    for ev in sorted(events, key=lambda e: -e["start"]):
-        if not ev["start"] <= t <= max(window_end(ev), ev["end"]):
-            continue
-        if any(u and w is ev for w, u in zip(wanted, used)):
-            return "repeat"
-        if any(w is ev for w in wanted):  # asked for, but not answered in time: this answer came too late
-            return "late"
-        if ev["kind"] == "speech":
-            return f"speech:{ev['meta'].get('intent', 'other')}"
-        return f"{'unwatched' if ev['what'] in SOUND_CLASSES else 'distractor'}:{ev['what']}"
-    return "background"
+MAX_FALSE_KEPT = 100  # false responses kept in a report, each with what was playing and what Whisper heard
+
+
+def event_at(events: list[dict], t: float) -> dict | None:
+    """What was heard when a response began: the latest event whose window (as for matching) holds ``t``."""
+    return max((ev for ev in events if ev["start"] <= t <= max(window_end(ev), ev["end"])),
+               key=lambda ev: ev["start"], default=None)
+
+
+def false_cause(ev: dict | None, wanted: list[dict], used: list[bool]) -> str:
+    """Why a false response began over ``ev`` (``event_at``): ``repeat`` (a second answer to an
+    answered event), ``late`` (an answer to an event that was asked for, after its window),
+    ``unwatched:CLASS``, ``distractor:CLASS``, ``speech:INTENT`` (other, near_miss, ...), or
+    ``background`` (no event)."""
+    if ev is None:
+        return "background"
+    if any(u and w is ev for w, u in zip(wanted, used)):
+        return "repeat"
+    if any(w is ev for w in wanted):  # asked for, but not answered in time: this answer came too late
+        return "late"
+    if ev["kind"] == "speech":
+        return f"speech:{ev['meta'].get('intent', 'other')}"
+    return f"{'unwatched' if ev['what'] in SOUND_CLASSES else 'distractor'}:{ev['what']}"
 
 
 def spread(values: list) -> dict:
@@ -283,8 +291,8 @@ def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: 
     for name in sets or list(SETS):
         t0 = time.monotonic()
         streams = build_set(name, n, seconds, seed_base, voices)
-        scored, examples, stage_ms = [], [], {"asr_ms": [], "lm_ms": []}
-        for s in streams:
+        scored, examples, false, stage_ms = [], [], [], {"asr_ms": [], "lm_ms": []}
+        for i, s in enumerate(streams):
             evs = run_listener(bundle, s.audio, s.instruction, sensitivity, min_confidence, responder, pace)
             for e in evs:
                 for k in stage_ms if e.get("heard") is not None else ():
@@ -293,10 +301,9 @@ def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: 
             scored.append(sc_)
             for r in sc_["matched"]:
                 if not r["correct"] and len(examples) < keep_examples:
-                    examples.append({"said": r["event"]["what"], "expected": r["event"]["response"], "got": r["text"]})
-            for f in sc_["false"]:
-                if len(examples) < keep_examples:
-                    examples.append({"false_response": f["text"], "t": f["t"], "cause": f["cause"]})
+                    examples.append({"said": r["event"]["what"], "expected": r["event"]["response"], "got": r["text"],
+                                     "heard": r["heard"]})
+            false += [{"stream": i, **f} for f in sc_["false"]]
         summary = summarize(scored, transcribe=SETS[name][1] == "transcribe")
         summary["audio_hours"] = round(sum(s.duration for s in streams) / 3600, 3)
         summary["eval_s"] = round(time.monotonic() - t0, 1)
@@ -305,8 +312,9 @@ def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: 
                                     **{f"{k}_p{q}": round(float(np.percentile(v, q)), 1) if v else None
                                        for k, v in stage_ms.items() for q in (50, 90)}}
         summary["error_examples"] = examples
+        summary["false_examples"] = false[:MAX_FALSE_KEPT]
         report["sets"][name] = summary
-        print(f"{name}: {json.dumps({k: v for k, v in summary.items() if k != 'error_examples'})}", file=sys.stderr)
+        print(f"{name}: {json.dumps({k: v for k, v in summary.items() if not k.endswith('_examples')})}", file=sys.stderr)
     return report
 
 
@@ -342,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-base", type=int, metavar="N",
                     help="streams from seeds N+ (say 900000: neither the tuning nor the acceptance streams): to check a "
                          "choice made on the tuning seeds")
-    ap.add_argument("--examples", type=int, default=6, help="error examples kept per set in the report")
+    ap.add_argument("--examples", type=int, default=6, help="wrong answers kept per set in the report (with what Whisper heard); every false "
+                                                         "response is kept (false_examples, up to 100)")
     ap.add_argument("--training-voices", action="store_true",
                     help="a diagnostic: the same sets spoken in training voices (espeak-ng, festival ked), not held-out ones")
     ap.add_argument("--min-confidence", "--withhold-below", type=float, default=0.0, metavar="P",

@@ -131,7 +131,8 @@ def test_scoring_matches_false_and_latency():
          "confidence": 0.7},  # again
         {"type": "response.end", "t": 18.0, "text": "Turning it up.", "first_token_ms": 20.0},  # false: a phone rang
         {"type": "response.end", "t": 21.4, "text": "Someone is knocking.", "first_token_ms": 20.0},  # on water
-        {"type": "response.end", "t": 25.0, "text": "Checking the time.", "first_token_ms": 20.0},  # a near miss
+        {"type": "response.end", "t": 25.0, "text": "Checking the time.", "first_token_ms": 20.0,
+         "heard": "Edge, what time is it?", "said_by": "responder"},  # a near miss
         {"type": "response.end", "t": 28.0, "text": "Checking the time.", "first_token_ms": 20.0},  # on nothing
         {"type": "response.end", "t": 33.2, "text": "The kitchen timer is beeping.", "first_token_ms": 20.0},  # too late
         {"type": "stats", "chunk_ms_p50": 30.0},
@@ -140,6 +141,10 @@ def test_scoring_matches_false_and_latency():
     assert len(s["matched"]) == 2 and len(s["false"]) == 6 and len(s["missed"]) == 2
     assert [f["cause"] for f in s["false"]] == ["repeat", "unwatched:phone", "distractor:water", "speech:near_miss",
                                                 "background", "late"]
+    near_miss = s["false"][3]
+    assert (near_miss["what"], near_miss["heard"], near_miss["said_by"]) == ("on the edge of the cliff", "Edge, what time is it?",
+                                                                             "responder")
+    assert s["false"][4]["what"] is None and s["false"][5]["what"] == "timer"
     assert s["matched"][0]["latency_s"] == pytest.approx(0.3 + 0.03 + 0.02)
     out = summarize([s])
     assert out["recall"] == pytest.approx(2 / 4, abs=1e-4)
