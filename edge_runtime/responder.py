@@ -35,6 +35,8 @@ from .whisper_asr import SR, AsrOptions, SegmenterOptions, WhisperBundle, in_dig
 
 log = logging.getLogger(__name__)
 FRAME = 320  # 20 ms at 16 kHz, webrtcvad's frame
+COPY_TOP = 20  # with copy_slots: how many of the LM's likeliest next tokens may be tried at a step
+COPY_BACKTRACK = 8  # and how many times a token may be taken back
 
 
 def numbers_heard(text: str, heard: str | None) -> bool:
@@ -51,6 +53,40 @@ def reply_form(template: str) -> re.Pattern:
 def formed(text: str, forms: list[re.Pattern], unknown_reply: str) -> str:
     """``text``, or ``unknown_reply`` when forms are given and it fits none of them."""
     return unknown_reply if text and forms and not any(f.fullmatch(text) for f in forms) else text
+
+
+def copy_forms(templates: list[str], slots: list[str]) -> list[tuple[str, str]]:
+    """(the text before, the text after) the slot of each reply template whose one slot is one of
+    ``slots`` ("Setting a timer for {duration}." -> ("Setting a timer for ", "."))."""
+    out = []
+    for t in templates:
+        found = re.findall(r"\{(\w+)\}", t)
+        if len(found) == 1 and found[0] in slots:
+            before, after = t.split("{" + found[0] + "}")
+            out.append((before, after))
+    return out
+
+
+def copies(text: str, forms: list[tuple[str, str]], heard: str, done: bool = False) -> bool:
+    """May a reply read so far as ``text`` go on (``done``: end there) when the slot of a
+    ``copy_forms`` form must be words heard in a row (``heard``: normalized)? Outside those forms
+    anything may; inside one, the slot so far must start words of ``heard`` (case aside), and what
+    follows a whole slot must be the start of the form's end (all of it, to end there)."""
+    h = f" {heard} "
+    for before, after in forms:
+        if not text.startswith(before):
+            continue
+        rest = text[len(before):].lower()
+        if rest[:1] == " ":  # a slot starts at once, with a word
+            return False
+        if not done and f" {rest}" in h:
+            return True
+        for k in range(1, len(rest)):
+            slot, tail = rest[:k].strip(), rest[k:]
+            if slot and f" {slot} " in h and (tail == after.lower() if done else after.lower().startswith(tail)):
+                return True
+        return False
+    return True
 
 
 # before a noun, not a name: "the edge of the table", "along the water's edge", "on edge"
@@ -245,14 +281,19 @@ class Responder:
     ``silence_withholds``: when the LM, asked about an utterance in which Whisper heard words,
     writes nothing and is at least this sure of it, the model's reply is withheld too, whatever
     ``on_silence`` or ``overrule`` would keep: the LM read the words as no request ("We walked along
-    the water, Edge."; default: unset, off; not under repeat instructions)."""
+    the water, Edge."; default: unset, off; not under repeat instructions). ``copy_slots``: reply
+    slots ("room", "duration", "genre") that the LM must copy from words it read: where its
+    likeliest next token would put an unheard word into such a slot of a ``reply_forms`` form
+    ("Setting a timer for one hour." to "wake me up in a minute and a half"), the likeliest one
+    that keeps to heard words is taken, backing up a token where none does (``copies``; default:
+    none; not when the transcript has digits, which a reply may say in words)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
                    "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
                    "rescue_logprob", "asr_dereverb_taps", "name_unprompted",
-                   "others_unprompted", "reread_below", "reread_beam", "rescue_late", "silence_withholds")
+                   "others_unprompted", "reread_below", "reread_beam", "rescue_late", "silence_withholds", "copy_slots")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -303,6 +344,9 @@ class Responder:
         self.name_words = [normalize(w) for w in raw.get("name_words", [])]
         self.confirm_replies = set(raw.get("confirm_replies", []))
         self.reply_forms = [reply_form(f) for f in raw.get("reply_forms", [])]
+        self.copy_forms = copy_forms(raw.get("reply_forms", []), list(raw.get("copy_slots", [])))
+        if raw.get("copy_slots") and not self.copy_forms:
+            raise BundleError(f"{mpath}: copy_slots: no reply form has one of {raw['copy_slots']} as its one slot")
         self.unknown_reply = str(raw.get("unknown_reply", ""))
         self.ground_numbers = bool(raw.get("ground_numbers", False))
         self.withhold_others = bool(raw.get("withhold_others", False))
@@ -434,6 +478,9 @@ class Responder:
         self._ctx.cache.truncate(self._ctx.sink_len)
         self._ctx.blocks.clear()
         logits = self._ctx.feed(self.lm.embed(self.lm.token_ids(normalize(heard) + tail)))
+        read = normalize(heard)
+        if self.copy_forms and not re.search(r"\d", read):  # digits: a slot may say them in words
+            return self._copying(np.array(logits), read)
         ids: list[int] = []
         confidence = 1.0
         while len(ids) < self.max_tokens:
@@ -444,6 +491,44 @@ class Responder:
             ids.append(nxt)
             logits = self._ctx.feed(self.lm.embed([nxt]))
         return self.lm.tokenizer.decode(ids).strip(), confidence
+
+    def _copying(self, logits: np.ndarray, read: str) -> tuple[str, float]:
+        """reply_with_confidence with ``copy_slots``: at each step the likeliest of the LM's
+        ``COPY_TOP`` likeliest next tokens that keeps a copied slot to words that were heard
+        (``copies``); where none does, the last token is taken back and the next likeliest tried
+        there (at most ``COPY_BACKTRACK`` times; then the LM's likeliest, as it would write it). The
+        confidence is the lowest probability of a token chosen once the likelier tokens ruled out
+        before it are taken away (the constrained decoder's own; without a rule, the LM's)."""
+        decode, cache, base = self.lm.tokenizer.decode, self._ctx.cache, self._ctx.cache.length
+        ids: list[int] = []
+        steps = [(logits, set())]  # per position: the LM's logits there, and the tokens tried there
+        probs: list[float] = []
+        backs = 0
+        while len(ids) < self.max_tokens:
+            logits, tried = steps[-1]
+            p = np.exp(logits.astype(np.float64).ravel() - logits.max())
+            p /= p.sum()
+            nxt, ruled_out = None, 0.0
+            for cand in map(int, np.argsort(-p)[:COPY_TOP]):
+                if cand not in tried and copies(decode(ids + ([] if cand == self.end_id else [cand])).strip(),
+                                                self.copy_forms, read, done=cand == self.end_id):
+                    nxt = cand
+                    break
+                ruled_out += p[cand]
+            if nxt is None and ids and backs < COPY_BACKTRACK:
+                backs += 1
+                ids.pop(), probs.pop(), steps.pop(), self._ctx.blocks.pop()
+                cache.truncate(base + len(ids))
+                continue
+            if nxt is None:
+                nxt, ruled_out = int(np.argmax(p)), 0.0
+            tried.add(nxt)
+            probs.append(float(p[nxt] / max(1.0 - ruled_out, p[nxt])))
+            if nxt == self.end_id:
+                break
+            ids.append(nxt)
+            steps.append((np.array(self._ctx.feed(self.lm.embed([nxt]))), set()))
+        return decode(ids).strip(), min(probs, default=1.0)
 
     def written(self, instruction: str, heard: str, asked: dict | None = None) -> tuple[str, float]:
         """The LM's reply to a transcript and its confidence ("" to no words); a reply that repeats

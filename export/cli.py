@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--silence-withholds", default="0.7", metavar="C",
                    help="when the LM writes nothing and is at least C sure of it, the model's reply is withheld too "
                         "(manifest silence_withholds; default 0.7; none: the model's reply is said)")
+    r.add_argument("--copy-slots", default="", metavar="SLOTS",
+                   help="comma-separated reply slots (room,duration,genre) the LM's reply must copy from words Whisper "
+                        "heard (manifest copy_slots; default: none)")
     r.add_argument("--no-withhold-others", action="store_true",
                    help="say replies to speech in which Whisper heard someone else addressed (manifest withhold_others)")
     i = sub.add_parser("info", help="print a bundle's manifest summary")
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                                               name_unprompted=args.name_unprompted,
                                               reread_below=_number_or_none(r, "--reread-below", args.reread_below),
                                               silence_withholds=_number_or_none(r, "--silence-withholds", args.silence_withholds),
-                                              rescue_late=_number_or_none(r, "--rescue-late", args.rescue_late)),
+                                              rescue_late=_number_or_none(r, "--rescue-late", args.rescue_late),
+                                              copy_slots=tuple(x for x in args.copy_slots.split(",") if x)),
                              indent=2, default=str))
         elif args.cmd == "whisper":
             from .whisper_export import export_whisper

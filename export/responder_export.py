@@ -35,7 +35,7 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
                      rescue_logprob: float | None = -0.3, asr_dereverb_taps: int | None = None,
                      others_unprompted: bool = True, name_unprompted: bool = False,
                      reread_below: float | None = 0.7, rescue_late: float | None = 2.0,
-                     silence_withholds: float | None = 0.7) -> dict:
+                     silence_withholds: float | None = 0.7, copy_slots: tuple[str, ...] = ()) -> dict:
     """``asr_lora``: a delta from ``edge-train-hearing`` merged into the first recogniser; SHIPPED (the
     default): the one in edge_models when that recogniser is tiny.en; None: Whisper as it ships.
     ``asr_dereverb_taps``: both recognisers hear the utterance dereverberated (manifest
@@ -137,6 +137,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # responses 5 -> 4 and 12 -> 5, one held-out request and two held-out unknown answers lost; seeds 900000: no
         # count changed; model card)
         manifest["silence_withholds"] = silence_withholds
+    if copy_slots:  # the LM's reply copies these slots from what Whisper heard (Responder.copy_forms; session 36)
+        manifest["copy_slots"] = list(copy_slots)
     if asr_dereverb_taps:  # WPE before Whisper (edge_runtime.dereverb)
         manifest["asr_dereverb_taps"] = asr_dereverb_taps
     if withhold_others:  # a reply to "George, crank it up." as Whisper heard it is not said (tuning streams, with the

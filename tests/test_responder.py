@@ -686,3 +686,89 @@ def test_with_name_unprompted_the_name_must_be_heard_again_without_the_prompt():
                     (7.0, "Checking the time.", False, None, lights)], said
     s.withhold_others = False
     assert not s.meant_for_another("Answer when someone talks to you.", ben, audio, {"heard_unprompted": "Ben, what time?"})
+
+
+class ScriptedLM:
+    """A stand-in LM for the responder's decoding: word pieces, and for each reply so far the
+    pieces it likes next, likeliest first (the rest far behind). Its context is the reply's pieces."""
+
+    VOCAB = ["<end>", "Setting", " a", " timer", " for", " one", " an", " hour", " minute", " and", " half", ".",
+             "Turning", " on", " the", " kitchen", " lights"]
+    NEXT = {"": ["Setting"], "Setting": [" a"], "Setting a": [" timer"], "Setting a timer": [" for"],
+            "Setting a timer for": [" one", " an", " a"], "Setting a timer for one": [" hour"],
+            "Setting a timer for one hour": ["."], "Setting a timer for an": [" hour", " minute"],
+            "Setting a timer for a": [" minute", " hour"], "Setting a timer for a minute": [" and", "."],
+            "Setting a timer for a minute and": [" a"], "Setting a timer for a minute and a": [" half"],
+            "Setting a timer for a minute and a half": [" hour", "."]}
+
+    def __init__(self):
+        outer = self
+        self.ids: list[int] = []
+
+        class Cache:
+            @property
+            def length(self):
+                return len(outer.ids)
+
+            def truncate(self, n):
+                del outer.ids[n:]
+
+        self.cache, self.blocks, self.sink_len = Cache(), [], 0
+        self.tokenizer = self  # decode
+
+    def decode(self, ids):
+        return "".join(self.VOCAB[i] for i in ids if i)
+
+    def logits(self):
+        out = np.full(len(self.VOCAB), -10.0)
+        for rank, piece in enumerate(self.NEXT.get(self.decode(self.ids), ["<end>"])):
+            out[self.VOCAB.index(piece)] = 5.0 - rank
+        return out
+
+    def feed(self, ids):
+        self.blocks.append(ids)
+        self.ids += list(ids)
+        return self.logits()
+
+
+def scripted_responder(copy_slots: list[str]) -> Responder:
+    from edge_runtime.responder import copy_forms
+
+    r = object.__new__(Responder)
+    lm = ScriptedLM()
+    r.lm, r._ctx, r.end_id, r.max_tokens = lm, lm, 0, 32
+    r.lm.embed = lambda ids: ids
+    r.lm.token_ids = lambda text: []
+    r.prompt, r._sink_of = "{instruction}|{heard}|", "Help.|"
+    r.copy_forms = copy_forms(["Setting a timer for {duration}.", "Turning on the {room} lights.", "Checking the time."],
+                              copy_slots)
+    return r
+
+
+def test_copy_slots_make_the_reply_copy_its_slot_from_what_was_heard():
+    from edge_runtime.responder import copies, copy_forms
+
+    forms = copy_forms(["Setting a timer for {duration}.", "Turning on the {room} lights.", "Setting the temperature to "
+                        "{temp} degrees.", "Checking the time."], ["room", "duration"])
+    assert forms == [("Setting a timer for ", "."), ("Turning on the ", " lights.")]
+    heard = "wake me up in a minute and a half"
+    assert copies("Setting a timer for a minute and a ha", forms, heard)  # a word still being written
+    assert copies("Setting a timer for a minute and a half.", forms, heard, done=True)
+    assert not copies("Setting a timer for a minute and a half", forms, heard, done=True)  # the form is not finished
+    assert not copies("Setting a timer for one", forms, heard)
+    assert copies("Checking the time.", forms, heard, done=True) and copies("Setting the temperature to 61", forms, heard)
+    assert copies("Turning on the Guest Room l", forms, "make the guest room bright")
+    assert not copies("Turning on the gas room", forms, "make the guest room bright")
+    assert not copies("Setting a timer for  minutes", forms, "give me a shot at the end minutes")  # no word in the slot
+
+    plain, copying = scripted_responder([]), scripted_responder(["duration"])
+    said = "Edge wake me up in a minute and a half"
+    assert plain.reply_with_confidence("Help.", said)[0] == "Setting a timer for one hour."
+    text, confidence = copying.reply_with_confidence("Help.", said)  # " one" is not heard; " an" (and?) leads nowhere
+    assert text == "Setting a timer for a minute and a half."
+    # the constrained decoder's confidence: " a" once " one" and " an" are ruled out is nearly sure; its least sure
+    # token is " minute" over " hour"
+    assert confidence == pytest.approx(1 / (1 + np.exp(-1) + 15 * np.exp(-15)))
+    assert copying._ctx.decode(copying._ctx.ids) == text  # the taken-back tokens are gone from the context too
+    # a number heard in digits may be said in words: nothing is copied then
+    assert copying.reply_with_confidence("Help.", "Edge set a timer for 1 hour")[0] == "Setting a timer for one hour."

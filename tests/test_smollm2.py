@@ -177,6 +177,15 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     assert r.reply("Answer when someone talks to you.", "sam can you turn on the kitchen lights") == ""
     assert r.reply("Transcribe what you hear.", "we're out of coffee") == "we're out of coffee"
     assert r.reply("Tell me if the doorbell goes off.", "edge turn on the kitchen lights") == ""
+    assert "copy_slots" not in m  # opt-in (edge-export responder --copy-slots): the real LM copies what it heard
+    m["copy_slots"] = ["room", "duration", "genre"]
+    (tmp_path / "responder" / "manifest.json").write_text(json.dumps(m))
+    rc = Responder(tmp_path / "responder")
+    said = "hey edge wake me up in a minute and a half"  # a held-out duration: the LM alone writes another one
+    assert r.reply(sc.DEFAULT_INSTRUCTION, said) != rc.reply(sc.DEFAULT_INSTRUCTION, said) == "Setting a timer for a minute and a half."
+    assert rc.reply(sc.DEFAULT_INSTRUCTION, "hey edge turn on the kitchen lights") == "Turning on the kitchen lights."
+    del m["copy_slots"]
+    (tmp_path / "responder" / "manifest.json").write_text(json.dumps(m))
     # edge-train-responder --asr RESPONDER: the training pairs heard as this responder hears (Responder.hear)
     from edge_models.responder import speak_and_transcribe
 
