@@ -477,8 +477,8 @@ class Responder:
             self._sink_of = head
         self._ctx.cache.truncate(self._ctx.sink_len)
         self._ctx.blocks.clear()
-        logits = self._ctx.feed(self.lm.embed(self.lm.token_ids(normalize(heard) + tail)))
         read = normalize(heard)
+        logits = self._ctx.feed(self.lm.embed(self.lm.token_ids(read + tail)))
         if self.copy_forms and not re.search(r"\d", read):  # digits: a slot may say them in words
             return self._copying(np.array(logits), read)
         ids: list[int] = []
@@ -509,7 +509,8 @@ class Responder:
             p = np.exp(logits.astype(np.float64).ravel() - logits.max())
             p /= p.sum()
             nxt, ruled_out = None, 0.0
-            for cand in map(int, np.argsort(-p)[:COPY_TOP]):
+            top = np.argpartition(-p, COPY_TOP)[:COPY_TOP] if p.size > COPY_TOP else np.arange(p.size)
+            for cand in map(int, top[np.argsort(-p[top])]):
                 if cand not in tried and copies(decode(ids + ([] if cand == self.end_id else [cand])).strip(),
                                                 self.copy_forms, read, done=cand == self.end_id):
                     nxt = cand
@@ -517,7 +518,10 @@ class Responder:
                 ruled_out += p[cand]
             if nxt is None and ids and backs < COPY_BACKTRACK:
                 backs += 1
-                ids.pop(), probs.pop(), steps.pop(), self._ctx.blocks.pop()
+                ids.pop()
+                probs.pop()
+                steps.pop()
+                self._ctx.blocks.pop()
                 cache.truncate(base + len(ids))
                 continue
             if nxt is None:
