@@ -125,6 +125,20 @@ def heard_as_name(words: list[str], heard: str | None) -> bool:
     return False
 
 
+def called(words: list[str], heard: str | None) -> bool:
+    """Was one of ``words`` (the assistant's name) heard where one calls someone: first (after
+    a greeting: "Excuse me, Edge. Will it ..."), last ("Cut the music, Edge.") or set off by
+    punctuation on both sides; not inside a sentence ("His voice can end edge too.")?"""
+    toks = _words(heard or "")
+    said = [w for w, _ in toks]
+    for name in (w.split() for w in words):
+        for i in range(len(said) - len(name) + 1):
+            j = i + len(name)
+            if said[i:j] == name and (set(said[:i]) <= _CALLING or j == len(said) or i > 0 and toks[i - 1][1] and toks[j - 1][1]):
+                return True
+    return False
+
+
 def only_the_name(words: list[str], heard: str | None) -> bool:
     """Is all that was heard one of ``words`` (the assistant's name; none: False), greeted or not
     ("Hey Edge.", "Excuse me, Edge")?"""
@@ -245,7 +259,8 @@ class Responder:
     after; default: any), and a reply is said only
     when the LM writes one, Whisper heard one of ``name_words`` (the assistant's name; none
     listed: any) and, when ``rescue_logprob`` is set, Whisper's mean log-probability reached it
-    (``rescue_above`` 0, the default: never; not under repeat instructions); ``confirm_replies``:
+    (``rescue_above`` 0, the default: never; not under repeat instructions), or, with
+    ``rescue_doubtful``, reached that and Whisper heard the name without its prompt too (``sure_enough``); ``confirm_replies``:
     replies of the model that Whisper always hears out (the LM still only under ``ask_below``)
     and that are withheld when it did not hear one of ``name_words`` in the utterance;
     ``reply_forms``: the replies the device can act on ("Turning on the {room} lights.", a ``{slot}``
@@ -293,7 +308,7 @@ class Responder:
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
                    "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
                    "rescue_logprob", "asr_dereverb_taps", "name_unprompted",
-                   "others_unprompted", "reread_below", "reread_beam", "rescue_late", "silence_withholds", "copy_slots")
+                   "others_unprompted", "reread_below", "reread_beam", "rescue_late", "silence_withholds", "copy_slots", "rescue_doubtful")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -338,6 +353,9 @@ class Responder:
             raise BundleError(f"{mpath}: asr_second_beam must be at least 1")
         self.rescue_above, self.rescue_wait = float(raw.get("rescue_above", 0.0)), float(raw.get("rescue_wait", 0.5))
         self.rescue_logprob = None if raw.get("rescue_logprob") is None else float(raw["rescue_logprob"])
+        self.rescue_doubtful = None if raw.get("rescue_doubtful") is None else float(raw["rescue_doubtful"])
+        if self.rescue_doubtful is not None and (self.rescue_logprob is None or self.rescue_doubtful > self.rescue_logprob):
+            raise BundleError(f"{mpath}: rescue_doubtful must be at most rescue_logprob (and needs it)")
         self.rescue_late = None if raw.get("rescue_late") is None else float(raw["rescue_late"])
         if self.rescue_late is not None and self.rescue_late <= 0:
             raise BundleError(f"{mpath}: rescue_late must be above 0 (or absent: any)")
@@ -403,11 +421,19 @@ class Responder:
         """Does speech the model passed over narrowly get a second chance under this instruction?"""
         return self.rescue_above > 0 and instruction not in self.repeat_instructions
 
-    def sure_enough(self, out: dict) -> bool:
+    def sure_enough(self, out: dict, audio: np.ndarray | None = None) -> bool:
         """Did Whisper hear a second chance clearly enough to say the LM's reply to it (``rescue_logprob``)?
-        The speech was passed over by the model, so a name it hears in a doubtful transcript is not enough."""
+        The speech was passed over by the model, so a name it hears in a doubtful transcript is not
+        enough: with ``rescue_doubtful``, a transcript under ``rescue_logprob`` but at least that sure
+        is enough when Whisper hears the name without its prompt too (``unprompted``: the name it
+        makes up is the one the prompt says) and where one calls someone (``called``)."""
         logprob = out.get("asr_logprob")
-        return self.rescue_logprob is None or logprob is not None and logprob >= self.rescue_logprob
+        if self.rescue_logprob is None or logprob is not None and logprob >= self.rescue_logprob:
+            return True
+        if self.rescue_doubtful is None or logprob is None or logprob < self.rescue_doubtful:
+            return False
+        again = self.unprompted(audio, out)
+        return again is not None and self.confirms(again) and called(self.name_words, out.get("heard"))
 
     def confirms(self, heard: str | None) -> bool:
         """Did Whisper hear one of ``name_words`` in the utterance, used as a name (heard_as_name)?"""
@@ -719,7 +745,7 @@ class ResponderWorker:
 
         if rescue is not None:
             heard = out.get("heard")
-            if text and r.sure_enough(out) and not r.only_called(instruction, heard) and not self.answered(voiced) \
+            if text and r.sure_enough(out, audio) and not r.only_called(instruction, heard) and not self.answered(voiced) \
                     and r.named(heard, audio, out) and not r.meant_for_another(instruction, heard, audio, out):  # the LM's reply
                 text = self._grounded(instruction, text, out)
                 self.say(t, text, total_ms(), 0, out.get("lm_confidence", 1.0), model_text="",

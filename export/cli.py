@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rescue-logprob", default="-0.3", metavar="T",
                    help="a second chance's reply is said only when Whisper's mean log-probability reaches T "
                         "(manifest rescue_logprob; default -0.3; none: however sure Whisper was)")
+    r.add_argument("--rescue-doubtful", default="-0.6", metavar="T",
+                   help="a second chance heard less surely than --rescue-logprob but at least T is said when Whisper "
+                        "hears the name without its prompt too, where one calls someone (manifest rescue_doubtful; "
+                        "default -0.6; none: never)")
     r.add_argument("--asr-dereverb-taps", type=int, default=None, metavar="N",
                    help="Whisper hears each utterance dereverberated with N taps (manifest asr_dereverb_taps; 0: as it is; "
                         "default: as the hearing delta was trained)")
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(export_responder(args.lora or DEFAULT_LORA, args.out, args.asr_model, overrule=not args.no_overrule,
                                               ground_numbers=not args.no_ground_numbers, withhold_others=not args.no_withhold_others,
                                               rescue_logprob=_number_or_none(r, "--rescue-logprob", args.rescue_logprob),
+                                              rescue_doubtful=_number_or_none(r, "--rescue-doubtful", args.rescue_doubtful),
                                               asr_second=None if args.asr_second == "none" else args.asr_second,
                                               asr_lora=None if args.asr_lora == "none" else args.asr_lora,
                                               asr_dereverb_taps=args.asr_dereverb_taps,

@@ -30,12 +30,13 @@ def taught_dereverb_taps(asr_lora: str | Path | None) -> int:
 
 
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
-                     version: str = "0.14.0", overrule: bool = True, ground_numbers: bool = True,
+                     version: str = "0.15.0", overrule: bool = True, ground_numbers: bool = True,
                      asr_second: str | None = "base", withhold_others: bool = True, asr_lora: str | Path | None = SHIPPED,
                      rescue_logprob: float | None = -0.3, asr_dereverb_taps: int | None = None,
                      others_unprompted: bool = True, name_unprompted: bool = False,
                      reread_below: float | None = 0.7, rescue_late: float | None = 2.0,
-                     silence_withholds: float | None = 0.7, copy_slots: tuple[str, ...] = ()) -> dict:
+                     silence_withholds: float | None = 0.7, copy_slots: tuple[str, ...] = (),
+                     rescue_doubtful: float | None = -0.6) -> dict:
     """``asr_lora``: a delta from ``edge-train-hearing`` merged into the first recogniser; SHIPPED (the
     default): the one in edge_models when that recogniser is tiny.en; None: Whisper as it ships.
     ``asr_dereverb_taps``: both recognisers hear the utterance dereverberated (manifest
@@ -53,6 +54,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     from edge_models.whisper_tune import DEFAULT_DELTA
 
     out, t0 = Path(out), time.perf_counter()
+    if rescue_doubtful is not None and rescue_logprob is not None and rescue_doubtful > rescue_logprob:
+        raise ValueError(f"rescue_doubtful {rescue_doubtful} must be at most rescue_logprob {rescue_logprob}")
     if asr_lora == SHIPPED:
         asr_lora = DEFAULT_DELTA if asr_model == "tiny.en" else None
     lora = delta_file(lora, "edge-train-responder")  # both deltas now, not after a minute of building the LM
@@ -116,6 +119,10 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # a doubtful transcript is often one it made up ("turn off the porch lights, Kate" -> "..., Edge.");
         # false responses 6 -> 4 (tuning streams) and 3 -> 2 (seeds 900000), no request lost
         manifest["rescue_logprob"] = rescue_logprob
+        if rescue_doubtful is not None:  # or reached this, and Whisper heard the name without its prompt too and where
+            # one calls someone ("Cut the music, Edge.", -0.30; not "His voice can end edge too."). Paced, tuning seeds:
+            # held-out-wording requests +1 and +4, false responses as before (model card, session 37)
+            manifest["rescue_doubtful"] = rescue_doubtful
     # the prompt says the name twice, and Whisper hears it where another name was said ("Ben, what time is it?" ->
     # "Edge, ..."): it hears the utterance again without the prompt (the window's encoding kept, about 40 ms)
     if others_unprompted:  # someone else addressed there withholds the reply (tuning streams, paced: false responses

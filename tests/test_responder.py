@@ -26,7 +26,7 @@ class StandIn:
         self.overrule_logprob, self.overrule_confidence, self.unknown_reply = None, 0.0, "Sorry, I can't do that yet."
         self.ground_numbers, self.withhold_others, self.rescue_logprob, self.rescue_late = False, False, None, None
         self.name_unprompted = self.others_unprompted = False
-        self.silence_withholds = None
+        self.silence_withholds = self.rescue_doubtful = None
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
     rescues, confirms, overrules, trusted = Responder.rescues, Responder.confirms, Responder.overrules, Responder.trusted
@@ -139,14 +139,20 @@ def test_speech_passed_over_narrowly_gets_a_second_chance_once_it_has_ended(tiny
     assert [e for e in events if e["type"] == "stats"][-1]["rescues"] == 1
     # silence from the LM on a second chance says nothing at all, nor does a reply to an utterance
     # in which Whisper did not hear the assistant's name (name_words), nor (rescue_logprob -0.3) one
-    # Whisper heard doubtfully; repeat instructions get none
-    for heard, text, logprob, said in (("edge call mum", "", None, False), ("and call mum", "Sorry, I can't do that yet.", None, False),
-                                       ("edge call mum", "Sorry, I can't do that yet.", -0.45, False),
-                                       ("edge call mum", "Sorry, I can't do that yet.", -0.15, True)):
+    # Whisper heard doubtfully, unless (rescue_doubtful -0.6) it was at least that sure and heard the
+    # name without its prompt too; repeat instructions get none
+    sorry = "Sorry, I can't do that yet."
+    for heard, text, logprob, doubtful, unprompted, said in (
+            ("edge call mum", "", None, None, None, False), ("and call mum", sorry, None, None, None, False),
+            ("edge call mum", sorry, -0.45, None, None, False), ("edge call mum", sorry, -0.15, None, None, True),
+            ("edge call mum", sorry, -0.45, -0.6, "edge call mum", True),
+            ("edge call mum", sorry, -0.45, -0.6, "and call mum", False),
+            ("edge call mum", sorry, -0.65, -0.6, "edge call mum", False)):
         quiet = StandIn(passes_third=False, rescue_above=1e-12)
-        quiet.rescue_logprob = None if logprob is None else -0.3
-        quiet.answer = lambda instruction, audio, lm=True, heard=heard, text=text, lp=logprob: {
-            "text": text, "heard": heard, **({} if lp is None else {"asr_logprob": lp})}
+        quiet.rescue_logprob, quiet.rescue_doubtful = None if logprob is None else -0.3, doubtful
+        quiet.answer = lambda instruction, audio, lm=True, heard=heard, text=text, lp=logprob, again=unprompted: {
+            "text": text, "heard": heard, **({} if lp is None else {"asr_logprob": lp}),
+            **({} if again is None else {"heard_unprompted": again})}
         events = _run(tiny_bundle[0], quiet, audio, respond_at={3})
         later = [e for e in events if e.get("t", 0) > 2.0 and ("rescue" in e or e["type"] == "response.withheld")]
         assert [e["type"] for e in later] == (["response.end"] if said else []), (heard, logprob, later)
@@ -226,6 +232,18 @@ def test_the_name_counts_only_where_it_is_heard_as_a_name():
         assert not heard_as_name(["edge"], heard), heard
     assert heard_as_name([], "anything at all")
     assert heard_as_name(["hey edge"], "Hey Edge, lights on.") and not heard_as_name(["hey edge"], "Edge, lights on.")
+
+
+def test_the_name_is_called_first_last_or_set_off():
+    """called (a doubtful second chance's name, rescue_doubtful): where one calls someone, not
+    inside a sentence."""
+    from edge_runtime.responder import called
+
+    for heard in ("Cut the music, Edge.", "Excuse me, Edge. Will it stay dry?", "Hey Edge put some jazz on",
+                  "it's too loud, would you Edge", "could you, Edge, turn it up", "Edge"):
+        assert called(["edge"], heard), heard
+    for heard in ("His voice can end edge too.", "we edged past the crowd", "the edge of it", "knowledge is power", ""):
+        assert not called(["edge"], heard), heard
 
 
 def test_a_reply_is_withheld_when_whisper_heard_someone_else_addressed():

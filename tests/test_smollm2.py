@@ -160,10 +160,11 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     np.savez(tmp_path / "taught.npz", meta=np.frombuffer(json.dumps({"dereverb_taps": 20}).encode(), np.uint8))
     assert taught_dereverb_taps(tmp_path / "taught.npz") == 20
     asr = json.loads((tmp_path / "responder" / "asr" / "manifest.json").read_text())
-    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.14.0"
+    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.15.0"
     r = Responder(tmp_path / "responder")
     assert (r.overrule_logprob, r.overrule_confidence) == (-0.3, 0.5)  # the shipped policy (0.5.0 on)
     assert r.ground_numbers and r.rescue_logprob == -0.3  # 0.9.0 on
+    assert r.rescue_doubtful == -0.6  # 0.15.0 on
     assert r.others_unprompted and not r.name_unprompted  # 0.10.0 on
     assert (r.reread_below, r.reread_beam) == (0.7, 5)  # 0.11.0 on
     assert r.rescue_late == 2.0  # 0.12.0 on

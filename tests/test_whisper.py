@@ -216,7 +216,9 @@ def test_responder_transcribes_the_utterance_and_prompts_its_lm_with_a_cached_in
                      (lambda m: m.update(reply_forms=["Checking the time."]), "reply_forms and ground_numbers need an unknown_reply"),
                      (lambda m: m.update(ground_numbers=True), "reply_forms and ground_numbers need an unknown_reply"),
                      (lambda m: m.update(asr_beam=0), "asr_beam must be at least 1"),
-                     (lambda m: m.update(asr_dereverb_taps=-1), "asr_dereverb_taps must be 0")):
+                     (lambda m: m.update(asr_dereverb_taps=-1), "asr_dereverb_taps must be 0"),
+                     (lambda m: m.update(rescue_doubtful=-0.5), "rescue_doubtful must be at most rescue_logprob"),
+                     (lambda m: m.update(rescue_logprob=-0.3, rescue_doubtful=-0.2), "rescue_doubtful must be at most")):
         m = dict(manifest)
         bad(m)
         (rdir / "manifest.json").write_text(json.dumps(m))
