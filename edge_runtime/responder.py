@@ -128,13 +128,16 @@ def heard_as_name(words: list[str], heard: str | None) -> bool:
 def called(words: list[str], heard: str | None) -> bool:
     """Was one of ``words`` (the assistant's name) heard where one calls someone: first (after
     a greeting: "Excuse me, Edge. Will it ..."), last ("Cut the music, Edge.") or set off by
-    punctuation on both sides; not inside a sentence ("His voice can end edge too.")?"""
+    punctuation on both sides; not inside a sentence ("His voice can end edge too.")? None: True."""
+    if not words:
+        return True
     toks = _words(heard or "")
     said = [w for w, _ in toks]
     for name in (w.split() for w in words):
         for i in range(len(said) - len(name) + 1):
             j = i + len(name)
-            if said[i:j] == name and (set(said[:i]) <= _CALLING or j == len(said) or i > 0 and toks[i - 1][1] and toks[j - 1][1]):
+            set_off = i > 0 and toks[i - 1][1] and toks[j - 1][1]
+            if said[i:j] == name and (set(said[:i]) <= _CALLING or j == len(said) or set_off):
                 return True
     return False
 
@@ -260,7 +263,8 @@ class Responder:
     when the LM writes one, Whisper heard one of ``name_words`` (the assistant's name; none
     listed: any) and, when ``rescue_logprob`` is set, Whisper's mean log-probability reached it
     (``rescue_above`` 0, the default: never; not under repeat instructions), or, with
-    ``rescue_doubtful``, reached that and Whisper heard the name without its prompt too (``sure_enough``); ``confirm_replies``:
+    ``rescue_doubtful``, reached that and Whisper heard the name without its prompt too, where one
+    calls someone (``sure_enough``); ``confirm_replies``:
     replies of the model that Whisper always hears out (the LM still only under ``ask_below``)
     and that are withheld when it did not hear one of ``name_words`` in the utterance;
     ``reply_forms``: the replies the device can act on ("Turning on the {room} lights.", a ``{slot}``
@@ -308,7 +312,8 @@ class Responder:
                    "unknown_reply", "overrule_logprob", "overrule_confidence", "ground_numbers", "asr_second",
                    "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
                    "rescue_logprob", "asr_dereverb_taps", "name_unprompted",
-                   "others_unprompted", "reread_below", "reread_beam", "rescue_late", "silence_withholds", "copy_slots", "rescue_doubtful")
+                   "others_unprompted", "reread_below", "reread_beam", "rescue_late", "silence_withholds", "copy_slots",
+                   "rescue_doubtful")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -354,7 +359,8 @@ class Responder:
         self.rescue_above, self.rescue_wait = float(raw.get("rescue_above", 0.0)), float(raw.get("rescue_wait", 0.5))
         self.rescue_logprob = None if raw.get("rescue_logprob") is None else float(raw["rescue_logprob"])
         self.rescue_doubtful = None if raw.get("rescue_doubtful") is None else float(raw["rescue_doubtful"])
-        if self.rescue_doubtful is not None and (self.rescue_logprob is None or self.rescue_doubtful > self.rescue_logprob):
+        if self.rescue_doubtful is not None and (self.rescue_logprob is None
+                                                 or self.rescue_doubtful > self.rescue_logprob):
             raise BundleError(f"{mpath}: rescue_doubtful must be at most rescue_logprob (and needs it)")
         self.rescue_late = None if raw.get("rescue_late") is None else float(raw["rescue_late"])
         if self.rescue_late is not None and self.rescue_late <= 0:
@@ -745,8 +751,8 @@ class ResponderWorker:
 
         if rescue is not None:
             heard = out.get("heard")
-            if text and r.sure_enough(out, audio) and not r.only_called(instruction, heard) and not self.answered(voiced) \
-                    and r.named(heard, audio, out) and not r.meant_for_another(instruction, heard, audio, out):  # the LM's reply
+            if text and not r.only_called(instruction, heard) and not self.answered(voiced) and r.named(heard, audio, out) \
+                    and r.sure_enough(out, audio) and not r.meant_for_another(instruction, heard, audio, out):  # the LM's reply
                 text = self._grounded(instruction, text, out)
                 self.say(t, text, total_ms(), 0, out.get("lm_confidence", 1.0), model_text="",
                          rescue=round(rescue, 4), said_by="responder", **out)

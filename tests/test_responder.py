@@ -244,6 +244,7 @@ def test_the_name_is_called_first_last_or_set_off():
         assert called(["edge"], heard), heard
     for heard in ("His voice can end edge too.", "we edged past the crowd", "the edge of it", "knowledge is power", ""):
         assert not called(["edge"], heard), heard
+    assert called([], "anything at all")  # no name to place: as heard_as_name
 
 
 def test_a_reply_is_withheld_when_whisper_heard_someone_else_addressed():
