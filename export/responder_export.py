@@ -121,7 +121,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         manifest["rescue_logprob"] = rescue_logprob
         if rescue_doubtful is not None:  # or reached this, and Whisper heard the name without its prompt too and where
             # one calls someone ("Cut the music, Edge.", -0.30; not "His voice can end edge too."). Paced, tuning seeds:
-            # held-out-wording requests +1 and +4, false responses as before (model card, session 37)
+            # held-out-wording requests +1 and +4, false responses as before; seeds 900000 +1, false as before; 108
+            # acceptance streams +2 and +7 requests, one more near miss answered with the Sorry (model card, session 37)
             manifest["rescue_doubtful"] = rescue_doubtful
     # the prompt says the name twice, and Whisper hears it where another name was said ("Ben, what time is it?" ->
     # "Edge, ..."): it hears the utterance again without the prompt (the window's encoding kept, about 40 ms)
