@@ -104,42 +104,42 @@ def _words(heard: str) -> list[tuple[str, bool]]:
             for i, t in enumerate(toks) if t[0].isalnum() or t[0] in "'_"]
 
 
+def _name_where(words: list[str], heard: str | None, fits) -> bool:
+    """Was one of ``words`` (normalized words or phrases; none: True) heard at a place where
+    ``fits(toks, said, i, j)`` (``_words``' tokens, the words alone, the name's span ``said[i:j]``)?"""
+    if not words:
+        return True
+    toks = _words(heard or "")
+    said = [w for w, _ in toks]
+    return any(said[i : i + len(name)] == name and fits(toks, said, i, i + len(name))
+               for name in (w.split() for w in words) for i in range(len(said) - len(name) + 1))
+
+
+def _as_name(toks: list[tuple[str, bool]], said: list[str], i: int, j: int) -> bool:
+    if i > 0 and said[i - 1] in _NOUN_BEFORE or j < len(said) and said[j] == "of":
+        return False
+    subject = j + 1 < len(said) and not toks[j - 1][1] and said[j] in _VERB_AFTER and said[j + 1] not in _ASKED \
+        and (i == 0 or said[i - 1] not in _CALLING)
+    return not subject
+
+
 def heard_as_name(words: list[str], heard: str | None) -> bool:
     """Was one of ``words`` (normalized words or phrases; none: True) heard *as a name*: not after
     an article, a possessive or a preposition ("the edge", "the water's edge", "on edge"), not
     before "of" ("edge of the table") and not as the subject of a verb ("Edge is coming round",
     but "Edge, is it ...", "Edge is it ..." and "Hey Edge is ..." call it)?"""
-    if not words:
-        return True
-    toks = _words(heard or "")
-    said = [w for w, _ in toks]
-    for name in (w.split() for w in words):
-        for i in range(len(said) - len(name) + 1):
-            j = i + len(name)
-            if said[i:j] != name or i > 0 and said[i - 1] in _NOUN_BEFORE or j < len(said) and said[j] == "of":
-                continue
-            subject = j + 1 < len(said) and not toks[j - 1][1] and said[j] in _VERB_AFTER and said[j + 1] not in _ASKED \
-                and (i == 0 or said[i - 1] not in _CALLING)
-            if not subject:
-                return True
-    return False
+    return _name_where(words, heard, _as_name)
+
+
+def _calling(toks: list[tuple[str, bool]], said: list[str], i: int, j: int) -> bool:
+    return set(said[:i]) <= _CALLING or j == len(said) or i > 0 and toks[i - 1][1] and toks[j - 1][1]
 
 
 def called(words: list[str], heard: str | None) -> bool:
-    """Was one of ``words`` (the assistant's name) heard where one calls someone: first (after
-    a greeting: "Excuse me, Edge. Will it ..."), last ("Cut the music, Edge.") or set off by
-    punctuation on both sides; not inside a sentence ("His voice can end edge too.")? None: True."""
-    if not words:
-        return True
-    toks = _words(heard or "")
-    said = [w for w, _ in toks]
-    for name in (w.split() for w in words):
-        for i in range(len(said) - len(name) + 1):
-            j = i + len(name)
-            set_off = i > 0 and toks[i - 1][1] and toks[j - 1][1]
-            if said[i:j] == name and (set(said[:i]) <= _CALLING or j == len(said) or set_off):
-                return True
-    return False
+    """Was one of ``words`` (the assistant's name; none: True) heard where one calls someone: first
+    (after a greeting: "Excuse me, Edge. Will it ..."), last ("Cut the music, Edge.") or set off by
+    punctuation on both sides; not inside a sentence ("His voice can end edge too.")?"""
+    return _name_where(words, heard, _calling)
 
 
 def only_the_name(words: list[str], heard: str | None) -> bool:
