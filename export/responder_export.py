@@ -30,7 +30,7 @@ def taught_dereverb_taps(asr_lora: str | Path | None) -> int:
 
 
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
-                     version: str = "0.15.0", overrule: bool = True, ground_numbers: bool = True,
+                     version: str = "0.16.0", overrule: bool = True, ground_numbers: bool = True,
                      asr_second: str | None = "base", withhold_others: bool = True, asr_lora: str | Path | None = SHIPPED,
                      rescue_logprob: float | None = -0.3, asr_dereverb_taps: int | None = None,
                      others_unprompted: bool = True, name_unprompted: bool = False,

@@ -27,6 +27,7 @@ repository carries ~5 MB; ``edge-export responder`` merges it into the SmolLM2 w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -133,6 +134,21 @@ def examples(seed: int, n: int, split: str, modes: dict[str, float] = MODES) -> 
             out.append((instr, said, SILENT, "ignore"))
         else:
             out.append((instr, said, reply, kind))
+    return out
+
+
+def contrasts(seed: int, n: int, split: str) -> list[tuple[str, str, str, str]]:
+    """n addressed requests, each twice: under an alerts instruction (silence: speech is never an
+    alert) and under a combined one that names the same sounds (the reply): a check set (the
+    training report's ``alerts_contrast``). The two share their last words ("... let me know if you
+    hear the doorbell."), so only the words that ask for answers tell them apart; the LM with
+    dynamic int8 activations answered 14 of 60 under the alerts instruction (fp32: none)."""
+    rng = random.Random(f"contrast:{seed}")
+    out = []
+    for said, reply, kind in pairs(seed, n, split, addressed_share=1.0):
+        x = sc.join_names([rng.choice(sc.SOUND_NAMES[c]) for c in rng.sample(sc.SOUND_CLASSES, rng.randint(1, 3))])
+        out.append((rng.choice(sc.INSTRUCTIONS["alerts"]).format(x=x), said, SILENT, "ignore"))
+        out.append((rng.choice(sc.INSTRUCTIONS["combined"]).format(x=x), said, reply, kind))
     return out
 
 
@@ -318,8 +334,16 @@ def take_step(opt, params: list, loss, step: int, steps: int, t0: float) -> None
         print(f"  step {step + 1}/{steps}: loss {loss.item():.3f} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
 
 
-def score(lm: TextLM, tests: dict[str, list], keep: int = 4) -> dict:
-    """Exact target text per kind, per test set (tuples of (*prompt inputs, target, kind))."""
+@dataclasses.dataclass
+class TextReplies:
+    """A runtime Responder's LM as ``score`` asks it: ``answer(instruction, heard)``."""
+
+    answer: object
+
+
+def score(lm, tests: dict[str, list], keep: int = 4) -> dict:
+    """Exact target text per kind, per test set (tuples of (*prompt inputs, target, kind)); ``lm``:
+    a TextLM, or anything whose ``answer(*inputs)`` replies (a runtime Responder's LM)."""
     out = {}
     for name, items in tests.items():
         by_kind: dict[str, list[bool]] = {}
@@ -362,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="train nothing: write the mean of these deltas (draws from one start), cut back to --rank")
     ap.add_argument("--check", metavar="DELTA",
                     help="train nothing: score this delta on the --test check sets (WORK/check.json)")
+    ap.add_argument("--check-bundle", metavar="RESPONDER",
+                    help="train nothing: score a responder bundle's LM as the runtime runs it (int8 ONNX) on the check "
+                         "sets (WORK/check_bundle.json): what quantization changed against --check of its delta")
     ap.add_argument("--seed", type=int, default=0,
                     help="the batch order (the pairs and the LoRA's start stay the same, so draws can be averaged)")
     ap.add_argument("--threads", type=int, default=2)
@@ -384,7 +411,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     tests = {"training_wording": read_as(examples(3, a.test, "train")),
              "heldout_wording": read_as(examples(2, a.test, "heldout")),
-             "heldout2_wording": read_as(examples(2, a.test, "heldout2"))}
+             "heldout2_wording": read_as(examples(2, a.test, "heldout2")),
+             "alerts_contrast": read_as(contrasts(3, a.test // 2, "train"))}
+    if a.check_bundle:
+        from edge_runtime.bundle import BundleError
+        from edge_runtime.responder import Responder
+
+        try:
+            r = Responder(a.check_bundle)
+        except (BundleError, OSError, ValueError) as e:
+            print(f"edge-train-responder: error: {e}", file=sys.stderr)
+            return 2
+        check = score(TextReplies(r.reply), tests)
+        (work / "check_bundle.json").write_text(json.dumps({"responder": str(a.check_bundle), "version": r.raw.get("version"),
+                                                            "check": check}, indent=2))
+        print(json.dumps(shares(check)))
+        return 0
     if a.check:
         _, tok, info = load_smollm2()
         try:

@@ -60,6 +60,21 @@ def test_int8_agreement(tiny_bundle):
     assert cands["weight-only"]["partition_drift"] <= 1e-5 < cands["dynamic"]["partition_drift"]
 
 
+def test_scheme_choice_prefers_the_graph_that_least_depends_on_the_split():
+    from edge_export.pipeline import pick_scheme
+
+    def c(drift, top1, ms, invariant=False):
+        return {"partition_drift": drift, "partition_invariant": invariant, "teacher_forced_top1": top1, "ms_per_step": ms}
+
+    # the responder's SmolLM2-135M (verify.json of responder 0.15.0): same top-1, dynamic faster but 18x the drift
+    assert pick_scheme({"weight-only": c(0.615, 0.958, 7.4), "dynamic": c(10.9, 0.958, 5.0)}, 0.025) == "weight-only"
+    # drifts alike: the most accurate, and within the margin the fastest
+    assert pick_scheme({"weight-only": c(0.6, 0.958, 7.4), "dynamic": c(0.9, 0.958, 5.0)}, 0.025) == "dynamic"
+    assert pick_scheme({"weight-only": c(0.6, 0.99, 7.4), "dynamic": c(0.9, 0.90, 5.0)}, 0.025) == "weight-only"
+    # an invariant scheme beats any that is not
+    assert pick_scheme({"weight-only": c(1e-6, 0.9, 7.4, True), "dynamic": c(0.2, 1.0, 5.0)}, 0.025) == "weight-only"
+
+
 def test_graphs_do_the_work_the_loop_needs_only(tiny_bundle):
     """Logits for the last position only; no embedding table in the decoder; lm_head quantized."""
     path, _ = tiny_bundle

@@ -139,7 +139,8 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     work = tmp_path / "train"
     assert train_responder(["--work", str(work), "--train", "24", "--test", "2", "--steps", "2", "--batch", "4", "--threads", "2"]) == 0
     report = json.loads((work / "report.json").read_text())
-    assert report["steps"] == 2 and set(report["check"]) == {"training_wording", "heldout_wording", "heldout2_wording"}
+    assert report["steps"] == 2 and set(report["check"]) == {"training_wording", "heldout_wording", "heldout2_wording",
+                                                                "alerts_contrast"}
     assert np.load(work / "responder-lora.npz")["model.layers.0.self_attn.q_proj.A"].shape == (8, 576)
     assert train_responder(["--work", str(work), "--check", str(DEFAULT_LORA), "--test", "4", "--threads", "2"]) == 0
     check = json.loads((work / "check.json").read_text())  # a delta scored on the check sets, nothing trained
@@ -160,7 +161,7 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     np.savez(tmp_path / "taught.npz", meta=np.frombuffer(json.dumps({"dereverb_taps": 20}).encode(), np.uint8))
     assert taught_dereverb_taps(tmp_path / "taught.npz") == 20
     asr = json.loads((tmp_path / "responder" / "asr" / "manifest.json").read_text())
-    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.15.0"
+    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.16.0"
     r = Responder(tmp_path / "responder")
     assert (r.overrule_logprob, r.overrule_confidence) == (-0.3, 0.5)  # the shipped policy (0.5.0 on)
     assert r.ground_numbers and r.rescue_logprob == -0.3  # 0.9.0 on
@@ -178,6 +179,15 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     assert r.reply("Answer when someone talks to you.", "sam can you turn on the kitchen lights") == ""
     assert r.reply("Transcribe what you hear.", "we're out of coffee") == "we're out of coffee"
     assert r.reply("Tell me if the doorbell goes off.", "edge turn on the kitchen lights") == ""
+    # the LM's int8 is weight-only (0.16.0 on): with dynamic activation scales it answered this (alerts_contrast)
+    lm = json.loads((tmp_path / "responder" / "lm" / "verify.json").read_text())["int8"]
+    assert lm["chosen"] == "weight-only", lm
+    assert r.reply("Let me know if you hear someone knocking.", "okay edge what's the forecast") == ""
+    # the exported LM scored as the runtime runs it, on the check sets the training report uses
+    assert train_responder(["--work", str(work), "--check-bundle", str(tmp_path / "responder"), "--test", "4"]) == 0
+    bundle_check = json.loads((work / "check_bundle.json").read_text())
+    assert set(bundle_check["check"]) == set(report["check"]) and bundle_check["version"] == "0.16.0"
+    assert train_responder(["--work", str(work), "--check-bundle", str(tmp_path / "missing")]) == 2
     assert "copy_slots" not in m  # opt-in (edge-export responder --copy-slots): the real LM copies what it heard
     m["copy_slots"] = ["room", "duration", "genre"]
     (tmp_path / "responder" / "manifest.json").write_text(json.dumps(m))
