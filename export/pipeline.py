@@ -37,9 +37,9 @@ from .torch_export import export_concat_decoder, export_encoder
 log = logging.getLogger(__name__)
 
 DECODER_FILES = {"shared": "decoder_shared.onnx", "concat": "decoder.onnx"}
-
-
 DRIFT_FACTOR = 2.0  # no int8 scheme partition-invariant: those within this of the least drift are eligible
+
+
 ENCODER_PRECISIONS = ("auto", "int8", "fp32", "fp16")
 
 

@@ -27,11 +27,11 @@ repository carries ~5 MB; ``edge-export responder`` merges it into the SmolLM2 w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -334,13 +334,6 @@ def take_step(opt, params: list, loss, step: int, steps: int, t0: float) -> None
         print(f"  step {step + 1}/{steps}: loss {loss.item():.3f} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
 
 
-@dataclasses.dataclass
-class TextReplies:
-    """A runtime Responder's LM as ``score`` asks it: ``answer(instruction, heard)``."""
-
-    answer: object
-
-
 def score(lm, tests: dict[str, list], keep: int = 4) -> dict:
     """Exact target text per kind, per test set (tuples of (*prompt inputs, target, kind)); ``lm``:
     a TextLM, or anything whose ``answer(*inputs)`` replies (a runtime Responder's LM)."""
@@ -404,11 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-train-responder: the mean of {len(a.average)} deltas, rank {a.rank} -> {work / 'responder-lora.npz'}",
               file=sys.stderr)
         return 0
-    import torch
-
-    from .smollm2 import load_smollm2, provenance
-
-    torch.set_num_threads(a.threads)
     tests = {"training_wording": read_as(examples(3, a.test, "train")),
              "heldout_wording": read_as(examples(2, a.test, "heldout")),
              "heldout2_wording": read_as(examples(2, a.test, "heldout2")),
@@ -422,11 +410,16 @@ def main(argv: list[str] | None = None) -> int:
         except (BundleError, OSError, ValueError) as e:
             print(f"edge-train-responder: error: {e}", file=sys.stderr)
             return 2
-        check = score(TextReplies(r.reply), tests)
+        check = score(types.SimpleNamespace(answer=r.reply), tests)  # the LM as score() asks a TextLM
         (work / "check_bundle.json").write_text(json.dumps({"responder": str(a.check_bundle), "version": r.raw.get("version"),
                                                             "check": check}, indent=2))
         print(json.dumps(shares(check)))
         return 0
+    import torch
+
+    from .smollm2 import load_smollm2, provenance
+
+    torch.set_num_threads(a.threads)
     if a.check:
         _, tok, info = load_smollm2()
         try:
