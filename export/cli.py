@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--name-unprompted", action="store_true",
                    help="a second chance or the model's Sorry is said only when Whisper hears the name without its prompt "
                         "too (manifest name_unprompted; fewer false responses, as many right answers lost)")
-    r.add_argument("--reread-below", default="0.7", metavar="C",
+    r.add_argument("--reread-below", default="0.8", metavar="C",
                    help="an LM reply of confidence under C is weighed against Whisper's other readings of the utterance "
-                        "(manifest reread_below; default 0.7; none: never)")
+                        "(manifest reread_below; default 0.8; none: never)")
     r.add_argument("--rescue-late", default="2.0", metavar="S",
                    help="a second chance is given up when the speech goes on more than S seconds after the loop armed it "
                         "(manifest rescue_late; default 2.0; none: handed over 5 s after arming at the latest)")

@@ -161,13 +161,17 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     np.savez(tmp_path / "taught.npz", meta=np.frombuffer(json.dumps({"dereverb_taps": 20}).encode(), np.uint8))
     assert taught_dereverb_taps(tmp_path / "taught.npz") == 20
     asr = json.loads((tmp_path / "responder" / "asr" / "manifest.json").read_text())
-    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.16.0"
+    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.17.0"
     r = Responder(tmp_path / "responder")
     assert (r.overrule_logprob, r.overrule_confidence) == (-0.3, 0.5)  # the shipped policy (0.5.0 on)
     assert r.ground_numbers and r.rescue_logprob == -0.3  # 0.9.0 on
     assert r.rescue_doubtful == -0.6  # 0.15.0 on
     assert r.others_unprompted and not r.name_unprompted  # 0.10.0 on
-    assert (r.reread_below, r.reread_beam) == (0.7, 5)  # 0.11.0 on
+    assert (r.reread_below, r.reread_beam) == (0.8, 5)  # 0.11.0 on (0.7 until 0.16.0)
+    # the near miss "hedge the bet a little" heard so: the weight-only LM answers it 0.75 sure, under 0.8, so the
+    # reply is weighed against Whisper's other readings ("Hedge the bet a little.": no request)
+    text, confidence = r.written("Answer when someone talks to you.", "Edge, the bed a little.")
+    assert text and 0.7 <= confidence < r.reread_below, (text, confidence)
     assert r.rescue_late == 2.0  # 0.12.0 on
     assert r.silence_withholds == 0.7 and r.declines("Answer when someone talks to you.", "", {  # 0.13.0 on
         "heard": "We walked along the water, Edge.", "lm_confidence": 0.998})
@@ -186,7 +190,7 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     # the exported LM scored as the runtime runs it, on the check sets the training report uses
     assert train_responder(["--work", str(work), "--check-bundle", str(tmp_path / "responder"), "--test", "4"]) == 0
     bundle_check = json.loads((work / "check_bundle.json").read_text())
-    assert set(bundle_check["check"]) == set(report["check"]) and bundle_check["version"] == "0.16.0"
+    assert set(bundle_check["check"]) == set(report["check"]) and bundle_check["version"] == "0.17.0"
     assert train_responder(["--work", str(work), "--check-bundle", str(tmp_path / "missing")]) == 2
     assert "copy_slots" not in m  # opt-in (edge-export responder --copy-slots): the real LM copies what it heard
     m["copy_slots"] = ["room", "duration", "genre"]
