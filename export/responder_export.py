@@ -136,7 +136,7 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # (beam 5): "the grudge lights" -> "the garage lights". Paced, held-out-wording requests 122 -> 125 (tuning
         # seeds), 101 -> 105 (seeds 900000), 125 -> 124 (acceptance streams); p90 latency +0.4-0.5 s (model card).
         # 0.8 since 0.17.0: the weight-only LM (0.16.0) is surer of replies it should reread ("Edge, the bed a
-        # little." -> "Turning the volume down." 0.75). Paced, three sets of tuning seeds: 1305 requests plus honest
+        # little." -> "Turning the volume down." 0.73). Paced, three sets of tuning seeds: 1305 requests plus honest
         # unknown answers against 1304 at 0.7, false responses 7 against 10 (model card, session 39)
         manifest["reread_below"] = reread_below
     if rescue_late is not None:  # a second chance whose speech ran on more than 2 s after the loop armed is not handed

@@ -168,7 +168,7 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     assert r.rescue_doubtful == -0.6  # 0.15.0 on
     assert r.others_unprompted and not r.name_unprompted  # 0.10.0 on
     assert (r.reread_below, r.reread_beam) == (0.8, 5)  # 0.11.0 on (0.7 until 0.16.0)
-    # the near miss "hedge the bet a little" heard so: the weight-only LM answers it 0.75 sure, under 0.8, so the
+    # the near miss "hedge the bet a little" heard so: the weight-only LM answers it 0.73 sure, under 0.8, so the
     # reply is weighed against Whisper's other readings ("Hedge the bet a little.": no request)
     text, confidence = r.written("Answer when someone talks to you.", "Edge, the bed a little.")
     assert text and 0.7 <= confidence < r.reread_below, (text, confidence)
