@@ -276,6 +276,9 @@ class Responder:
     model's when Whisper's mean log-probability and the LM's confidence reach these and the LM
     wrote a reply of the device's forms other than ``unknown_reply`` (unset, the default: the
     model's sure replies are said at once; set, every reply waits for Whisper and the LM);
+    ``sorry_overrule_logprob``: over the model's ``unknown_reply`` (the words it could not place)
+    Whisper's mean log-probability need only reach this, at most ``overrule_logprob`` (default:
+    unset, the same bar);
     ``ground_numbers``: a reply Whisper heard out (any but a sure one of the model's without
     ``overrule``) that names a number Whisper did not hear ("Setting the temperature to 61
     degrees." to "Pay the electricity bill.") is said as ``unknown_reply``: the device never acts
@@ -313,7 +316,7 @@ class Responder:
                    "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
                    "rescue_logprob", "asr_dereverb_taps", "name_unprompted",
                    "others_unprompted", "reread_below", "reread_beam", "rescue_late", "silence_withholds", "copy_slots",
-                   "rescue_doubtful")
+                   "rescue_doubtful", "sorry_overrule_logprob")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -388,6 +391,10 @@ class Responder:
             raise BundleError(f"{mpath}: rescue_above must be in [0, 1) and rescue_wait >= 0")
         self.overrule_logprob = None if raw.get("overrule_logprob") is None else float(raw["overrule_logprob"])
         self.overrule_confidence = float(raw.get("overrule_confidence", 0.0))
+        self.sorry_overrule_logprob = None if raw.get("sorry_overrule_logprob") is None else float(raw["sorry_overrule_logprob"])
+        if self.sorry_overrule_logprob is not None and (self.overrule_logprob is None
+                                                       or self.sorry_overrule_logprob > self.overrule_logprob):
+            raise BundleError(f"{mpath}: sorry_overrule_logprob must be at most overrule_logprob (and needs it)")
         self.on_silence = raw.get("on_silence", "withhold")
         if self.on_silence not in ("withhold", "model"):
             raise BundleError(f"{mpath}: on_silence: {self.on_silence!r} is not withhold or model")
@@ -409,11 +416,16 @@ class Responder:
         return (self.overrule_logprob is not None and instruction not in self.repeat_instructions
                 and text not in self.pass_through and not self.asks(instruction, text, confidence))
 
-    def trusted(self, out: dict, text: str) -> bool:
-        """Is the LM's reply ``text`` (after the reply forms) to say instead of a sure reply of the model?"""
+    def trusted(self, out: dict, text: str, model_text: str = "") -> bool:
+        """Is the LM's reply ``text`` (after the reply forms) to say instead of ``model_text``, a sure
+        reply of the model? Over the model's ``unknown_reply`` (it could not place the words) Whisper
+        needs only ``sorry_overrule_logprob`` when that is set."""
         logprob = out.get("asr_logprob")
+        bar = self.overrule_logprob
+        if self.sorry_overrule_logprob is not None and model_text and model_text == self.unknown_reply:
+            bar = self.sorry_overrule_logprob
         return bool(text) and text != self.unknown_reply and logprob is not None \
-            and logprob >= self.overrule_logprob and out.get("lm_confidence", 0.0) >= self.overrule_confidence
+            and logprob >= bar and out.get("lm_confidence", 0.0) >= self.overrule_confidence
 
     def grounded(self, instruction: str, text: str, heard: str | None) -> str:
         """``text``, or ``unknown_reply`` when it names a number Whisper did not hear (``ground_numbers``;
@@ -758,7 +770,7 @@ class ResponderWorker:
                          rescue=round(rescue, 4), said_by="responder", **out)
             return
         declined = ask and r.declines(instruction, text, out)  # the LM's own silence, not an untrusted reply's
-        if overrule and not r.trusted(out, text):
+        if overrule and not r.trusted(out, text, model_text):
             text = ""  # the model was sure, and the LM's reply is not trusted over it
         heard = out.get("heard")
         # under repeat instructions, Whisper heard the utterance out and found no words: nothing to write down

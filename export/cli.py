@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--reread-below", default="0.8", metavar="C",
                    help="an LM reply of confidence under C is weighed against Whisper's other readings of the utterance "
                         "(manifest reread_below; default 0.8; none: never)")
+    r.add_argument("--sorry-overrule-logprob", default="-0.6", metavar="T",
+                   help="the LM's reply is said over the model's sure Sorry when Whisper's mean log-probability reaches T "
+                        "(manifest sorry_overrule_logprob; default -0.6; none: overrule_logprob, -0.3, for every reply)")
     r.add_argument("--rescue-late", default="2.0", metavar="S",
                    help="a second chance is given up when the speech goes on more than S seconds after the loop armed it "
                         "(manifest rescue_late; default 2.0; none: handed over 5 s after arming at the latest)")
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                                               reread_below=_number_or_none(r, "--reread-below", args.reread_below),
                                               silence_withholds=_number_or_none(r, "--silence-withholds", args.silence_withholds),
                                               rescue_late=_number_or_none(r, "--rescue-late", args.rescue_late),
+                                              sorry_overrule_logprob=_number_or_none(r, "--sorry-overrule-logprob",
+                                                                                     args.sorry_overrule_logprob),
                                               copy_slots=tuple(x for x in args.copy_slots.split(",") if x)),
                              indent=2, default=str))
         elif args.cmd == "whisper":

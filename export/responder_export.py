@@ -30,13 +30,13 @@ def taught_dereverb_taps(asr_lora: str | Path | None) -> int:
 
 
 def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.en", max_context: int = 512,
-                     version: str = "0.17.0", overrule: bool = True, ground_numbers: bool = True,
+                     version: str = "0.18.0", overrule: bool = True, ground_numbers: bool = True,
                      asr_second: str | None = "base", withhold_others: bool = True, asr_lora: str | Path | None = SHIPPED,
                      rescue_logprob: float | None = -0.3, asr_dereverb_taps: int | None = None,
                      others_unprompted: bool = True, name_unprompted: bool = False,
                      reread_below: float | None = 0.8, rescue_late: float | None = 2.0,
                      silence_withholds: float | None = 0.7, copy_slots: tuple[str, ...] = (),
-                     rescue_doubtful: float | None = -0.6) -> dict:
+                     rescue_doubtful: float | None = -0.6, sorry_overrule_logprob: float | None = -0.6) -> dict:
     """``asr_lora``: a delta from ``edge-train-hearing`` merged into the first recogniser; SHIPPED (the
     default): the one in edge_models when that recogniser is tiny.en; None: Whisper as it ships.
     ``asr_dereverb_taps``: both recognisers hear the utterance dereverberated (manifest
@@ -111,6 +111,11 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
         # is sure (acceptance streams, paced: held-out-wording requests 65 -> 75 of 164, training wording 168 -> 166,
         # median latency 0.46 -> 0.69 s; README model card)
         manifest |= {"overrule_logprob": -0.3, "overrule_confidence": 0.5}
+        if sorry_overrule_logprob is not None:  # over the model's sure Sorry (words it could not place) Whisper needs
+            # only this: "I'm chilly, put it on seventy seven" heard word for word at -0.38, the LM 0.99 sure of "Setting
+            # the temperature to 77 degrees." (paced, tuning seeds: 452 against 451 requests plus honest unknown
+            # answers, false 1 against 1; seeds 900000: 427 against 425, false 4 against 4; model card, session 39)
+            manifest["sorry_overrule_logprob"] = sorry_overrule_logprob
     if ground_numbers:  # never act on a number Whisper did not hear. Off until 0.9.0: tiny.en as it ships misheard
         # numbers the model got right (acceptance streams, paced, 0.3.0: training-wording requests 166 -> 161); with
         # the hearing delta it lost none on the tuning streams or seeds 900000 (held-out unknown 6 -> 7 and 10 -> 10)

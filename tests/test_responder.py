@@ -24,6 +24,7 @@ class StandIn:
         self.repeat_instructions, self.repeat_below = {"Transcribe what you hear."}, 0.5
         self.rescue_above, self.rescue_wait, self.name_words, self.confirm_replies = rescue_above, 0.5, ["edge"], set()
         self.overrule_logprob, self.overrule_confidence, self.unknown_reply = None, 0.0, "Sorry, I can't do that yet."
+        self.sorry_overrule_logprob = None
         self.ground_numbers, self.withhold_others, self.rescue_logprob, self.rescue_late = False, False, None, None
         self.name_unprompted = self.others_unprompted = False
         self.silence_withholds = self.rescue_doubtful = None
@@ -791,3 +792,32 @@ def test_copy_slots_make_the_reply_copy_its_slot_from_what_was_heard():
     assert copying._ctx.decode(copying._ctx.ids) == text  # the taken-back tokens are gone from the context too
     # a number heard in digits may be said in words: nothing is copied then
     assert copying.reply_with_confidence("Help.", "Edge set a timer for 1 hour")[0] == "Setting a timer for one hour."
+
+
+def test_the_model_s_sure_sorry_gives_way_at_a_lower_bar():
+    """sorry_overrule_logprob: over the model's sure Sorry (words it could not place) the LM's reply
+    is said when Whisper's mean log-probability reaches this lower bar; over any other sure reply
+    the bar stays overrule_logprob; off by default; a bundle setting it above overrule_logprob (or
+    without it) is refused."""
+    from edge_runtime.responder import ResponderWorker
+
+    s = StandIn(ask_below=0.0, passes_third=False)
+    s.overrule_logprob, s.overrule_confidence = -0.3, 0.5
+    sorry, warm = "Sorry, I can't do that yet.", "Setting the temperature to 77 degrees."
+    heard = "Excuse me Edge, I'm chilly, put it on seventy seven."
+    jobs = [(sorry, -0.38), ("Turning the volume up.", -0.38), (sorry, -0.7), (sorry, -0.38)]
+
+    def run(bar):
+        s.sorry_overrule_logprob = bar
+        answers = iter(jobs)
+        s.answer = lambda instruction, audio, lm=True: {"text": warm, "asr_logprob": next(answers)[1], "lm_confidence": 0.99,
+                                                       "heard": heard}
+        said = []
+        worker = ResponderWorker(s, lambda t, text, *a, withhold=False, **kw: said.append(text))
+        for t, (model_text, _) in enumerate(jobs):
+            worker.submit(t, 0.0, model_text, 0.95, 6, "Answer when someone talks to you.", None, ask=False, overrule=True)
+        worker.close()
+        return said
+
+    assert run(None) == [sorry, "Turning the volume up.", sorry, sorry]  # off: -0.38 is under -0.3 for every reply
+    assert run(-0.6) == [warm, "Turning the volume up.", sorry, warm]  # the Sorry gives way at -0.6, nothing else does

@@ -161,9 +161,15 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     np.savez(tmp_path / "taught.npz", meta=np.frombuffer(json.dumps({"dereverb_taps": 20}).encode(), np.uint8))
     assert taught_dereverb_taps(tmp_path / "taught.npz") == 20
     asr = json.loads((tmp_path / "responder" / "asr" / "manifest.json").read_text())
-    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.17.0"
+    assert asr["provenance"]["adapter"]["file"] == DEFAULT_DELTA.name and m["version"] == "0.18.0"
     r = Responder(tmp_path / "responder")
     assert (r.overrule_logprob, r.overrule_confidence) == (-0.3, 0.5)  # the shipped policy (0.5.0 on)
+    # 0.18.0 on: over the model's sure Sorry the LM's reply needs Whisper at -0.6 only
+    sorry = r.unknown_reply
+    text, confidence = r.written("Answer when someone talks to you.", "Excuse me Edge, I'm chilly, put it on seventy seven.")
+    heard = {"asr_logprob": -0.38, "lm_confidence": confidence}
+    assert text == "Setting the temperature to 77 degrees." and r.sorry_overrule_logprob == -0.6
+    assert r.trusted(heard, text, sorry) and not r.trusted(heard, text, "Turning the volume up.")
     assert r.ground_numbers and r.rescue_logprob == -0.3  # 0.9.0 on
     assert r.rescue_doubtful == -0.6  # 0.15.0 on
     assert r.others_unprompted and not r.name_unprompted  # 0.10.0 on
@@ -190,7 +196,7 @@ def test_responder_recipe_trains_a_lora_and_the_shipped_one_exports_and_answers(
     # the exported LM scored as the runtime runs it, on the check sets the training report uses
     assert train_responder(["--work", str(work), "--check-bundle", str(tmp_path / "responder"), "--test", "4"]) == 0
     bundle_check = json.loads((work / "check_bundle.json").read_text())
-    assert set(bundle_check["check"]) == set(report["check"]) and bundle_check["version"] == "0.17.0"
+    assert set(bundle_check["check"]) == set(report["check"]) and bundle_check["version"] == "0.18.0"
     assert train_responder(["--work", str(work), "--check-bundle", str(tmp_path / "missing")]) == 2
     assert "copy_slots" not in m  # opt-in (edge-export responder --copy-slots): the real LM copies what it heard
     m["copy_slots"] = ["room", "duration", "genre"]

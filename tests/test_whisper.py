@@ -603,9 +603,15 @@ def test_an_unsure_reply_is_read_again_over_whisper_s_other_readings(bundles, ti
     (rdir / "manifest.json").write_text(json.dumps(manifest | {"reread_below": 0.7, "reread_beam": 1}))
     with pytest.raises(BundleError, match="reread_beam must be at least 2"):
         Responder(rdir)
+    for bad in ({"sorry_overrule_logprob": -0.6}, {"sorry_overrule_logprob": -0.2, "overrule_logprob": -0.3}):
+        (rdir / "manifest.json").write_text(json.dumps(manifest | bad))  # no overrule, or a higher bar than its
+        with pytest.raises(BundleError, match="sorry_overrule_logprob must be at most overrule_logprob"):
+            Responder(rdir)
+    (rdir / "manifest.json").write_text(json.dumps(manifest | {"sorry_overrule_logprob": -0.6, "overrule_logprob": -0.3}))
+    assert Responder(rdir).sorry_overrule_logprob == -0.6
     (rdir / "manifest.json").write_text(json.dumps(manifest | {"reread_below": 0.7}))
     r = Responder(rdir)
-    assert r.reread_beam == 5
+    assert r.reread_beam == 5 and r.sorry_overrule_logprob is None
     replies = {"Turn on the grudge lights.": ("Turning on the grudge lights.", 0.2),
                "Turn on the garage lights.": ("Turning on the garage lights.", 0.9),
                "Turn on the grudge light.": ("Turning on the grudge light.", 0.95),
