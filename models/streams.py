@@ -156,6 +156,11 @@ def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None 
     return Stream(audio.astype(np.float32), instr, mode, watch, events, labels)
 
 
+# alert sounds that share their first second with another class (synth.py): bells (a doorbell's
+# electric bell, an old phone's clapper) and high beeps (a CO alarm's short beeps, a digital timer)
+CONFUSABLE = {"doorbell": ("phone",), "phone": ("doorbell",), "smoke_alarm": ("timer",), "timer": ("smoke_alarm",)}
+
+
 def _event(rng, kind, split, mode, watch, voices, speaker, warp=0.0, intents=None) -> tuple[Event, np.ndarray]:
     if kind in ("command", "other_speech"):
         u = (sc.command(rng, split, _pick(rng, intents) if intents else None) if kind == "command"
@@ -184,7 +189,9 @@ def _event(rng, kind, split, mode, watch, voices, speaker, warp=0.0, intents=Non
                                                              "voice": voice.label()}), x
     if kind == "watched" and watch:
         cls = rng.choice(watch)
-    elif kind in ("alert_sound", "watched"):
+    elif kind == "confusable" and (near := sorted({c for w in watch for c in CONFUSABLE.get(w, ()) if c not in watch})):
+        cls = rng.choice(near)  # an unwatched sound that sounds like a watched one: the hard negative
+    elif kind in ("alert_sound", "watched", "confusable"):
         others = [c for c in sc.SOUND_CLASSES if c not in watch]
         cls = rng.choice(others or sc.SOUND_CLASSES)
     else:

@@ -76,7 +76,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     if sound_due is not None and not (isinstance(sound_due, (int, float)) and 0 <= sound_due <= 1.0):
         raise ValueError(f"{path}: data.sound_due must be null or seconds in [0, 1], got {sound_due!r}")
     for mode, table in (cfg["data"].get("kinds") or {}).items():
-        _check_weights(path, f"data.kinds.{mode}", table, ("command", "other_speech", "watched", "alert_sound", "distractor"))
+        _check_weights(path, f"data.kinds.{mode}", table, ("command", "other_speech", "watched", "alert_sound", "confusable",
+                                                                       "distractor"))
         if mode not in st.MODES:
             raise ValueError(f"{path}: data.kinds: unknown mode {mode!r} (one of {', '.join(st.MODES)})")
     if cfg["data"].get("intents"):

@@ -552,6 +552,14 @@ def test_recipe_mix_of_events_and_intents_shapes_the_streams_and_is_checked():
     plain = st.make_stream(5, "train", 30.0, mode="alerts")
     assert st.make_stream(5, "train", 30.0, mode="alerts", mode_kinds={"assistant": {"command": 1}}).to_dict() == plain.to_dict()
 
+    # hard negatives: an unwatched sound that sounds like a watched one, else any unwatched one
+    near = [ev for seed in range(12) for s in [st.make_stream(seed, "train", 30.0, mode="alerts",
+                                                              mode_kinds={"alerts": {"confusable": 1}})]
+            for ev in s.events if any(ev.what in st.CONFUSABLE.get(w, ()) for w in s.watch)]
+    assert len(near) >= 10 and not any(ev.response or ev.meta["watched"] for ev in near)
+    lone = st.make_stream(3, "train", 30.0, mode="alerts", mode_kinds={"alerts": {"confusable": 1}})
+    assert all(ev.kind == "sound" and not ev.meta["watched"] for ev in lone.events)
+
     asked = st.make_stream(6, "train", 40.0, mode="assistant", mode_kinds={"assistant": {"command": 1}},
                            intents={"volume_down": 1, "thermostat": 0})
     intents = [ev.meta["intent"] for ev in asked.events]
