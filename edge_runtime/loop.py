@@ -359,7 +359,8 @@ class DecisionLoop:
             from .responder import ResponderWorker, SpeechTrail
 
             self.trail = SpeechTrail()
-            self.worker = ResponderWorker(responder, self.say, answered=lambda voiced: voiced in self._answered)
+            self.worker = ResponderWorker(responder, self.say, answered=lambda voiced: voiced in self._answered,
+                                          said_upto=lambda: self._said_upto)
         self.decider = decider or ThresholdDecider(1.0 - opts.sensitivity)
         self.should_stop, self.verbose = should_stop, verbose
         m = bundle.manifest
@@ -391,6 +392,7 @@ class DecisionLoop:
                                 sounds=frozenset(self.b.manifest.alert_words), same_sound=self.opts.same_sound)
         self._near: tuple[float, float] | None = None  # (armed at, highest p) of a narrowly passed-over utterance
         self._heard_upto = -1  # trail frame up to which speech was answered or handed over (never a second time)
+        self._said_upto = -1  # the trail frame after the speech the last reply said answered: later replies hear what follows
         self._handed = -2  # the last voiced trail frame of the utterance last handed over for a second chance
         self._answered: collections.deque = collections.deque(maxlen=64)  # ... of those the model then answered itself
         self._line: dict | None = None  # a transcript line waiting for the speaker to pause (line_pause)
@@ -465,8 +467,10 @@ class DecisionLoop:
                 else:
                     self.rescues += 1
                     self._handed = self.trail.last_voiced
-                    self.worker.submit(round(t, 3), t_decided, "", self._near[1], 0, self.instruction,
-                                       self.trail.utterance(), rescue=self._near[1], voiced=self._handed)
+                    audio, span = self._utterance()
+                    self.worker.submit(round(t, 3), t_decided, "", self._near[1], 0, self.instruction, audio,
+                                       rescue=self._near[1], voiced=self._handed, upto=None if span is None else span[1] + 1,
+                                       span=span)
             self._near, self._heard_upto = None, self.trail.frames
 
     def _respond_to(self, chunk: Chunk, t_decided: float) -> None:
@@ -509,11 +513,19 @@ class DecisionLoop:
             ask, check = r.asks(self.instruction, text, confidence), text in r.confirm_replies
             overrule = r.overrules(self.instruction, text, confidence)
             if ask or check or overrule:  # the responder writes or checks what is said, on its own thread: the loop goes on deciding
-                self.worker.submit(t, t_decided, text, confidence, len(ids), self.instruction, self.trail.utterance(),
-                                   ask=ask, check=check, overrule=overrule)
+                audio, span = self._utterance()
+                self.worker.submit(t, t_decided, text, confidence, len(ids), self.instruction, audio, ask=ask,
+                                   check=check, overrule=overrule, upto=None if span is None else span[1] + 1,
+                                   span=span)
                 return
         self.say(t, text, round(1000 * (time.monotonic() - t_decided), 2), len(ids), confidence,
-                 withhold=confidence < self.opts.min_confidence, held=hold, first_ms=first_ms, text_sent=text_sent)
+                 withhold=confidence < self.opts.min_confidence, held=hold, first_ms=first_ms, text_sent=text_sent,
+                 upto=None if self.trail is None or text in self.b.manifest.alert_words else self.trail.last_voiced + 1)
+
+    def _utterance(self) -> tuple[np.ndarray | None, tuple[int, int] | None]:
+        """The utterance to hand the responder, and its first and last voiced trail frames."""
+        span = self.trail.utterance_span()
+        return (None, None) if span is None else (span[0], span[1:])
 
     def _wait_for_pause(self, t: float, text: str, confidence: float, tokens: int) -> None:
         """Hold a transcript line until the speech pauses (``line_pause``, or ``line_wait`` after the
@@ -541,23 +553,28 @@ class DecisionLoop:
             self.say(t, line["text"], 0.0, line["tokens"], line["confidence"])
 
     def say(self, t: float, text: str, total_ms: float, tokens: int, confidence: float, withhold: bool = False,
-            held: bool = True, first_ms: float | None = None, text_sent: str = "", **extra) -> None:
+            held: bool = True, first_ms: float | None = None, text_sent: str = "", upto: int | None = None,
+            **extra) -> None:
         """Emit a generated response (its remaining delta and ``response.end``), or, with
         ``withhold``, a ``response.withheld`` instead; ``extra`` fields ride on the last event.
         With a responder, a reply it writes is said from its thread when it is ready, so a later
         reply the loop says itself (an alert, a sure reply) may come first: events are in the
-        order they are said, each response's start, delta and end together, ``t`` its chunk."""
+        order they are said, each response's start, delta and end together, ``t`` its chunk.
+        ``upto``: the trail frame after the speech the response answers; once a reply is said, the
+        responder hears no speech before it again (``_said_upto``)."""
         with self._saying:
-            self._say(t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra)
+            said = self._say(t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra)
+            if said and text and upto is not None:
+                self._said_upto = max(self._said_upto, upto)
 
-    def _say(self, t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra) -> None:
+    def _say(self, t, text, total_ms, tokens, confidence, withhold, held, first_ms, text_sent, **extra) -> bool:
         because = None if withhold else self._not_said_because(text, t, held)
         if withhold or because:
             self.withheld += 1
             reason = because or ("responder" if "heard" in extra else "confidence")
             self.emit({"type": "response.withheld", "t": t, "text": text if because else extra.get("model_text", text),
                        "reason": reason, "confidence": round(confidence, 4), "total_ms": total_ms, "tokens": tokens, **extra})
-            return
+            return False
         self._repeats.said(text, t)
         self.responses += 1
         if held:
@@ -572,6 +589,7 @@ class DecisionLoop:
                    "first_token_ms": round(first_ms, 2) if first_ms is not None else None,
                    "total_ms": total_ms, "tokens": tokens,
                    "confidence": round(confidence, 4), **extra})
+        return True
 
     def _not_said_because(self, text: str, t: float, held: bool) -> str | None:
         """Why a whole response is not said: an alert reply the instruction did not ask for

@@ -225,20 +225,40 @@ class SpeechTrail:
         frames, start, _ = self._last_run(recent, gap)
         return None if start is None else self.frames - len(frames) + start
 
-    def utterance(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2,
-                  tail: float | None = 0.3, since: int | None = None) -> np.ndarray | None:
-        """The last voiced run from ``preroll`` before it to ``tail`` after its last voiced frame
-        (None: to the end of the trail), or None when no speech ended in the last ``recent`` s.
-        ``since``: a frame (``run_start``) where the run starts at the latest, so that speech that
-        paused for longer than ``gap`` since then is heard whole."""
+    def utterance_span(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2, tail: float | None = 0.3,
+                       since: int | None = None) -> tuple[np.ndarray, int, int] | None:
+        """``utterance`` with where it lies in the trail: (audio, the frame its first sample is in,
+        its last voiced frame), frames counted since reset; None as for ``utterance``."""
         frames, start, last = self._last_run(recent, gap)
         if start is None:
             return None
+        first = self.frames - len(frames)  # the frame (since reset) that frames[0] holds
         if since is not None:
-            start = min(start, max(0, since - (self.frames - len(frames))))
+            start = min(start, max(0, since - first))
         start = max(0, start - int(preroll * SR / FRAME))
         end = None if tail is None else last + 1 + int(tail * SR / FRAME)
-        return frames[start:end].reshape(-1)
+        return frames[start:end].reshape(-1), first + start, first + last
+
+    def utterance(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2,
+                  tail: float | None = 0.3, since: int | None = None, after: int | None = None) -> np.ndarray | None:
+        """The last voiced run from ``preroll`` before it to ``tail`` after its last voiced frame
+        (None: to the end of the trail), or None when no speech ended in the last ``recent`` s.
+        ``since``: a frame (``run_start``) where the run starts at the latest, so that speech that
+        paused for longer than ``gap`` since then is heard whole. ``after``: see ``heard_after``."""
+        span = self.utterance_span(recent, gap, preroll, tail, since)
+        return None if span is None else heard_after(*span, after)
+
+
+def heard_after(audio: np.ndarray, first: int, last: int, after: int | None) -> np.ndarray | None:
+    """The part of an utterance (``SpeechTrail.utterance_span``: its audio, first frame and last
+    voiced frame) from trail frame ``after`` on, where the speech before was already answered;
+    None when no voiced frame is left. A request and the words said right after it are one
+    voiced run: a response to the words after must not answer the request again."""
+    if after is None or after <= first:
+        return audio
+    if last < after:
+        return None
+    return audio[(after - first) * FRAME :]
 
 
 class Responder:
@@ -682,24 +702,32 @@ class ResponderWorker:
     that the loop never waits for Whisper and the LM (FIFO-scheduled asynchronous inference: the
     streaming model keeps deciding on every chunk meanwhile). ``say`` is DecisionLoop.say."""
 
-    def __init__(self, responder: Responder, say, answered=lambda voiced: False):
+    def __init__(self, responder: Responder, say, answered=lambda voiced: False, said_upto=lambda: -1):
         self.responder, self.say = responder, say
         self.answered = answered  # did the model answer the utterance that ended at this trail frame itself?
+        self.said_upto = said_upto  # the trail frame after the speech the last reply said answered (DecisionLoop._said_upto)
         self._jobs: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="edge-responder", daemon=True)
         self._thread.start()
 
     def submit(self, t: float, t_decided: float, model_text: str, confidence: float, tokens: int,
                instruction: str, audio: np.ndarray | None, ask: bool = True, check: bool = False,
-               rescue: float | None = None, voiced: int = -1, overrule: bool = False) -> None:
+               rescue: float | None = None, voiced: int = -1, overrule: bool = False, upto: int | None = None,
+               span: tuple[int, int] | None = None) -> None:
         """``ask``: the LM writes the reply (else Whisper only); ``check``: said only when Whisper
         heard the name (Responder.confirm_replies); ``overrule``: the model is sure of its reply,
         which stands unless the LM's is trusted (Responder.overrules); ``rescue``: a second chance
         (Responder.rescue_above) with this highest p(<respond>), for the utterance whose last voiced
         trail frame is ``voiced``: there is no reply of the model's, the LM's silence says nothing
-        at all, and neither does its reply once the model has answered that utterance itself."""
+        at all, and neither does its reply once the model has answered that utterance itself.
+        ``upto``: the trail frame after the speech the reply answers (its last voiced frame + 1),
+        handed back to ``say`` (that speech is answered once the reply is said); ``span``: the audio's first
+        and last voiced trail frames (``SpeechTrail.utterance_span``), so that when its turn
+        comes, the speech before the last reply said is cut off (``heard_after``): jobs are
+        answered in order, so a reply said for an earlier job counts."""
         self._jobs.put((t, t_decided, model_text, confidence, tokens, instruction,
-                        None if audio is None else audio.copy(), ask or overrule, check, rescue, voiced, overrule))
+                        None if audio is None else audio.copy(), ask or overrule, check, rescue, voiced, overrule, upto,
+                        span))
 
     @property
     def busy(self) -> bool:
@@ -749,8 +777,16 @@ class ResponderWorker:
                 self._jobs.task_done()
 
     def _answer(self, t: float, t_decided: float, model_text: str, confidence: float, tokens: int, instruction: str,
-                audio: np.ndarray | None, ask: bool, check: bool, rescue: float | None, voiced: int, overrule: bool) -> None:
+                audio: np.ndarray | None, ask: bool, check: bool, rescue: float | None, voiced: int, overrule: bool,
+                upto: int | None = None, span: tuple[int, int] | None = None) -> None:
         r = self.responder
+        if audio is not None and span is not None:
+            audio = heard_after(audio, *span, self.said_upto())
+            if audio is None:  # nothing said since the last reply: the model answered that speech again
+                if rescue is None:
+                    self.say(t, "", round(1000 * (time.monotonic() - t_decided), 2), tokens, confidence, withhold=True,
+                             model_text=model_text, heard=None, why="answered")
+                return
         try:
             out = r.answer(instruction, audio, lm=ask)
         except Exception as e:  # say what the model said rather than lose the response
@@ -767,7 +803,7 @@ class ResponderWorker:
                     and r.sure_enough(out, audio) and not r.meant_for_another(instruction, heard, audio, out):  # the LM's reply
                 text = self._grounded(instruction, text, out)
                 self.say(t, text, total_ms(), 0, out.get("lm_confidence", 1.0), model_text="",
-                         rescue=round(rescue, 4), said_by="responder", **out)
+                         rescue=round(rescue, 4), said_by="responder", upto=upto, **out)
             return
         declined = ask and r.declines(instruction, text, out)  # the LM's own silence, not an untrusted reply's
         if overrule and not r.trusted(out, text, model_text):
@@ -784,4 +820,4 @@ class ResponderWorker:
         if not text:
             out["why"] = why or "silent"  # why the reply is withheld: nothing to say, or one of the checks
         text = self._grounded(instruction, text, out)
-        self.say(t, text, total_ms(), tokens, confidence, withhold=not text, model_text=model_text, **out)
+        self.say(t, text, total_ms(), tokens, confidence, withhold=not text, model_text=model_text, upto=upto, **out)

@@ -101,6 +101,41 @@ def test_loop_says_the_responders_reply_withholds_its_silence_and_passes_sound_r
     assert stats["responses"] == 2 and stats["withheld"] == 1
 
 
+def test_speech_answered_once_is_not_heard_again_by_the_next_response(tiny_bundle):
+    """A request, a reply said to it, and other words right after it (one voiced run): the next
+    response hears only what follows the speech that reply answered; when nothing was said since, the
+    model's second response to the same speech is withheld (``answered``)."""
+    from edge_models import synth
+    from edge_runtime.responder import FRAME, SpeechTrail
+
+    rng = random.Random(5)
+    audio = np.zeros(5 * 16000, np.float32)
+    request = synth.trim(synth.speak("Edge, turn on the lights", synth.random_voice(rng, "train")))[: int(1.2 * 16000)]
+    after = synth.trim(synth.speak("we're out of coffee", synth.random_voice(rng, "train")))[: int(1.5 * 16000)]
+    audio[int(0.2 * 16000) : int(0.2 * 16000) + len(request)] = request  # ends by 1.4 s; decided at 1.6 s
+    audio[int(1.65 * 16000) : int(1.65 * 16000) + len(after)] = after  # from 1.65 s; decided at 3.6 s
+    trail = SpeechTrail()
+    trail.push(audio[: int(3.6 * 16000)])
+    audio_first, first, _ = trail.utterance_span()
+    assert first * FRAME < 0.4 * 16000  # the trail holds both as one run, from the request on
+    stand_in = StandIn(passes_third=False)
+    events = _run(tiny_bundle[0], stand_in, audio, respond_at={3, 8})
+    said = [e for e in events if e["type"] == "response.end"]
+    assert [e["t"] for e in said] == [1.6] and said[0]["text"] == "Turning on the kitchen lights."
+    second = stand_in.heard_audio[1]
+    assert second is not None and np.array_equal(second, audio_first[-len(second):])
+    cut = (len(audio_first) - len(second)) / 16000 + first * FRAME / 16000  # where it starts in the stream
+    assert 0.2 + len(request) / 16000 - 0.1 <= cut <= 1.65, cut  # after the request's last voiced frame, before the words after
+
+    # the model answers the request twice, nothing said between: the second is withheld unheard
+    stand_in = StandIn(passes_third=False)
+    alone = audio[: int(3.2 * 16000)].copy()
+    alone[int(1.6 * 16000) :] = 0.0  # the request only
+    events = _run(tiny_bundle[0], stand_in, alone, respond_at={3, 4})
+    held = [e for e in events if e["type"] == "response.withheld"]
+    assert stand_in.calls == 1 and [(e["t"], e["why"]) for e in held] == [(2.0, "answered")]
+
+
 def test_responder_policy_asks_only_when_the_model_is_unsure_and_can_keep_the_models_reply(tiny_bundle):
     audio = _speech_at_1_and_3_s()
     plain = [e for e in _run(tiny_bundle[0], None, audio) if e["type"] == "response.end"]
@@ -536,6 +571,40 @@ def test_speech_trail_returns_the_last_voiced_run_and_nothing_once_it_is_old():
     assert trail.utterance() is None  # the last speech ended more than 2.5 s ago
     trail.reset()
     assert trail.utterance() is None
+
+
+def test_speech_trail_after_an_answer_hears_only_the_words_said_since():
+    """A request and the words said right after it (a pause under ``gap``) are one voiced run;
+    once the request was answered (the frame its reply was decided at), the next response hears
+    only what came after, and nothing at all when no speech came after."""
+    from edge_models import synth
+    from edge_runtime.responder import FRAME, SpeechTrail
+
+    rng = random.Random(4)
+    voice = synth.random_voice(rng, "train")
+    request, then = synth.speak("Edge, how do you spell necessary", voice), synth.speak("it's a double edged sword", voice)
+    pause = np.zeros(int(0.3 * 16000), np.float32)
+    trail = SpeechTrail(seconds=20.0)
+
+    def push(x):
+        for i in range(0, len(x), 6400):
+            trail.push(x[i : i + 6400])
+
+    push(np.zeros(16000, np.float32))
+    push(request)
+    push(pause)
+    answered = trail.frames  # the reply to the request was decided here
+    assert trail.utterance(after=answered) is None  # nothing said since
+    whole = trail.utterance()
+    assert whole is not None and len(whole) >= len(request)
+    push(then)
+    push(pause)
+    both, since = trail.utterance(), trail.utterance(after=answered)
+    assert len(both) >= len(request) + len(then)  # one run: the request is in it
+    assert since is not None and len(then) - 0.3 * 16000 <= len(since) <= len(then) + 0.6 * 16000
+    assert np.array_equal(since, both[-len(since):])  # the run's end, cut at the answered frame
+    assert len(both) - len(since) >= len(request) - 0.3 * 16000 and len(since) % FRAME == 0  # the request is cut off
+    assert trail.utterance(after=-1) is not None and len(trail.utterance(after=-1)) == len(both)
 
 
 def test_speech_trail_ring_returns_the_exact_samples_across_its_wrap():
