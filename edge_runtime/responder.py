@@ -328,7 +328,10 @@ class Responder:
     likeliest next token would put an unheard word into such a slot of a ``reply_forms`` form
     ("Setting a timer for one hour." to "wake me up in a minute and a half"), the likeliest one
     that keeps to heard words is taken, backing up a token where none does (``copies``; default:
-    none; not when the transcript has digits, which a reply may say in words)."""
+    none; not when the transcript has digits, which a reply may say in words). ``answered_once``:
+    speech that a reply said answered is not heard again: the next response hears only what
+    follows it (a request and the words said right after it are one voiced run), and the model's
+    response with nothing said since is withheld (ResponderWorker, ``heard_after``; default: off)."""
 
     POLICY_KEYS = ("ask_below", "repeat_below", "on_silence", "repeat_instructions", "pass_through", "asr_pad_seconds",
                    "asr_prompt", "asr_beam", "rescue_above", "rescue_wait", "name_words", "confirm_replies", "reply_forms",
@@ -336,7 +339,7 @@ class Responder:
                    "asr_second_below", "asr_second_pad_seconds", "asr_second_beam", "withhold_others",
                    "rescue_logprob", "asr_dereverb_taps", "name_unprompted",
                    "others_unprompted", "reread_below", "reread_beam", "rescue_late", "silence_withholds", "copy_slots",
-                   "rescue_doubtful", "sorry_overrule_logprob")
+                   "rescue_doubtful", "sorry_overrule_logprob", "answered_once")
 
     def __init__(self, path: str | Path, session: SessionConfig = SessionConfig(), verify_hashes: bool = True):
         root = Path(path)
@@ -399,6 +402,7 @@ class Responder:
         self.withhold_others = bool(raw.get("withhold_others", False))
         self.name_unprompted = bool(raw.get("name_unprompted", False))
         self.others_unprompted = bool(raw.get("others_unprompted", False))
+        self.answered_once = bool(raw.get("answered_once", False))
         self.reread_below, self.reread_beam = float(raw.get("reread_below", 0.0)), int(raw.get("reread_beam", 5))
         if self.reread_beam < 2:
             raise BundleError(f"{mpath}: reread_beam must be at least 2")
@@ -780,7 +784,7 @@ class ResponderWorker:
                 audio: np.ndarray | None, ask: bool, check: bool, rescue: float | None, voiced: int, overrule: bool,
                 upto: int | None = None, span: tuple[int, int] | None = None) -> None:
         r = self.responder
-        if audio is not None and span is not None:
+        if audio is not None and span is not None and r.answered_once:
             audio = heard_after(audio, *span, self.said_upto())
             if audio is None:  # nothing said since the last reply: the model answered that speech again
                 if rescue is None:

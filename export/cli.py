@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-others-unprompted", action="store_true",
                    help="someone else addressed in what Whisper hears without its prompt does not withhold a reply "
                         "(manifest others_unprompted)")
+    r.add_argument("--answered-once", action="store_true",
+                   help="speech a said reply answered is not heard again by the next response (manifest answered_once)")
     r.add_argument("--name-unprompted", action="store_true",
                    help="a second chance or the model's Sorry is said only when Whisper hears the name without its prompt "
                         "too (manifest name_unprompted; fewer false responses, as many right answers lost)")
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                                               asr_lora=None if args.asr_lora == "none" else args.asr_lora,
                                               asr_dereverb_taps=args.asr_dereverb_taps,
                                               others_unprompted=not args.no_others_unprompted,
-                                              name_unprompted=args.name_unprompted,
+                                              name_unprompted=args.name_unprompted, answered_once=args.answered_once,
                                               reread_below=_number_or_none(r, "--reread-below", args.reread_below),
                                               silence_withholds=_number_or_none(r, "--silence-withholds", args.silence_withholds),
                                               rescue_late=_number_or_none(r, "--rescue-late", args.rescue_late),

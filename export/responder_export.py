@@ -36,7 +36,8 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
                      others_unprompted: bool = True, name_unprompted: bool = False,
                      reread_below: float | None = 0.8, rescue_late: float | None = 2.0,
                      silence_withholds: float | None = 0.7, copy_slots: tuple[str, ...] = (),
-                     rescue_doubtful: float | None = -0.6, sorry_overrule_logprob: float | None = -0.6) -> dict:
+                     rescue_doubtful: float | None = -0.6, sorry_overrule_logprob: float | None = -0.6,
+                     answered_once: bool = False) -> dict:
     """``asr_lora``: a delta from ``edge-train-hearing`` merged into the first recogniser; SHIPPED (the
     default): the one in edge_models when that recogniser is tiny.en; None: Whisper as it ships.
     ``asr_dereverb_taps``: both recognisers hear the utterance dereverberated (manifest
@@ -134,6 +135,9 @@ def export_responder(lora: str | Path, out: str | Path, asr_model: str = "tiny.e
     if others_unprompted:  # someone else addressed there withholds the reply (tuning streams, paced: false responses
         # 4 -> 2 and 2 -> 2, no request lost; README model card)
         manifest["others_unprompted"] = True
+    if answered_once:  # speech a said reply answered is not heard again (opt-in: on the tuning seeds it changed no
+        # count; session 40, model card)
+        manifest["answered_once"] = True
     if name_unprompted:  # a second chance or the model's Sorry needs the name there too (opt-in: tuning streams false
         # 4 -> 2, 2 -> 0, but seeds 900000 and the acceptance streams lost as many right answers as false ones)
         manifest["name_unprompted"] = True

@@ -28,6 +28,7 @@ class StandIn:
         self.ground_numbers, self.withhold_others, self.rescue_logprob, self.rescue_late = False, False, None, None
         self.name_unprompted = self.others_unprompted = False
         self.silence_withholds = self.rescue_doubtful = None
+        self.answered_once = True
 
     asks = Responder.asks  # the real policy, on the stand-in's settings
     rescues, confirms, overrules, trusted = Responder.rescues, Responder.confirms, Responder.overrules, Responder.trusted
@@ -126,6 +127,11 @@ def test_speech_answered_once_is_not_heard_again_by_the_next_response(tiny_bundl
     assert second is not None and np.array_equal(second, audio_first[-len(second):])
     cut = (len(audio_first) - len(second)) / 16000 + first * FRAME / 16000  # where it starts in the stream
     assert 0.2 + len(request) / 16000 - 0.1 <= cut <= 1.65, cut  # after the request's last voiced frame, before the words after
+
+    stand_in = StandIn(passes_third=False)
+    stand_in.answered_once = False  # the manifest's default: the whole run, request and all
+    _run(tiny_bundle[0], stand_in, audio, respond_at={3, 8})
+    assert np.array_equal(stand_in.heard_audio[1], audio_first)
 
     # the model answers the request twice, nothing said between: the second is withheld unheard
     stand_in = StandIn(passes_third=False)
