@@ -469,8 +469,7 @@ class DecisionLoop:
                     self._handed = self.trail.last_voiced
                     audio, span = self._utterance()
                     self.worker.submit(round(t, 3), t_decided, "", self._near[1], 0, self.instruction, audio,
-                                       rescue=self._near[1], voiced=self._handed, upto=None if span is None else span[1] + 1,
-                                       span=span)
+                                       rescue=self._near[1], voiced=self._handed, span=span)
             self._near, self._heard_upto = None, self.trail.frames
 
     def _respond_to(self, chunk: Chunk, t_decided: float) -> None:
@@ -515,8 +514,7 @@ class DecisionLoop:
             if ask or check or overrule:  # the responder writes or checks what is said, on its own thread: the loop goes on deciding
                 audio, span = self._utterance()
                 self.worker.submit(t, t_decided, text, confidence, len(ids), self.instruction, audio, ask=ask,
-                                   check=check, overrule=overrule, upto=None if span is None else span[1] + 1,
-                                   span=span)
+                                   check=check, overrule=overrule, span=span)
                 return
         self.say(t, text, round(1000 * (time.monotonic() - t_decided), 2), len(ids), confidence,
                  withhold=confidence < self.opts.min_confidence, held=hold, first_ms=first_ms, text_sent=text_sent,

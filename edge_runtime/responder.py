@@ -240,13 +240,13 @@ class SpeechTrail:
         return frames[start:end].reshape(-1), first + start, first + last
 
     def utterance(self, recent: float = 2.5, gap: float = 0.5, preroll: float = 0.2,
-                  tail: float | None = 0.3, since: int | None = None, after: int | None = None) -> np.ndarray | None:
+                  tail: float | None = 0.3, since: int | None = None) -> np.ndarray | None:
         """The last voiced run from ``preroll`` before it to ``tail`` after its last voiced frame
         (None: to the end of the trail), or None when no speech ended in the last ``recent`` s.
         ``since``: a frame (``run_start``) where the run starts at the latest, so that speech that
-        paused for longer than ``gap`` since then is heard whole. ``after``: see ``heard_after``."""
+        paused for longer than ``gap`` since then is heard whole."""
         span = self.utterance_span(recent, gap, preroll, tail, since)
-        return None if span is None else heard_after(*span, after)
+        return None if span is None else span[0]
 
 
 def heard_after(audio: np.ndarray, first: int, last: int, after: int | None) -> np.ndarray | None:
@@ -716,7 +716,7 @@ class ResponderWorker:
 
     def submit(self, t: float, t_decided: float, model_text: str, confidence: float, tokens: int,
                instruction: str, audio: np.ndarray | None, ask: bool = True, check: bool = False,
-               rescue: float | None = None, voiced: int = -1, overrule: bool = False, upto: int | None = None,
+               rescue: float | None = None, voiced: int = -1, overrule: bool = False,
                span: tuple[int, int] | None = None) -> None:
         """``ask``: the LM writes the reply (else Whisper only); ``check``: said only when Whisper
         heard the name (Responder.confirm_replies); ``overrule``: the model is sure of its reply,
@@ -724,14 +724,12 @@ class ResponderWorker:
         (Responder.rescue_above) with this highest p(<respond>), for the utterance whose last voiced
         trail frame is ``voiced``: there is no reply of the model's, the LM's silence says nothing
         at all, and neither does its reply once the model has answered that utterance itself.
-        ``upto``: the trail frame after the speech the reply answers (its last voiced frame + 1),
-        handed back to ``say`` (that speech is answered once the reply is said); ``span``: the audio's first
-        and last voiced trail frames (``SpeechTrail.utterance_span``), so that when its turn
-        comes, the speech before the last reply said is cut off (``heard_after``): jobs are
-        answered in order, so a reply said for an earlier job counts."""
+        ``span``: the audio's first and last voiced trail frames (``SpeechTrail.utterance_span``):
+        a reply said to it hands ``say`` the frame after that speech (``upto``: answered), and when
+        the job's turn comes the speech before the last reply said is cut off (``heard_after``):
+        jobs are answered in order, so a reply said for an earlier job counts."""
         self._jobs.put((t, t_decided, model_text, confidence, tokens, instruction,
-                        None if audio is None else audio.copy(), ask or overrule, check, rescue, voiced, overrule, upto,
-                        span))
+                        None if audio is None else audio.copy(), ask or overrule, check, rescue, voiced, overrule, span))
 
     @property
     def busy(self) -> bool:
@@ -782,8 +780,9 @@ class ResponderWorker:
 
     def _answer(self, t: float, t_decided: float, model_text: str, confidence: float, tokens: int, instruction: str,
                 audio: np.ndarray | None, ask: bool, check: bool, rescue: float | None, voiced: int, overrule: bool,
-                upto: int | None = None, span: tuple[int, int] | None = None) -> None:
+                span: tuple[int, int] | None = None) -> None:
         r = self.responder
+        upto = None if span is None else span[1] + 1  # the frame after the speech a reply here answers
         if audio is not None and span is not None and r.answered_once:
             audio = heard_after(audio, *span, self.said_upto())
             if audio is None:  # nothing said since the last reply: the model answered that speech again

@@ -584,7 +584,7 @@ def test_speech_trail_after_an_answer_hears_only_the_words_said_since():
     once the request was answered (the frame its reply was decided at), the next response hears
     only what came after, and nothing at all when no speech came after."""
     from edge_models import synth
-    from edge_runtime.responder import FRAME, SpeechTrail
+    from edge_runtime.responder import FRAME, SpeechTrail, heard_after
 
     rng = random.Random(4)
     voice = synth.random_voice(rng, "train")
@@ -600,17 +600,20 @@ def test_speech_trail_after_an_answer_hears_only_the_words_said_since():
     push(request)
     push(pause)
     answered = trail.frames  # the reply to the request was decided here
-    assert trail.utterance(after=answered) is None  # nothing said since
+    def after(frame):
+        return heard_after(*trail.utterance_span(), frame)
+
+    assert after(answered) is None  # nothing said since
     whole = trail.utterance()
     assert whole is not None and len(whole) >= len(request)
     push(then)
     push(pause)
-    both, since = trail.utterance(), trail.utterance(after=answered)
+    both, since = trail.utterance(), after(answered)
     assert len(both) >= len(request) + len(then)  # one run: the request is in it
     assert since is not None and len(then) - 0.3 * 16000 <= len(since) <= len(then) + 0.6 * 16000
     assert np.array_equal(since, both[-len(since):])  # the run's end, cut at the answered frame
     assert len(both) - len(since) >= len(request) - 0.3 * 16000 and len(since) % FRAME == 0  # the request is cut off
-    assert trail.utterance(after=-1) is not None and len(trail.utterance(after=-1)) == len(both)
+    assert after(-1) is not None and len(after(-1)) == len(both) and after(None) is not None
 
 
 def test_speech_trail_ring_returns_the_exact_samples_across_its_wrap():
