@@ -9,7 +9,9 @@ seeds no training stream used):
 - ``voices``: training wording, one set per ability (assistant, alerts, transcribe);
 - ``wording``: held-out templates, slot values, wake phrasings, near misses and unknown requests;
 - ``wording2``: the second held-out wording (session 35: other request templates and unknown
-  requests, the same held-out values, wake phrasings, near misses and other speech).
+  requests, the same held-out values, wake phrasings, near misses and other speech);
+- ``real-assistant``, ``real-alerts``, ``real-transcribe``: the reserved real recordings (a real
+  speaker, real sounds: ``real_audio.py``), asked for by name with ``--sets``.
 
 ``--training-voices`` builds the same sets in training voices instead (a diagnostic: how much of
 an error rate is the unseen voices and how much the model itself).
@@ -50,6 +52,7 @@ import numpy as np
 
 from edge_runtime.responder import in_digits
 
+from . import real_audio
 from . import streams as st
 from .scenarios import SOUND_CLASSES
 
@@ -59,7 +62,10 @@ SETS = {  # name: (wording split, mode, kinds override)
     "transcribe": ("train", "transcribe", None),
     "assistant-wording": ("heldout", "assistant", None),
     "assistant-wording2": ("heldout2", "assistant", None),  # the second held-out wording (scenarios.INTENTS_FRESH)
+    # the reserved real recordings (real_audio.py; asked for by name, not in the default run)
+    **{name: ("real", mode, None) for name, mode in real_audio.SETS.items()},
 }
+DEFAULT_SETS = [name for name, (split, _, _) in SETS.items() if split != "real"]
 SEED_BASE = 500000  # acceptance streams
 TUNING_SEED_BASE = 700000  # streams for choosing runtime settings (the same sets, other seeds)
 
@@ -263,8 +269,10 @@ def category(ev: dict) -> str:
 
 def build_set(name: str, n: int, seconds: float, seed_base: int = SEED_BASE, voices: str = "heldout") -> list[st.Stream]:
     split, mode, kinds = SETS[name]
-    sp = st.Speaker()
     base = seed_base + 1000 * list(SETS).index(name)
+    if split == "real":
+        return [real_audio.make_stream(base + i, mode, seconds) for i in range(n)]
+    sp = st.Speaker()
     return [st.make_stream(base + i, split, seconds, mode=mode, speaker=sp, voice_split=voices, kinds=kinds)
             for i in range(n)]
 
@@ -288,7 +296,7 @@ def evaluate_bundle(bundle_path: str, n: int = 12, seconds: float = 60.0, sets: 
               "min_confidence": min_confidence, "responder": responder_path if responder else None,
               "paced": bool(pace and responder),
               "correct_means": "intent and slots (by_category: correct; exact: the exact text)", "sets": {}}
-    for name in sets or list(SETS):
+    for name in sets or DEFAULT_SETS:
         t0 = time.monotonic()
         streams = build_set(name, n, seconds, seed_base, voices)
         scored, examples, false, stage_ms = [], [], [], {"asr_ms": [], "lm_ms": []}
@@ -343,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bundle", nargs="?", default=None, help="bundle folder (default: the shipped default bundle)")
     ap.add_argument("--streams", type=int, default=12, help="streams per set")
     ap.add_argument("--seconds", type=float, default=60.0, help="length of each stream")
-    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated: {', '.join(SETS)}")
+    ap.add_argument("--sets", default=",".join(DEFAULT_SETS),
+                    help=f"comma-separated: {', '.join(SETS)} (default: all but the real-* sets, which need the Debian "
+                         "packages of the reserved real recordings: real_audio.py)")
     ap.add_argument("--sensitivity", type=float, default=0.5, help="as edge-listen --sensitivity")
     ap.add_argument("--tuning", action="store_true",
                     help=f"streams from the tuning seeds ({TUNING_SEED_BASE}+), not the acceptance seeds: for choosing settings")
@@ -390,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
             seed_base = other_seeds(args.seed_base)
         except ValueError as e:
             ap.error(str(e))
+    unknown = [name for name in args.sets.split(",") if name not in SETS]
+    if unknown:
+        ap.error(f"--sets: unknown set {', '.join(unknown)} (sets: {', '.join(SETS)})")
     report = evaluate_bundle(args.bundle, args.streams, args.seconds, args.sets.split(","), keep_examples=args.examples,
                              sensitivity=args.sensitivity, seed_base=seed_base,
                              voices="train" if args.training_voices else "heldout", min_confidence=args.min_confidence,

@@ -702,3 +702,37 @@ def test_teacher_lines_are_templated_and_held_out_wording_is_dropped():
     assert T.templated("crank it up", None, None, None, held, templates) is None
     assert T.templated("reserve a table for two", None, None, None, held, templates) is None  # a held-out unknown request
     assert T.templated("pump the sound up a bit", None, None, None, held, templates) == "pump the sound up a bit"
+
+
+def test_real_recording_streams_label_the_phone_only_when_watched_and_address_nobody(tmp_path):
+    """real_audio.py: streams of recordings (here: stand-ins written to a temporary folder) laid
+    out and labelled as the synthetic ones are; recordings a listener could name as an alert
+    class are left out, and a folder with no recordings is a clear error."""
+    import soundfile as sf
+
+    from edge_models import real_audio as ra
+
+    rng = np.random.default_rng(0)
+    ring = 0.3 * np.sin(2 * np.pi * 1070 * np.arange(int(1.4 * 16000)) / 16000)
+    sf.write(tmp_path / "phone-incoming-call.wav", ring, 16000)
+    sf.write(tmp_path / "Dog1.wav", 0.2 * rng.standard_normal(22050 // 4), 22050)  # resampled to 16 kHz
+    sf.write(tmp_path / "bell.wav", ring, 16000)  # LEFT_OUT
+    sounds = ra.real_sounds((tmp_path,))
+    assert set(sounds) == {"phone-incoming-call", "Dog1"} and len(sounds["Dog1"]) == 4000
+    speech = [("hello", 0.1 * rng.standard_normal(16000).astype(np.float32), "Please hold")]
+
+    alerts = [ra.make_stream(seed, "alerts", 40.0, sounds, speech) for seed in range(8)]
+    phones = [(s, ev) for s in alerts for ev in s.events if ev.what == "phone"]
+    assert any("phone" in s.watch for s, _ in phones) and any("phone" not in s.watch for s, _ in phones)
+    for s, ev in phones:
+        assert (ev.response == sc.SOUND_RESPONSES["phone"]) == ("phone" in s.watch)
+    assert all(ev.response is None for s in alerts for ev in s.events if ev.what != "phone")
+    assert all(sum(lab is not None for lab in s.labels) == sum(ev.response is not None for ev in s.events) for s in alerts)
+
+    chat = ra.make_stream(1, "assistant", 40.0, sounds, speech)
+    assert chat.events and not any(ev.response for ev in chat.events)
+    heard = ra.make_stream(1, "transcribe", 40.0, sounds, speech)
+    assert {ev.response for ev in heard.events if ev.kind == "speech"} == {"Please hold."}
+    assert ra.make_stream(1, "transcribe", 40.0, sounds, speech).to_dict() == heard.to_dict()  # the seed fixes it
+    with pytest.raises(FileNotFoundError, match="scratch and sound-theme-freedesktop"):
+        ra.real_sounds((tmp_path / "none",))
