@@ -14,8 +14,9 @@ same room noise under them, levels, echo and gaps, the same labels and matching)
   (``sound-theme-freedesktop``; CC-BY-SA-3.0, CC-BY-3.0, GPL-2+). Of the alert classes only the
   phone has a recording there (``phone-incoming-call``, rung two to three times with pauses, as
   a phone rings); every other recording is a sound the assistant was not asked about. Recordings
-  that a listener could take for an alert class, or that nearly vanish at 16 kHz, are left out
-  (``LEFT_OUT``).
+  that a listener could take for an alert class (``LEFT_OUT``), voices saying or singing words
+  (``VOICES``: Scratch's vocals, the theme's "front left" channel tests) and recordings that
+  nearly vanish at 16 kHz are left out.
 
 Sets (``SETS``): ``real-assistant`` (assistant instruction; real speech and sounds, nothing
 addressed), ``real-alerts`` (an alert instruction; the phone watched in half the streams; real
@@ -41,6 +42,7 @@ LEFT_OUT = {
     # a listener could name these as an alert class: not counted either way
     "alarm-clock-elapsed", "phone-outgoing-calling", "phone-outgoing-busy", "bell", "BellToll",
 }
+VOICES = ("Vocals", "audio-channel-", "audio-test-signal")  # words spoken or sung: not sounds, not transcribed speech
 KINDS = {  # per mode: how often each kind of event is drawn
     "assistant": {"speech": 0.6, "sound": 0.3, "phone": 0.1},
     "alerts": {"speech": 0.3, "sound": 0.4, "phone": 0.3},
@@ -63,12 +65,13 @@ def _read(path: Path) -> np.ndarray:
 @functools.lru_cache(maxsize=2)
 def real_sounds(dirs: tuple[Path, ...] = SOUND_DIRS) -> dict[str, np.ndarray]:
     """{file stem: 16 kHz audio} of the sound recordings (wav, mp3, oga) under ``dirs``, quiet
-    edges trimmed; recordings in ``LEFT_OUT``, and those under 0.05 s or nearly silent at 16 kHz,
-    are skipped. FileNotFoundError when there are none."""
+    edges trimmed; recordings in ``LEFT_OUT`` or ``VOICES``, and those under 0.05 s or nearly
+    silent at 16 kHz, are skipped. FileNotFoundError when there are none."""
     out = {}
     for d in dirs:
         for p in sorted(d.rglob("*")) if d.is_dir() else ():
-            if p.suffix.lower() not in (".wav", ".mp3", ".oga", ".ogg") or p.stem in LEFT_OUT:
+            if p.suffix.lower() not in (".wav", ".mp3", ".oga", ".ogg") or p.stem in LEFT_OUT or \
+                    p.parent.name in VOICES or p.stem.startswith(VOICES):
                 continue
             try:
                 x = _read(p)

@@ -717,6 +717,8 @@ def test_real_recording_streams_label_the_phone_only_when_watched_and_address_no
     sf.write(tmp_path / "phone-incoming-call.wav", ring, 16000)
     sf.write(tmp_path / "Dog1.wav", 0.2 * rng.standard_normal(22050 // 4), 22050)  # resampled to 16 kHz
     sf.write(tmp_path / "bell.wav", ring, 16000)  # LEFT_OUT
+    (tmp_path / "Vocals").mkdir()
+    sf.write(tmp_path / "Vocals" / "Join-us.wav", ring, 16000)  # VOICES
     sounds = ra.real_sounds((tmp_path,))
     assert set(sounds) == {"phone-incoming-call", "Dog1"} and len(sounds["Dog1"]) == 4000
     speech = [("hello", 0.1 * rng.standard_normal(16000).astype(np.float32), "Please hold")]
