@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import functools
 import random
+import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -62,30 +64,65 @@ def _read(path: Path) -> np.ndarray:
     return np.concatenate([r.process(x[:, 0]), r.flush()]).astype(np.float32)
 
 
+AUDIO_SUFFIXES = (".wav", ".mp3", ".oga", ".ogg")
+
+
+def _recordings(files, packages: str) -> dict[str, np.ndarray]:
+    """{file stem: 16 kHz audio, quiet edges trimmed} of ``files``; files libsndfile cannot read,
+    shorter than 0.05 s or nearly silent at 16 kHz are skipped. FileNotFoundError naming the
+    Debian ``packages`` when none is left."""
+    out = {}
+    for p in files:
+        try:
+            x = _read(p)
+        except Exception:  # a file libsndfile cannot read is not part of the set
+            continue
+        loud = np.flatnonzero(np.abs(x) > 0.01 * (np.abs(x).max() + 1e-9))
+        if len(loud) and np.abs(x).max() > 1e-3:
+            x = x[loud[0] : loud[-1] + 1]
+            if len(x) >= 0.05 * synth.SR:
+                out[p.stem] = x
+    if not out:
+        raise FileNotFoundError(f"no sound recordings found: install the Debian packages {packages}")
+    return out
+
+
 @functools.lru_cache(maxsize=2)
 def real_sounds(dirs: tuple[Path, ...] = SOUND_DIRS) -> dict[str, np.ndarray]:
-    """{file stem: 16 kHz audio} of the sound recordings (wav, mp3, oga) under ``dirs``, quiet
-    edges trimmed; recordings in ``LEFT_OUT`` or ``VOICES``, and those under 0.05 s or nearly
-    silent at 16 kHz, are skipped. FileNotFoundError when there are none."""
-    out = {}
-    for d in dirs:
-        for p in sorted(d.rglob("*")) if d.is_dir() else ():
-            if p.suffix.lower() not in (".wav", ".mp3", ".oga", ".ogg") or p.stem in LEFT_OUT or \
-                    p.parent.name in VOICES or p.stem.startswith(VOICES):
-                continue
-            try:
-                x = _read(p)
-            except Exception:  # a file libsndfile cannot read is not part of the set
-                continue
-            loud = np.flatnonzero(np.abs(x) > 0.01 * (np.abs(x).max() + 1e-9))
-            if len(loud) and np.abs(x).max() > 1e-3:
-                x = x[loud[0] : loud[-1] + 1]
-                if len(x) >= 0.05 * synth.SR:
-                    out[p.stem] = x
-    if not out:
-        raise FileNotFoundError(f"no sound recordings under {', '.join(map(str, dirs))}: "
-                                "install the Debian packages scratch and sound-theme-freedesktop")
-    return out
+    """{file stem: 16 kHz audio} of the reserved sound recordings under ``dirs`` but those in
+    ``LEFT_OUT`` or ``VOICES`` (``_recordings``)."""
+    files = [p for d in dirs for p in (sorted(d.rglob("*")) if d.is_dir() else ())
+             if p.suffix.lower() in AUDIO_SUFFIXES and p.stem not in LEFT_OUT
+             and p.parent.name not in VOICES and not p.stem.startswith(VOICES)]
+    return _recordings(files, "scratch and sound-theme-freedesktop")
+
+
+# Recordings that are NOT reserved, for training (a recipe's data.kinds "real_sound"): real sounds
+# of the world from other Debian packages, every one a sound the assistant is never asked about.
+# tuxpaint-stamps-default (GPL-2: animals, household, vehicles, instruments; its spoken names and
+# the letters and numbers are left out), oxygen-sounds, yaru-theme-sound, deepin-sound-theme
+# (desktop sounds). A recording named like an alert class is left out.
+TRAINING_SOUND_GLOBS = (("/usr/share/tuxpaint/stamps", "**/*"), ("/usr/share/sounds", "Oxygen-*"),
+                        ("/usr/share/sounds/Yaru", "**/*"), ("/usr/share/sounds/deepin", "**/*"))
+TRAINING_PACKAGES = "tuxpaint-stamps-default oxygen-sounds yaru-theme-sound deepin-sound-theme"
+ALERT_WORDS = {"phone", "ring", "ringing", "bell", "doorbell", "alarm", "clock", "door", "knock", "timer", "smoke",
+               "glass"}
+
+
+def _training_file(p: Path) -> bool:
+    words = {w.lower() for w in re.split(r"[_\-\s]+", p.stem)}
+    return (p.suffix.lower() in AUDIO_SUFFIXES and "symbols" not in p.parts
+            and not words & {"desc", "name"} and not words & ALERT_WORDS)
+
+
+@functools.lru_cache(maxsize=2)
+def training_sounds(split: str = "train") -> dict[str, np.ndarray]:
+    """The unreserved recordings of ``split``: one in five (by a hash of its name) is kept for
+    validation ("heldout"), the rest is for training ("train")."""
+    files = sorted({p for root, pattern in TRAINING_SOUND_GLOBS for p in Path(root).glob(pattern)
+                    if p.is_file() and _training_file(p)})
+    held = lambda p: zlib.crc32(p.stem.encode()) % 5 == 0  # noqa: E731
+    return _recordings([p for p in files if held(p) == (split != "train")], TRAINING_PACKAGES)
 
 
 MAX_UTTERANCE_S = 12.0  # longer prompts (menus read out for half a minute) are left out

@@ -187,6 +187,16 @@ def _event(rng, kind, split, mode, watch, voices, speaker, warp=0.0, intents=Non
             response = u.response
         return Event("speech", 0, 0, u.text, response, meta={"intent": u.intent, "addressed": u.addressed,
                                                              "voice": voice.label()}), x
+    if kind == "real_sound":  # a recording of a real sound the assistant is never asked about
+        from .real_audio import training_sounds
+
+        pool = training_sounds("train" if split.startswith("train") else "heldout")
+        name = rng.choice(sorted(pool))
+        x = pool[name]
+        if rng.random() < 0.5:
+            x = synth.room(rng, x)
+        x = synth.at_level(x, rng.uniform(-30, -6), peak=True)
+        return Event("sound", 0, 0, f"real:{name}", None, meta={"watched": False, "recording": name}), x
     if kind == "watched" and watch:
         cls = rng.choice(watch)
     elif kind == "confusable" and (near := sorted({c for w in watch for c in CONFUSABLE.get(w, ()) if c not in watch})):

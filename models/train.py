@@ -77,7 +77,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
         raise ValueError(f"{path}: data.sound_due must be null or seconds in [0, 1], got {sound_due!r}")
     for mode, table in (cfg["data"].get("kinds") or {}).items():
         _check_weights(path, f"data.kinds.{mode}", table, ("command", "other_speech", "watched", "alert_sound", "confusable",
-                                                                       "distractor"))
+                                                                       "distractor", "real_sound"))
         if mode not in st.MODES:
             raise ValueError(f"{path}: data.kinds: unknown mode {mode!r} (one of {', '.join(st.MODES)})")
     if cfg["data"].get("intents"):

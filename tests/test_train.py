@@ -738,3 +738,28 @@ def test_real_recording_streams_label_the_phone_only_when_watched_and_address_no
     assert ra.make_stream(1, "transcribe", 40.0, sounds, speech).to_dict() == heard.to_dict()  # the seed fixes it
     with pytest.raises(FileNotFoundError, match="scratch and sound-theme-freedesktop"):
         ra.real_sounds((tmp_path / "none",))
+
+
+def test_real_sound_events_draw_unreserved_recordings_split_for_training_and_validation(tmp_path, monkeypatch):
+    """data.kinds "real_sound": recordings of real sounds the assistant is never asked about,
+    four fifths of them for training and the rest for validation; a recording named like an alert
+    class or a spoken description is never one of them."""
+    import soundfile as sf
+
+    from edge_models import real_audio as ra
+
+    rng = np.random.default_rng(1)
+    names = [f"animal{i}" for i in range(20)] + ["doorbell", "Phone-Ring", "cow_desc_fr"]
+    for name in names:
+        sf.write(tmp_path / f"{name}.wav", 0.2 * rng.standard_normal(8000), 16000)
+    monkeypatch.setattr(ra, "TRAINING_SOUND_GLOBS", ((str(tmp_path), "*"),))
+    ra.training_sounds.cache_clear()
+    try:
+        train, held = set(ra.training_sounds("train")), set(ra.training_sounds("heldout"))
+        assert train and held and not train & held and train | held == {f"animal{i}" for i in range(20)}
+        s = st.make_stream(4, "train", 40.0, mode="alerts", mode_kinds={"alerts": {"real_sound": 1}})
+        assert s.events and all(ev.what.removeprefix("real:") in train and ev.response is None for ev in s.events)
+        v = st.make_stream(4, "heldout", 40.0, mode="alerts", kinds={"real_sound": 1})
+        assert v.events and all(ev.what.removeprefix("real:") in held for ev in v.events)
+    finally:
+        ra.training_sounds.cache_clear()
