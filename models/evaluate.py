@@ -11,7 +11,10 @@ seeds no training stream used):
 - ``wording2``: the second held-out wording (session 35: other request templates and unknown
   requests, the same held-out values, wake phrasings, near misses and other speech);
 - ``real-assistant``, ``real-alerts``, ``real-transcribe``: the reserved real recordings (a real
-  speaker, real sounds: ``real_audio.py``), asked for by name with ``--sets``.
+  speaker, real sounds: ``real_audio.py``), asked for by name with ``--sets``; evaluation only;
+- ``alerts-real-negatives``: alert streams whose unwatched sounds are mostly recordings of real
+  sounds from unreserved packages (the fifth of them no training stream uses), for choosing
+  between models where the reserved set may not be used; asked for by name.
 
 ``--training-voices`` builds the same sets in training voices instead (a diagnostic: how much of
 an error rate is the unseen voices and how much the model itself).
@@ -62,10 +65,15 @@ SETS = {  # name: (wording split, mode, kinds override)
     "transcribe": ("train", "transcribe", None),
     "assistant-wording": ("heldout", "assistant", None),
     "assistant-wording2": ("heldout2", "assistant", None),  # the second held-out wording (scenarios.INTENTS_FRESH)
-    # the reserved real recordings (real_audio.py; asked for by name, not in the default run)
+    # alert streams whose negatives are recordings of real sounds from unreserved packages, the fifth
+    # held out from training (real_audio.training_sounds("heldout")): for choosing, never the reserved ones
+    "alerts-real-negatives": ("heldout", "alerts", {"watched": 0.35, "real_sound": 0.35, "alert_sound": 0.1,
+                                                    "command": 0.08, "other_speech": 0.12}),
+    # the reserved real recordings (real_audio.py; evaluation only)
     **{name: ("real", mode, None) for name, mode in real_audio.SETS.items()},
 }
-DEFAULT_SETS = [name for name, (split, _, _) in SETS.items() if split != "real"]
+# the sets a plain run scores; the others need Debian packages of recordings and are asked for by name
+DEFAULT_SETS = [name for name, (split, _, kinds) in SETS.items() if split != "real" and "real_sound" not in (kinds or {})]
 SEED_BASE = 500000  # acceptance streams
 TUNING_SEED_BASE = 700000  # streams for choosing runtime settings (the same sets, other seeds)
 

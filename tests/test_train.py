@@ -738,6 +738,10 @@ def test_real_recording_streams_label_the_phone_only_when_watched_and_address_no
     assert ra.make_stream(1, "transcribe", 40.0, sounds, speech).to_dict() == heard.to_dict()  # the seed fixes it
     with pytest.raises(FileNotFoundError, match="scratch and sound-theme-freedesktop"):
         ra.real_sounds((tmp_path / "none",))
+    from edge_models.evaluate import DEFAULT_SETS, SETS
+
+    assert {"real-assistant", "real-alerts", "real-transcribe", "alerts-real-negatives"} <= set(SETS)
+    assert not {n for n in DEFAULT_SETS if "real" in n}  # they need packages of recordings: asked for by name
 
 
 def test_real_sound_events_draw_unreserved_recordings_split_for_training_and_validation(tmp_path, monkeypatch):
