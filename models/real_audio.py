@@ -22,6 +22,9 @@ Sets (``SETS``): ``real-assistant`` (assistant instruction; real speech and soun
 addressed), ``real-alerts`` (an alert instruction; the phone watched in half the streams; real
 speech, the phone and other sounds), ``real-transcribe`` (transcribe instruction; the prompts'
 words as the expected transcripts).
+
+Apart from them, ``training_sounds`` reads recordings of real sounds from packages that are not
+reserved (``TRAINING_SOUND_GLOBS``), for training: a recipe's ``data.kinds`` ``"real_sound"``.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def _recordings(files, packages: str) -> dict[str, np.ndarray]:
     for p in files:
         try:
             x = _read(p)
-        except Exception:  # a file libsndfile cannot read is not part of the set
+        except (RuntimeError, ValueError):  # libsndfile cannot read it: not part of the set
             continue
         loud = np.flatnonzero(np.abs(x) > 0.01 * (np.abs(x).max() + 1e-9))
         if len(loud) and np.abs(x).max() > 1e-3:
