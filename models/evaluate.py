@@ -360,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, default=12, help="streams per set")
     ap.add_argument("--seconds", type=float, default=60.0, help="length of each stream")
     ap.add_argument("--sets", default=",".join(DEFAULT_SETS),
-                    help=f"comma-separated: {', '.join(SETS)} (default: all but the real-* sets, which need the Debian "
-                         "packages of the reserved real recordings: real_audio.py)")
+                    help=f"comma-separated: {', '.join(SETS)} (default: {', '.join(DEFAULT_SETS)}; the others need "
+                         "Debian packages of recordings: real_audio.py)")
     ap.add_argument("--sensitivity", type=float, default=0.5, help="as edge-listen --sensitivity")
     ap.add_argument("--tuning", action="store_true",
                     help=f"streams from the tuning seeds ({TUNING_SEED_BASE}+), not the acceptance seeds: for choosing settings")

@@ -147,12 +147,8 @@ def phone_ringing(rng: random.Random, ring: np.ndarray) -> np.ndarray:
     for _ in range(rng.randint(2, 3)):
         parts.append((t, ring))
         t += len(ring) / synth.SR + rng.uniform(1.0, 2.0)
-    n = int(parts[-1][0] * synth.SR) + len(ring)
-    out = np.zeros(n, np.float32)
-    for start, x in parts:
-        i = int(start * synth.SR)
-        out[i : i + len(x)] += x
-    return out
+    last = parts[-1][0]
+    return synth._place(last + len(ring) / synth.SR, parts)[: int(last * synth.SR) + len(ring)].astype(np.float32)
 
 
 def make_stream(seed: int, mode: str, duration: float = 60.0, sounds: dict[str, np.ndarray] | None = None,
@@ -175,41 +171,26 @@ def make_stream(seed: int, mode: str, duration: float = 60.0, sounds: dict[str, 
     kinds = dict(KINDS[mode])
     if not rings:
         kinds.pop("phone", None)
-    n = int(duration * synth.SR)
-    audio = synth.background(rng, n).astype(np.float64)
-    events: list[st.Event] = []
-    t = rng.uniform(0.4, 2.5)
-    misfits = 0
-    while misfits < 10:  # an event too long for what is left of the stream: draw another
+    audio = synth.background(rng, int(duration * synth.SR)).astype(np.float64)
+
+    def draw() -> tuple[st.Event, np.ndarray]:
         kind = st._pick(rng, kinds)
         if kind == "speech":
             name, x, text = rng.choice(speech)
             if rng.random() < 0.4:
                 x = synth.room(rng, x)
             x = synth.at_level(x, rng.uniform(-32, -18))
-            ev = st.Event("speech", 0, 0, text, st.sentence(text) if mode == "transcribe" else None,
-                          meta={"intent": "other", "addressed": False, "recording": name})
-        else:
-            name = rng.choice(rings) if kind == "phone" else rng.choice(others)
-            cls = CLASS_OF.get(name)
-            x = phone_ringing(rng, sounds[name]) if cls == "phone" else sounds[name]
-            if rng.random() < 0.5:
-                x = synth.room(rng, x)
-            x = synth.at_level(x, rng.uniform(-26, -4) if cls else rng.uniform(-34, -10), peak=True)
-            watched = cls is not None and cls in watch
-            ev = st.Event("sound", 0, 0, cls or f"real:{name}", sc.SOUND_RESPONSES[cls] if watched else None,
-                          meta={"watched": watched, "recording": name})
-        if t + len(x) / synth.SR + 0.8 > duration:
-            misfits += 1
-            continue
-        i = int(t * synth.SR)
-        audio[i : i + len(x)] += x
-        ev.start, ev.end = round(t, 3), round(t + len(x) / synth.SR, 3)
-        if ev.response is not None:
-            ev.due = st.due(ev)
-        events.append(ev)
-        t = ev.end + rng.uniform(0.8, 3.5)
-    peak = np.abs(audio).max()
-    if peak > 0.98:
-        audio *= 0.98 / peak
-    return st.Stream(audio.astype(np.float32), instr, mode, watch, events, st.chunk_labels(events, n))
+            return st.Event("speech", 0, 0, text, st.sentence(text) if mode == "transcribe" else None,
+                            meta={"intent": "other", "addressed": False, "recording": name}), x
+        name = rng.choice(rings) if kind == "phone" else rng.choice(others)
+        cls = CLASS_OF.get(name)
+        x = phone_ringing(rng, sounds[name]) if cls == "phone" else sounds[name]
+        if rng.random() < 0.5:
+            x = synth.room(rng, x)
+        x = synth.at_level(x, rng.uniform(-26, -4) if cls else rng.uniform(-34, -10), peak=True)
+        watched = cls is not None and cls in watch
+        return st.Event("sound", 0, 0, cls or f"real:{name}", sc.SOUND_RESPONSES[cls] if watched else None,
+                        meta={"watched": watched, "recording": name}), x
+
+    # a long recording that does not fit in what is left of the stream: draw another, up to 10 times
+    return st.finish(audio, instr, mode, watch, st.lay_out(rng, audio, duration, draw, tries=10))

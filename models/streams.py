@@ -130,14 +130,26 @@ def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None 
     voices = [synth.random_voice(rng, voice_split or split) for _ in range(voices_per_stream)]
     n = int(duration * synth.SR)
     audio = synth.background(rng, n).astype(np.float64)
-    events: list[Event] = []
-    t = rng.uniform(0.4, 2.5)
     kinds = kinds or (mode_kinds or {}).get(mode) or _event_kinds(mode)
-    while True:
-        kind = _pick(rng, kinds)
-        ev, x = _event(rng, kind, split, mode, watch, voices, speaker, warp, intents)
+    events = lay_out(rng, audio, duration,
+                     lambda: _event(rng, _pick(rng, kinds), split, mode, watch, voices, speaker, warp, intents))
+    if rng.random() < 0.25:  # a TV or radio bed under part of the stream
+        bed = synth.at_level(synth.sound(rng, "music"), rng.uniform(-42, -30))
+        i = rng.randrange(max(1, n - len(bed)))
+        audio[i : i + len(bed)] += bed[: n - i]
+    return finish(audio, instr, mode, watch, events)
+
+
+def lay_out(rng: random.Random, audio: np.ndarray, duration: float, draw, tries: int = 1) -> list[Event]:
+    """Events from ``draw()`` (an Event and its audio) mixed into ``audio`` one after another, 0.8-3.5 s
+    apart, until one does not fit in what is left of ``duration`` (``tries`` such misses in all)."""
+    events: list[Event] = []
+    t, misses = rng.uniform(0.4, 2.5), 0
+    while misses < tries:
+        ev, x = draw()
         if t + len(x) / synth.SR + 0.8 > duration:
-            break
+            misses += 1
+            continue
         i = int(t * synth.SR)
         audio[i : i + len(x)] += x
         ev.start, ev.end = round(t, 3), round(t + len(x) / synth.SR, 3)
@@ -145,15 +157,15 @@ def make_stream(seed: int, split: str, duration: float = 45.0, mode: str | None 
             ev.due = due(ev)
         events.append(ev)
         t = ev.end + rng.uniform(0.8, 3.5)
-    if rng.random() < 0.25:  # a TV or radio bed under part of the stream
-        bed = synth.at_level(synth.sound(rng, "music"), rng.uniform(-42, -30))
-        i = rng.randrange(max(1, n - len(bed)))
-        audio[i : i + len(bed)] += bed[: n - i]
+    return events
+
+
+def finish(audio: np.ndarray, instruction: str, mode: str, watch: list[str], events: list[Event]) -> Stream:
+    """The stream of mixed ``audio`` (float64, scaled down if it peaks over 0.98) and its labels."""
     peak = np.abs(audio).max()
     if peak > 0.98:
         audio *= 0.98 / peak
-    labels = chunk_labels(events, n)
-    return Stream(audio.astype(np.float32), instr, mode, watch, events, labels)
+    return Stream(audio.astype(np.float32), instruction, mode, watch, events, chunk_labels(events, len(audio)))
 
 
 # alert sounds that share their first second with another class (synth.py): bells (a doorbell's
